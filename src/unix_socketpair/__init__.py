@@ -1,0 +1,15 @@
+"""unix-socketpair: the real POSIX ``socketpair()`` for Python.
+
+Public surface only; the implementation lives in private modules.
+"""
+
+from ._pair import SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, socketpair
+from ._version import __version__
+
+__all__ = [
+    "SOCK_DGRAM",
+    "SOCK_SEQPACKET",
+    "SOCK_STREAM",
+    "__version__",
+    "socketpair",
+]

@@ -1,0 +1,78 @@
+"""Helpers shared by the tests: fd counting, required tools, compiling C children."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+IN_CI = os.environ.get("CI") == "true"
+
+
+def open_fds() -> set[int]:
+    """The descriptors open in this process right now (from ``/proc/self/fd``)."""
+    fds = {int(name) for name in os.listdir("/proc/self/fd")}
+    # listdir's own directory descriptor is listed, but already closed again.
+    return {fd for fd in fds if _is_open(fd)}
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def require(tool: str) -> str:
+    """Return the path of *tool*; skip without it, but fail under ``CI=true``."""
+    path = shutil.which(tool)
+    if path is None:
+        message = f"{tool!r} is not on PATH; this test needs the real thing"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: a missing tool is a failure)")
+        pytest.skip(message)
+    return path
+
+
+_compiled: dict[Path, Path] = {}
+_build_dir = Path(tempfile.mkdtemp(prefix="usp-test-cc-"))
+
+
+def compile_c(source: Path, *extra_flags: str) -> Path:
+    """Compile a C program with ``cc`` (once per test session) and return the binary."""
+    source = Path(source)
+    key = source.resolve()
+    if key in _compiled:
+        return _compiled[key]
+    cc = require("cc")
+    digest = hashlib.sha1(str(key).encode()).hexdigest()[:8]
+    binary = _build_dir / f"{source.stem}-{digest}"
+    subprocess.run(
+        [cc, "-O2", "-Wall", "-Werror", "-o", str(binary), str(source), *extra_flags],
+        check=True,
+    )
+    _compiled[key] = binary
+    return binary
+
+
+def run_python(
+    code: str, *, timeout: float = 60, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run *code* in a fresh interpreter of this venv; return the completed process."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
