@@ -1,0 +1,1 @@
+"""Reliability and security suite: leaks, faults, hostile peers, signals and load."""

@@ -1,0 +1,89 @@
+"""Point 1: descriptor leaks. Thousands of create/close cycles leave ``/proc/self/fd`` as found.
+
+Sizes: ``USP_LEAK_CYCLES`` (default 10,000, the issue's figure) for pairs and channels,
+``USP_SPAWN_CYCLES`` (default 500) for spawn/wait.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import textwrap
+
+import pytest
+from support import open_fds, run_python
+
+from unix_socketpair import SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, socketpair
+
+from ._helpers import Stopwatch, figure, knob
+
+CYCLES = knob("USP_LEAK_CYCLES", 10_000, 10_000)
+SPAWN_CYCLES = knob("USP_SPAWN_CYCLES", 500, 500)
+TYPES = [SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET]
+TYPE_IDS = ["stream", "dgram", "seqpacket"]
+
+
+@pytest.mark.parametrize("sock_type", TYPES, ids=TYPE_IDS)
+def test_socketpair_create_close_cycles(sock_type: int) -> None:
+    before = open_fds()
+    clock = Stopwatch()
+    for _ in range(CYCLES):
+        a, b = socketpair(sock_type)
+        os.close(a)
+        os.close(b)
+    after = open_fds()
+    figure(
+        f"leaks.socketpair[{TYPE_IDS[TYPES.index(sock_type)]}]",
+        f"{CYCLES} cycles, fds {len(before)} -> {len(after)}, {clock.elapsed:.2f} s",
+    )
+    assert after == before
+
+
+def test_socketpair_wrapped_in_sockets_cycles() -> None:
+    """The path users take: wrap both ends, use them, close the wrappers."""
+    before = open_fds()
+    for _ in range(CYCLES // 10):
+        a, b = socketpair(blocking=True)
+        with socket.socket(fileno=a) as sa, socket.socket(fileno=b) as sb:
+            sa.sendall(b"x")
+            assert sb.recv(1) == b"x"
+    after = open_fds()
+    figure("leaks.socketpair[wrapped]", f"{CYCLES // 10} cycles, fds {len(before)} -> {len(after)}")
+    assert after == before
+
+
+def test_socketpair_failure_leaves_nothing_open() -> None:
+    """When ``socketpair(2)`` fails with EMFILE, nothing is left open (run in a child)."""
+    code = textwrap.dedent(
+        """
+        import os, resource
+        from unix_socketpair import socketpair
+        def count():
+            return len(os.listdir("/proc/self/fd"))
+        held = []
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        # Fill the table up to one free slot: socketpair needs two, so it must fail.
+        while True:
+            try:
+                held.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError:
+                break
+        os.close(held.pop())
+        before = count()
+        failures = 0
+        for _ in range(1000):
+            try:
+                socketpair()
+            except OSError as exc:
+                assert exc.errno == 24, exc
+                failures += 1
+        print(failures, before, count())
+        """
+    )
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
+    failures, before, after = map(int, done.stdout.split())
+    figure("leaks.socketpair[EMFILE]", f"{failures} failed calls, fds {before} -> {after}")
+    assert failures == 1000
+    assert after == before
