@@ -1,0 +1,391 @@
+"""``unix-socketpair bench``: arguments, the run, the report, the JSON and the plot."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from .. import __version__
+from . import _scale
+from ._cases import build_cases
+from ._harness import Case, Progress, Row, Settings, Unavailable, format_case, run_case
+from ._limits import CPrograms
+
+__all__ = ["add_bench_arguments", "main", "run_bench"]
+
+QUICK = Settings(target=0.02, rounds=3, sample_timeout=60)
+FULL = Settings(target=0.25, rounds=5, sample_timeout=120)
+SCALE_CHILDREN_QUICK = 50
+SCALE_CHILDREN_FULL = 1000
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``bench`` options to *parser* (the CLI's ``bench`` subparser)."""
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short run of every case (a few seconds): proves the harness, not the speed",
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw throughput against message size to FILE.png (needs matplotlib)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, metavar="N", help="samples per row (default 5, quick 3)"
+    )
+    parser.add_argument(
+        "--target",
+        type=float,
+        metavar="SECONDS",
+        help="duration of one sample (default 0.25, quick 0.02)",
+    )
+    parser.add_argument(
+        "--children",
+        type=int,
+        metavar="N",
+        help=f"children in the scale case (default {SCALE_CHILDREN_FULL}, "
+        f"quick {SCALE_CHILDREN_QUICK})",
+    )
+    parser.add_argument(
+        "--case",
+        action="append",
+        metavar="ID",
+        help="run only this case (repeatable): create, stream-4kib, stream-64kib, "
+        "stream-1mib, framed-64b, framed-1mib, rtt, scale",
+    )
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        uvloop_version: str | None = importlib.import_module("uvloop").__version__
+    except ImportError:
+        uvloop_version = None
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "unix_socketpair": __version__,
+        "uvloop": uvloop_version,
+    }
+
+
+@dataclass(frozen=True)
+class Target:
+    """A promise of issues 4 and 6: row *key* of case *case* against a reference row."""
+
+    name: str
+    case: str
+    key: str
+    reference: str
+    minimum: float  # the least acceptable "times better" ratio
+
+
+TARGETS = (
+    Target("socketpair() creation vs socket.socketpair()+detach()", "create", "project",
+           "socket-detach", 0.95),
+    Target("64 B send_many + iteration vs Pipe", "framed-64b", "channel-many", "pipe", 5.0),
+    Target("64 B send / recv vs Pipe", "framed-64b", "channel", "pipe", 1.5),
+    Target("64 B AsyncChannel vs asyncio readexactly", "framed-64b", "async-channel",
+           "asyncio", 2.0),
+    Target("1 MiB recv() vs Pipe", "framed-1mib", "channel", "pipe", 2.0),
+    Target("1 MiB recv_into vs socket sendall/recv_into", "framed-1mib", "channel-recv-into",
+           "raw-stream", 0.8),
+    Target("1 MiB recv_into vs C buffered framing", "framed-1mib", "channel-recv-into", "c", 0.8),
+    Target("round trip Channel vs socket (time ratio ≤ 1.15)", "rtt", "channel", "socket",
+           1 / 1.15),
+)  # fmt: skip
+
+
+def _check_targets(
+    cases: Sequence[Case], results: dict[str, list[Row]], scale: Row | None
+) -> list[dict[str, Any]]:
+    by_id = {case.id: case for case in cases}
+    checks: list[dict[str, Any]] = []
+    for target in TARGETS:
+        rows = {row.key: row for row in results.get(target.case, [])}
+        row, ref = rows.get(target.key), rows.get(target.reference)
+        ratio: float | None = None
+        if row and ref and row.median and ref.median and target.case in by_id:
+            ratio = row.median / ref.median
+            if not by_id[target.case].higher_is_better:
+                ratio = 1 / ratio  # "times faster", so that higher is better everywhere
+        checks.append(
+            {
+                "target": target.name,
+                "minimum": target.minimum,
+                "achieved": ratio,
+                "met": None if ratio is None else ratio >= target.minimum,
+            }
+        )
+    if scale is not None:
+        leaked = scale.extra.get("fds_leaked")
+        checks.append(
+            {
+                "target": "scale case leaks no descriptor",
+                "minimum": 0,
+                "achieved": leaked,
+                "met": None if leaked is None else leaked == 0,
+            }
+        )
+    return checks
+
+
+def _run_scale(children: int, settings: Settings, progress: Progress, case: Case) -> Row:
+    row = Row(f"{children} children: spawn_async(['cat'], fd='stdio') + echo", "scale", "project")
+    try:
+        _scale.available()
+    except Unavailable as exc:
+        row.status, row.reason = "unavailable", str(exc)
+        for _ in range(settings.rounds):
+            progress.step(case, row.name, "unavailable")
+        return row
+    runs: list[dict[str, Any]] = []
+    for _ in range(settings.rounds):
+        progress.step(case, row.name, "measuring")
+        try:
+            runs.append(_scale.measure(children, timeout=max(120.0, children * 0.5)))
+        except Exception as exc:
+            row.status, row.reason = "failed", f"{type(exc).__name__}: {exc}"
+            return row
+    row.values = [run["wall_s"] for run in runs]
+    row.units = children
+    row.extra = {
+        "children": children,
+        "wall_s": [run["wall_s"] for run in runs],
+        "rss_peak_kib": max(run["rss_peak_kib"] for run in runs),
+        "per_child_kib": statistics.median(run["per_child_kib"] for run in runs),
+        "fds_leaked": max(run["fds_leaked"] for run in runs),
+        "fds_before": runs[0]["fds_before"],
+        "nofile_soft_before": runs[0]["nofile_soft_before"],
+        "nofile_soft_after": runs[0]["nofile_soft_after"],
+        "nofile_hard": runs[0]["nofile_hard"],
+    }
+    return row
+
+
+def _format_scale(case: Case, row: Row) -> str:
+    lines = [case.title]
+    if row.status != "ok":
+        lines.append(f"  {row.name}: {row.status}: {row.reason}")
+        return "\n".join(lines)
+    x = row.extra
+    walls = row.values
+    lines += [
+        f"  {row.name}",
+        f"    wall time        {statistics.median(walls):.3f} s (min-max {min(walls):.3f}-"
+        f"{max(walls):.3f} s, {len(walls)} runs)",
+        f"    parent peak RSS  {x['rss_peak_kib'] / 1024:.1f} MiB; "
+        f"{x['per_child_kib']:.1f} KiB per child",
+        f"    descriptors      {x['fds_before']} before, {x['fds_leaked']} leaked after",
+    ]
+    if x["nofile_soft_after"] != x["nofile_soft_before"]:
+        lines.append(
+            f"    RLIMIT_NOFILE    soft limit raised from {x['nofile_soft_before']} to "
+            f"{x['nofile_soft_after']} (hard {x['nofile_hard']})"
+        )
+    else:
+        lines.append(
+            f"    RLIMIT_NOFILE    soft limit {x['nofile_soft_before']} was enough, not raised"
+        )
+    return "\n".join(lines)
+
+
+def _format_targets(checks: Sequence[dict[str, Any]]) -> str:
+    lines = ["Targets (issues 4 and 6; ratio = times better than the reference)"]
+    for check in checks:
+        achieved = check["achieved"]
+        if achieved is None:
+            status, shown = "n/a ", "—"
+        else:
+            status = "met " if check["met"] else "MISS"
+            shown = f"{achieved:.2f}" if isinstance(achieved, float) else str(achieved)
+        want = "0" if check["minimum"] == 0 else f"≥ {check['minimum']:.2f}"
+        lines.append(f"  [{status}] {check['target']}: {shown} (want {want})")
+    return "\n".join(lines)
+
+
+def plot(path: str, cases: Sequence[Case], results: dict[str, list[Row]]) -> None:
+    """Draw bytes/s against chunk or message size, one line per variant.
+
+    Raises:
+        ImportError: matplotlib is not installed (an optional extra).
+    """
+    importlib.import_module("matplotlib").use("Agg")
+    plt = importlib.import_module("matplotlib.pyplot")
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    for ax, prefix, title in (
+        (axes[0], "stream-", "One-way stream"),
+        (axes[1], "framed-", "One-way framed messages"),
+    ):
+        series: dict[str, list[tuple[int, float]]] = {}
+        for case in cases:
+            if not case.id.startswith(prefix) or case.size is None:
+                continue
+            for row in results.get(case.id, []):
+                if row.median is None:
+                    continue
+                rate = row.median * (case.size if case.unit == "msg/s" else 1)
+                series.setdefault(row.name, []).append((case.size, rate / 2**20))
+        for name, points in series.items():
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("chunk / message size (bytes)")
+        ax.set_ylabel("MiB/s")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Run the benchmarks *args* asks for; print the tables; return the exit status.
+
+    The status is 0 when every row was measured or is unavailable here (a
+    missing ``cc``, uvloop or library feature), 1 when a row failed, 2 on bad
+    arguments or a missing plotting library.
+    """
+    out = out if out is not None else sys.stdout
+    base = QUICK if args.quick else FULL
+    settings = Settings(
+        target=args.target if args.target else base.target,
+        rounds=args.rounds if args.rounds else base.rounds,
+        sample_timeout=base.sample_timeout,
+    )
+    children = args.children or (SCALE_CHILDREN_QUICK if args.quick else SCALE_CHILDREN_FULL)
+    if settings.rounds < 1 or settings.target <= 0 or children < 1:
+        print("bench: --rounds, --target and --children must be positive", file=sys.stderr)
+        return 2
+    if args.plot:
+        try:
+            importlib.import_module("matplotlib")
+        except ImportError:
+            print(
+                "bench: --plot needs matplotlib, which is not installed "
+                "(pip install 'unix-socketpair[plot]' or pip install matplotlib)",
+                file=sys.stderr,
+            )
+            return 2
+
+    info = machine()
+    with CPrograms() as c:
+        cases = build_cases(c, quick=args.quick)
+        scale_case = Case(
+            "scale",
+            "5. Scale: concurrent children, one echo each over AsyncChannel, one event loop",
+            "Spawn every child, wait until all are alive, echo one message each, close.",
+            "s",
+            [],
+        )
+        wanted = set(args.case) if args.case else None
+        known = {case.id for case in cases} | {"scale"}
+        if wanted and wanted - known:
+            print(f"bench: unknown case(s): {', '.join(sorted(wanted - known))}", file=sys.stderr)
+            return 2
+        cases = [case for case in cases if wanted is None or case.id in wanted]
+        do_scale = wanted is None or "scale" in wanted
+        steps = sum(len(case.variants) * (settings.rounds + 1) for case in cases)
+        scale_settings = Settings(target=0, rounds=1 if args.quick else 3)
+        steps += scale_settings.rounds if do_scale else 0
+        progress = Progress(steps)
+
+        print(
+            f"unix-socketpair {info['unix_socketpair']} benchmark"
+            f"{' (--quick: figures are not meaningful)' if args.quick else ''}\n"
+            f"machine: {info['nproc']} CPUs, {info['cpu']}, {info['kernel']}, "
+            f"{info['python']}, uvloop {info['uvloop'] or 'not installed'}\n"
+            f"each row: median of {settings.rounds} interleaved samples of ~{settings.target}s",
+            file=out,
+            flush=True,
+        )
+        results: dict[str, list[Row]] = {}
+        for case in cases:
+            results[case.id] = run_case(case, settings, progress)
+            print("\n" + format_case(case, results[case.id]), file=out, flush=True)
+        scale: Row | None = None
+        if do_scale:
+            scale = _run_scale(children, scale_settings, progress, scale_case)
+            print("\n" + _format_scale(scale_case, scale), file=out, flush=True)
+        progress.finish()
+
+    checks = _check_targets(cases, results, scale)
+    print("\n" + _format_targets(checks), file=out, flush=True)
+    report = {
+        "machine": info,
+        "quick": bool(args.quick),
+        "rounds": settings.rounds,
+        "target_seconds": settings.target,
+        "cases": [
+            {
+                "id": case.id,
+                "title": case.title,
+                "explain": case.explain,
+                "unit": case.unit,
+                "higher_is_better": case.higher_is_better,
+                "size": case.size,
+                "rows": [row.to_json() for row in results[case.id]],
+            }
+            for case in cases
+        ]
+        + (
+            [
+                {
+                    "id": scale_case.id,
+                    "title": scale_case.title,
+                    "explain": scale_case.explain,
+                    "unit": scale_case.unit,
+                    "higher_is_better": False,
+                    "size": None,
+                    "rows": [scale.to_json()],
+                }
+            ]
+            if scale is not None
+            else []
+        ),
+        "targets": checks,
+    }
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(report, file, indent=2)
+            file.write("\n")
+    if args.plot:
+        plot(args.plot, cases, results)
+        print(f"plot written to {args.plot}", file=out)
+    rows = [row for case_rows in results.values() for row in case_rows]
+    rows += [scale] if scale is not None else []
+    return 1 if any(row.status == "failed" for row in rows) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m unix_socketpair._bench``: the same as ``unix-socketpair bench``."""
+    parser = argparse.ArgumentParser(
+        prog="unix-socketpair bench",
+        description="Every case side by side with the C limit and the alternatives.",
+    )
+    add_bench_arguments(parser)
+    return run_bench(parser.parse_args(argv))

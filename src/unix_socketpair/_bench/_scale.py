@@ -1,0 +1,126 @@
+"""Case 5, scale: many concurrent children, each one echo round trip, from one loop.
+
+Each measurement runs in a fresh interpreter (``python -c`` running
+``worker()`` below) so that its peak RSS and descriptor count belong to the
+case alone, not to the benchmarks that ran before it in the harness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+from ._harness import Unavailable
+
+__all__ = ["measure", "worker"]
+
+# Descriptors per child the parent may hold at once (its socket end, a pidfd or
+# pipe for the exit status, the loop's bookkeeping), plus the interpreter's own.
+_FDS_PER_CHILD = 4
+_FDS_BASE = 256
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd")) - 1  # listdir's own descriptor
+
+
+def _raise_nofile(children: int) -> dict[str, int]:
+    """Raise the soft ``RLIMIT_NOFILE`` to what *children* need (up to the hard limit)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = children * _FDS_PER_CHILD + _FDS_BASE
+    if hard != resource.RLIM_INFINITY:
+        needed = min(needed, hard)
+    if needed > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    return {"nofile_soft_before": soft, "nofile_soft_after": max(soft, needed), "nofile_hard": hard}
+
+
+async def _echo_all(children: int, message: bytes) -> None:
+    import unix_socketpair
+
+    spawn_async: Any = getattr(unix_socketpair, "spawn_async")  # noqa: B009 (issue 3's API)
+    all_up = asyncio.Event()
+    spawned = 0
+    failed: list[BaseException] = []
+
+    async def one() -> None:
+        nonlocal spawned
+        try:
+            child = await spawn_async(["cat"], fd="stdio")
+        except BaseException as exc:
+            failed.append(exc)
+            all_up.set()
+            raise
+        async with child:
+            spawned += 1
+            if spawned == children:
+                all_up.set()
+            await all_up.wait()  # every child alive at once before any echo
+            if failed:
+                return
+            await child.channel.send(message)
+            reply = await child.channel.recv()
+            if reply != message:
+                raise RuntimeError(f"cat echoed {reply!r}, expected {message!r}")
+
+    results = await asyncio.gather(*(one() for _ in range(children)), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {children} children failed: {errors[0]!r}")
+
+
+def worker(children: int) -> None:
+    """Run the case once in this process and print its figures as one JSON line."""
+    limits = _raise_nofile(children)
+    fds_before = _open_fds()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    asyncio.run(_echo_all(children, b"ping"))
+    wall = time.perf_counter() - started
+    rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fds_after = _open_fds()
+    figures: dict[str, Any] = {
+        "children": children,
+        "wall_s": wall,
+        "rss_before_kib": rss_before,
+        "rss_peak_kib": rss_peak,
+        "per_child_kib": (rss_peak - rss_before) / children,
+        "fds_before": fds_before,
+        "fds_after": fds_after,
+        "fds_leaked": fds_after - fds_before,
+        **limits,
+    }
+    print(json.dumps(figures))
+
+
+def available() -> None:
+    """Raise ``Unavailable`` unless ``spawn_async`` and ``cat`` are there."""
+    import shutil
+
+    import unix_socketpair
+
+    if getattr(unix_socketpair, "spawn_async", None) is None:
+        raise Unavailable("unix_socketpair.spawn_async is not available in this version")
+    if getattr(unix_socketpair, "AsyncChannel", None) is None:
+        raise Unavailable("unix_socketpair.AsyncChannel is not available in this version")
+    if shutil.which("cat") is None:
+        raise Unavailable("`cat` is not on PATH")
+
+
+def measure(children: int, timeout: float) -> dict[str, Any]:
+    """Run ``worker(children)`` in a fresh interpreter; return its figures."""
+    code = f"from unix_socketpair._bench._scale import worker; worker({int(children)})"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        tail = result.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        raise RuntimeError(f"scale worker exited with {result.returncode}: {tail[0]}")
+    figures: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return figures

@@ -1,0 +1,126 @@
+"""The benchmark harness runs end to end and reports every row (no speed assertions)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Every case and the key of every row it must report: measured, or "unavailable"
+# with a reason (no cc, no uvloop, a library feature not in this version).
+EXPECTED_ROWS = {
+    "create": ["project", "socket-detach", "socket-close", "os-pipe", "c"],
+    "stream-4kib": ["socketpair", "os-pipe", "tcp", "c"],
+    "stream-64kib": ["socketpair", "os-pipe", "tcp", "c"],
+    "stream-1mib": ["socketpair", "os-pipe", "tcp", "c"],
+    "framed-64b": [
+        "pipe",
+        "naive",
+        "asyncio",
+        "channel",
+        "channel-many",
+        "async-channel",
+        "async-channel-uvloop",
+        "c",
+    ],
+    "framed-1mib": [
+        "pipe",
+        "naive",
+        "asyncio",
+        "channel",
+        "channel-many",
+        "channel-recv-into",
+        "async-channel",
+        "async-channel-uvloop",
+        "raw-stream",
+        "c",
+    ],
+    "rtt": ["socket", "channel", "pipe", "c"],
+    "scale": ["scale"],
+}
+
+
+def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "unix_socketpair._bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=tmp_path,
+    )
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    tmp_path = tmp_path_factory.mktemp("bench")
+    result = _bench(tmp_path, "--quick", "--json", "bench.json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    return result.stdout, report
+
+
+def test_quick_run_reports_every_row(quick_run: tuple[str, dict[str, Any]]) -> None:
+    stdout, report = quick_run
+    cases = {case["id"]: case for case in report["cases"]}
+    assert list(cases) == list(EXPECTED_ROWS)
+    for case_id, keys in EXPECTED_ROWS.items():
+        rows = cases[case_id]["rows"]
+        assert [row["key"] for row in rows] == keys, case_id
+        for row in rows:
+            where = f"{case_id}/{row['key']}"
+            assert row["status"] in ("ok", "unavailable"), f"{where}: {row['reason']}"
+            assert row["name"] in stdout, where
+            if row["status"] == "unavailable":
+                assert row["reason"], where
+                continue
+            assert len(row["samples"]) == report["rounds"], where
+            assert 0 < row["min"] <= row["median"] <= row["max"], where
+    for key in ("nproc", "cpu", "kernel", "python"):
+        assert report["machine"][key], key
+    assert all(check["target"] for check in report["targets"])
+
+
+def test_quick_run_measures_the_limit_when_cc_is_there(
+    quick_run: tuple[str, dict[str, Any]],
+) -> None:
+    _, report = quick_run
+    limit_rows = [row for case in report["cases"] for row in case["rows"] if row["kind"] == "limit"]
+    assert len(limit_rows) == 7
+    if shutil.which("cc") is None:
+        assert all("cc" in row["reason"] for row in limit_rows)
+    else:
+        assert all(row["status"] == "ok" for row in limit_rows), limit_rows
+
+
+def test_quick_run_scale_case_leaks_no_descriptor(quick_run: tuple[str, dict[str, Any]]) -> None:
+    _, report = quick_run
+    (scale,) = [case["rows"][0] for case in report["cases"] if case["id"] == "scale"]
+    if scale["status"] == "unavailable":
+        assert "spawn_async" in scale["reason"] or "AsyncChannel" in scale["reason"]
+        return
+    assert scale["children"] == 50
+    assert scale["fds_leaked"] == 0
+    assert scale["per_child_kib"] >= 0
+
+
+def test_plot_needs_matplotlib_or_draws(tmp_path: Path) -> None:
+    result = _bench(tmp_path, "--quick", "--case", "stream-4kib", "--plot", "bench.png")
+    if importlib.util.find_spec("matplotlib") is None:
+        assert result.returncode == 2
+        assert "matplotlib" in result.stderr
+        assert not (tmp_path / "bench.png").exists()
+    else:
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "bench.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_unknown_case_is_refused(tmp_path: Path) -> None:
+    result = _bench(tmp_path, "--case", "nonsense")
+    assert result.returncode == 2
+    assert "nonsense" in result.stderr
