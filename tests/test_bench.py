@@ -41,7 +41,7 @@ EXPECTED_ROWS = {
         "raw-stream",
         "c",
     ],
-    "rtt": ["socket", "channel", "pipe", "c"],
+    "rtt": ["socket", "channel", "pipe", "asyncio", "async-channel", "c"],
     "scale": ["scale"],
 }
 

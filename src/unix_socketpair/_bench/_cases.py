@@ -588,6 +588,74 @@ def _rtt_pipe(n: int) -> Sample:
     return _two_process(child, parent, [b], [a])
 
 
+def _rtt_asyncio(n: int) -> Sample:
+    a, b = socket.socketpair()
+
+    def child(wait_go: Callable[[], None]) -> None:
+        async def main() -> None:
+            reader, writer = await asyncio.open_unix_connection(sock=b)
+            wait_go()
+            while data := await reader.read(1):
+                writer.write(data)
+            writer.close()
+            await writer.wait_closed()
+
+        _run_async(main, uvloop=False)
+
+    def parent(race: _Race) -> int:
+        async def main() -> None:
+            reader, writer = await asyncio.open_unix_connection(sock=a)
+            race.go()
+            for i in range(_WARMUP + n):
+                if i == _WARMUP:
+                    race.start()
+                writer.write(b"x")
+                await reader.readexactly(1)
+            race.stop()
+            writer.close()
+            await writer.wait_closed()
+
+        _run_async(main, uvloop=False)
+        return n
+
+    return _two_process(child, parent, [b], [a])
+
+
+def _rtt_async_channel(n: int) -> Sample:
+    channel_class = _project("AsyncChannel")
+    a, b = socket.socketpair()
+
+    def child(wait_go: Callable[[], None]) -> None:
+        async def main() -> None:
+            channel = channel_class(b)
+            wait_go()
+            async for message in channel:
+                await channel.send(message)
+            await _aclose(channel)
+
+        _run_async(main, uvloop=False)
+
+    def parent(race: _Race) -> int:
+        async def main() -> None:
+            channel = channel_class(a)
+            try:
+                send, recv = channel.send, channel.recv
+                race.go()
+                for i in range(_WARMUP + n):
+                    if i == _WARMUP:
+                        race.start()
+                    await send(b"x")
+                    await recv()
+                race.stop()
+            finally:
+                await _aclose(channel)
+
+        _run_async(main, uvloop=False)
+        return n
+
+    return _two_process(child, parent, [b], [a])
+
+
 # --- the plan -------------------------------------------------------------------------------
 
 
@@ -769,6 +837,15 @@ def _rtt_case(c: CPrograms, first: int) -> Case:
                 "Channel send / recv", _rtt_channel, first, "project", "channel", _need_channel
             ),
             Variant("multiprocessing.Pipe", _rtt_pipe, first, "pipe", "pipe"),
+            Variant("asyncio streams write / readexactly", _rtt_asyncio, first, key="asyncio"),
+            Variant(
+                "AsyncChannel send / recv (asyncio loop)",
+                _rtt_async_channel,
+                first,
+                "project",
+                "async-channel",
+                _need_async_channel,
+            ),
             Variant(
                 "C write(2) / read(2)", _bind_c(c, "pingpong"), first, "limit", "c", c.available
             ),
