@@ -4,12 +4,17 @@ Public surface only; the implementation lives in private modules.
 """
 
 from ._pair import SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, socketpair
+from ._spawn import AsyncChild, Child, spawn, spawn_async
 from ._version import __version__
 
 __all__ = [
     "SOCK_DGRAM",
     "SOCK_SEQPACKET",
     "SOCK_STREAM",
+    "AsyncChild",
+    "Child",
     "__version__",
     "socketpair",
+    "spawn",
+    "spawn_async",
 ]
