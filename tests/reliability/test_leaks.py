@@ -1,24 +1,29 @@
 """Point 1: descriptor leaks. Thousands of create/close cycles leave ``/proc/self/fd`` as found.
 
 Sizes: ``USP_LEAK_CYCLES`` (default 10,000, the issue's figure) for pairs and channels,
-``USP_SPAWN_CYCLES`` (default 500) for spawn/wait.
+``USP_SPAWN_CYCLES`` (default 500) for spawn/wait on the direct path, and
+``USP_SLOW_SPAWN_CYCLES`` (default 100, 500 under ``USP_FULL=1``) where spawn must start
+an interpreter to relocate the descriptor (about 20 ms each).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import textwrap
 
 import pytest
-from support import open_fds, run_python
+from support import compile_c, open_fds, run_python
 
-from unix_socketpair import SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, socketpair
+from unix_socketpair import SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, socketpair, spawn, spawn_async
 
-from ._helpers import Stopwatch, figure, knob
+from ._helpers import CHILDREN, Stopwatch, figure, knob, zombie_children
 
 CYCLES = knob("USP_LEAK_CYCLES", 10_000, 10_000)
 SPAWN_CYCLES = knob("USP_SPAWN_CYCLES", 500, 500)
+# Spawns that go through spawn's relocating trampoline cost an interpreter start-up each.
+SLOW_SPAWN_CYCLES = knob("USP_SLOW_SPAWN_CYCLES", 100, 500)
 TYPES = [SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET]
 TYPE_IDS = ["stream", "dgram", "seqpacket"]
 
@@ -87,3 +92,64 @@ def test_socketpair_failure_leaves_nothing_open() -> None:
     figure("leaks.socketpair[EMFILE]", f"{failures} failed calls, fds {before} -> {after}")
     assert failures == 1000
     assert after == before
+
+
+@pytest.mark.parametrize("fd", [3, 64], ids=["fd3", "fd64"])
+def test_spawn_wait_cycles(fd: int) -> None:
+    """Spawn and reap a C child again and again: fd table and process table as found.
+
+    Under pytest fd 3 is taken (pytest's own /dev/null), so ``fd=3`` exercises spawn's
+    relocating path and ``fd=64`` (free) its direct path.
+    """
+    echo = str(compile_c(CHILDREN / "echo.c"))
+    cycles = SLOW_SPAWN_CYCLES if fd == 3 else SPAWN_CYCLES
+    before = open_fds()
+    clock = Stopwatch()
+    for _ in range(cycles):
+        with spawn([echo], fd=fd) as child:
+            child.socket.shutdown(socket.SHUT_WR)
+            assert child.wait(timeout=30) == 0
+    after = open_fds()
+    figure(
+        f"leaks.spawn[fd={fd}]",
+        f"{cycles} spawn/wait cycles, fds {len(before)} -> {len(after)}, {clock.elapsed:.2f} s",
+    )
+    assert after == before
+    assert zombie_children() == []
+
+
+def test_spawn_failure_cycles() -> None:
+    """A program that does not exist: FileNotFoundError, and nothing left open."""
+    before = open_fds()
+    for i in range(SLOW_SPAWN_CYCLES):
+        with pytest.raises(FileNotFoundError):
+            spawn(["/nonexistent/program"], fd=3 if i % 2 else 64)
+    after = open_fds()
+    figure(
+        "leaks.spawn[missing]",
+        f"{SLOW_SPAWN_CYCLES} failed spawns, fds {len(before)} -> {len(after)}",
+    )
+    assert after == before
+    assert zombie_children() == []
+
+
+def test_spawn_async_wait_cycles() -> None:
+    echo = str(compile_c(CHILDREN / "echo.c"))
+
+    async def cycles() -> None:
+        for _ in range(SLOW_SPAWN_CYCLES):
+            async with await spawn_async([echo], fd=64) as child:
+                child.socket.shutdown(socket.SHUT_WR)
+                assert await asyncio.wait_for(child.wait(), 30) == 0
+
+    before = open_fds()
+    clock = Stopwatch()
+    asyncio.run(cycles())
+    after = open_fds()
+    figure(
+        "leaks.spawn_async",
+        f"{SLOW_SPAWN_CYCLES} spawn_async/wait cycles, fds {len(before)} -> {len(after)}, "
+        f"{clock.elapsed:.2f} s",
+    )
+    assert after == before
+    assert zombie_children() == []
