@@ -365,6 +365,9 @@ def test_bad_cwd_raises_like_subprocess(no_fd_leak: None, tmp_path: Path) -> Non
         ({"fd": "stdio", "stdin": subprocess.DEVNULL}, ValueError),
         ({"fd": 1, "stdout": subprocess.DEVNULL}, ValueError),
         ({"fd": 3, "fd_map": {0: 2}, "stdin": subprocess.DEVNULL}, ValueError),
+        ({"fd": 3, "fd_map": {"4": 0}}, TypeError),
+        ({"fd": 1 << 40}, ValueError),
+        ({"fd": 3, "fd_map": {1 << 40: 0}}, ValueError),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_starts(

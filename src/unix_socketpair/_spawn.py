@@ -70,6 +70,7 @@ import contextlib
 import fcntl
 import importlib
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -176,8 +177,16 @@ def _check_fd(fd: object) -> int | None:
         return None
     if isinstance(fd, bool) or not isinstance(fd, int):
         raise TypeError(f"spawn() fd must be an int >= 0 or 'stdio', not {fd!r}")
+    return _check_number(fd, "spawn() fd")
+
+
+def _check_number(fd: int, what: str) -> int:
     if fd < 0:
-        raise ValueError(f"spawn() fd must be >= 0 or 'stdio', not {fd}")
+        raise ValueError(f"{what} must be >= 0, not {fd}")
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit != resource.RLIM_INFINITY and fd >= limit:
+        # The child inherits our limit: it could not hold a descriptor with that number.
+        raise ValueError(f"{what} {fd} is not below the descriptor limit (RLIMIT_NOFILE {limit})")
     return fd
 
 
@@ -197,8 +206,9 @@ def _fileno(obj: int | _HasFileno, what: str) -> int:
 def _check_fd_map(fd_map: Mapping[int, int | _HasFileno] | None, taken: set[int]) -> dict[int, int]:
     result: dict[int, int] = {}
     for target, source in (fd_map or {}).items():
-        if isinstance(target, bool) or not isinstance(target, int) or target < 0:
-            raise ValueError(f"fd_map keys must be descriptor numbers >= 0, not {target!r}")
+        if isinstance(target, bool) or not isinstance(target, int):
+            raise TypeError(f"fd_map keys must be descriptor numbers, not {target!r}")
+        _check_number(target, "fd_map key")
         if target in taken:
             raise ValueError(f"fd_map[{target}] collides with the socket's own descriptor")
         result[target] = _fileno(source, f"fd_map[{target}]")
@@ -722,7 +732,7 @@ class AsyncChild:
         try:
             await self.aclose()
             try:
-                await asyncio.wait_for(asyncio.shield(self._process.wait()), self.exit_timeout)
+                await asyncio.wait_for(self._process.wait(), self.exit_timeout)
             except asyncio.TimeoutError:
                 self.kill()
         finally:
