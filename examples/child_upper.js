@@ -4,7 +4,8 @@
 //
 // spawn() put our end of the socketpair at the descriptor named by SOCKETPAIR_FD (3 here).
 // net.Socket takes it over as it is: already connected, so no 'connect' event comes.
-// Messages use the Channel's framing: a 4-byte big-endian length, then the bytes.
+// Messages use the Channel's framing: a 4-byte big-endian length, then the bytes. The
+// reply upper-cases ASCII letters and leaves every other byte alone (it is binary-safe).
 'use strict';
 const net = require('net');
 
@@ -24,7 +25,10 @@ socket.on('data', (chunk) => {
     if (pending.length < 4 + length) break;
     const message = pending.subarray(4, 4 + length);
     pending = pending.subarray(4 + length);
-    const reply = Buffer.from(message.toString('latin1').toUpperCase(), 'latin1');
+    const reply = Buffer.from(message); // a copy; upper-case ASCII letters only, like C
+    for (let i = 0; i < reply.length; i++) {
+      if (reply[i] >= 0x61 && reply[i] <= 0x7a) reply[i] -= 0x20;
+    }
     const header = Buffer.alloc(4);
     header.writeUInt32BE(reply.length, 0);
     socket.write(Buffer.concat([header, reply]));

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from unix_socketpair import SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, Child, sock
 from unix_socketpair._spawn import spawn_on
 
 CHILDREN = ROOT / "tests" / "children"
+EXAMPLES = ROOT / "examples"
 TIMEOUT = 20.0  # bound on every wait for a child; they answer in milliseconds
 
 
@@ -292,6 +294,49 @@ def test_signal_dispositions_match_popen(no_fd_leak: None, foreign_fd: int) -> N
         with spawn(args, fd=number, stdout=subprocess.PIPE) as child:
             out, _ = child.process.communicate(timeout=TIMEOUT)
         assert out == plain
+
+
+def frame(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+def recv_exact(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, f"end-of-file after {len(data)} of {size} bytes"
+        data += chunk
+    return data
+
+
+def recv_frame(sock: socket.socket) -> bytes:
+    sock.settimeout(TIMEOUT)
+    (size,) = struct.unpack(">I", recv_exact(sock, 4))
+    return recv_exact(sock, size)
+
+
+@pytest.mark.parametrize("language", ["c", "node"])
+def test_example_children_answer_framed_messages(no_fd_leak: None, language: str) -> None:
+    if language == "c":
+        args = [str(compile_c(EXAMPLES / "child_upper.c"))]
+    else:
+        args = [require("node"), str(EXAMPLES / "child_upper.js")]
+    messages = [b"hello", b"", b"x" * 300_000, bytes(range(256))]
+    with spawn(args, fd=3) as child:
+        # All at once: the child must cope with several messages (and halves) per read.
+        child.socket.sendall(b"".join(frame(m) for m in messages))
+        replies = [recv_frame(child.socket) for _ in messages]
+    assert replies == [m.upper() for m in messages]
+    assert child.returncode == 0
+
+
+def test_example_shell_child_answers_lines(no_fd_leak: None) -> None:
+    with spawn(["sh", str(EXAMPLES / "child_upper.sh")], fd=3) as child:
+        child.socket.sendall(b"one\n")
+        assert recv_until(child.socket, b"\n") == b"ONE\n"
+        child.socket.sendall(b"two words\n")
+        assert recv_until(child.socket, b"\n") == b"TWO WORDS\n"
+    assert child.returncode == 0
 
 
 # --------------------------------------------------------------------------------- errors
