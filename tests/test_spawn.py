@@ -368,6 +368,15 @@ def test_missing_program_raises_like_subprocess(target: int, program: str) -> No
     )
 
 
+def test_empty_program_name_raises_like_subprocess(target: int) -> None:
+    before = open_fds()
+    with pytest.raises(OSError) as info:
+        spawn([""], fd=target)
+    assert open_fds() == before
+    expected = _popen_error([""])
+    assert (type(info.value), info.value.errno) == (type(expected), expected.errno)
+
+
 def test_non_executable_program_raises_permission_error(target: int, tmp_path: Path) -> None:
     program = tmp_path / "not-executable"
     program.write_text("#!/bin/sh\nexit 0\n")

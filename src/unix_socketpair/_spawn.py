@@ -108,10 +108,15 @@ _LOCK = threading.Lock()
 # argv: errfd, "src:tgt,...", n, n hex paths, m, m hex "K=V", hex program argv...
 _TRAMPOLINE = r"""
 import os, sys
+report = int(sys.argv[1])
+def fail(kind, detail):
+    os.write(report, kind + b":" + detail)
+    os._exit(255)
 def main():
-    import _signal, fcntl
+    global report
+    import _signal, errno, fcntl
     a = sys.argv
-    err = int(a[1])
+    err = report
     moves = [tuple(map(int, m.split(":"))) for m in a[2].split(",")]
     n = int(a[3])
     paths = [bytes.fromhex(x) for x in a[4 : 4 + n]]
@@ -121,41 +126,35 @@ def main():
     sources = {s for s, _ in moves}
     targets = {t for _, t in moves}
     high = max(sources | targets | {err}) + 1
-    try:
-        report = fcntl.fcntl(err, fcntl.F_DUPFD_CLOEXEC, high)
-    except OSError as e:
-        os.write(err, b"F:%d" % e.errno)
-        os._exit(255)
-    try:
-        moved = {s: fcntl.fcntl(s, fcntl.F_DUPFD_CLOEXEC, high) for s in sources}
-        for fd in sources | {err}:
-            if fd not in targets:
-                os.close(fd)
-        for s, t in moves:
-            os.dup2(moved[s], t)
-        for fd in moved.values():
+    report = fcntl.fcntl(err, fcntl.F_DUPFD_CLOEXEC, high)
+    moved = {s: fcntl.fcntl(s, fcntl.F_DUPFD_CLOEXEC, high) for s in sources}
+    for fd in sources | {err}:
+        if fd not in targets:
             os.close(fd)
-        for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ"):
-            if hasattr(_signal, name):
-                _signal.signal(getattr(_signal, name), _signal.SIG_DFL)
-    except OSError as e:
-        os.write(report, b"F:%d" % e.errno)
-        os._exit(255)
-    first = last = 0
+    for s, t in moves:
+        os.dup2(moved[s], t)
+    for fd in moved.values():
+        os.close(fd)
+    for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ"):
+        if hasattr(_signal, name):
+            _signal.signal(getattr(_signal, name), _signal.SIG_DFL)
+    first, last = 0, errno.ENOENT
     for path in paths:
         try:
-            os.execve(path, argv, env)
+            # os.execve refuses an empty argv[0]; the paths tried then all end in "/" and
+            # cannot be executed, so passing the path gets Popen's errno (EACCES, ENOENT).
+            os.execve(path, argv if argv[0] else [path], env)
         except OSError as e:
             last = e.errno
-            if not first and last not in (2, 20):
+            if not first and last not in (errno.ENOENT, errno.ENOTDIR):
                 first = last
-    os.write(report, b"E:%d" % (first or last))
-    os._exit(255)
+    fail(b"E", b"%d" % (first or last))
 try:
     main()
+except OSError as e:
+    fail(b"F", b"%d" % (e.errno or 0))
 except BaseException as e:
-    os.write(int(sys.argv[1]), b"X:" + repr(e).encode("ascii", "replace"))
-    os._exit(255)
+    fail(b"X", repr(e).encode("ascii", "replace"))
 """
 
 
