@@ -468,7 +468,8 @@ class Child:
     The ``Child`` owns the parent's end (:attr:`socket`, or :attr:`channel` once used) and
     the :attr:`process`. Use it as a context manager: leaving the block closes the parent's
     end (the child sees end-of-file), waits up to :attr:`exit_timeout` seconds for the child
-    to exit, then kills it, and always reaps it: no zombie is left behind.
+    to exit, then kills it, and always reaps it: no zombie is left behind. (``SOCK_DGRAM``
+    has no end-of-file: a datagram child that waits for more is killed after the timeout.)
     """
 
     #: Seconds ``__exit__`` waits for the child after closing the socket, before SIGKILL.
