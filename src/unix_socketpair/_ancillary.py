@@ -1,0 +1,203 @@
+"""Ancillary data: ``SCM_RIGHTS`` packing/unpacking and peer credentials.
+
+The one rule this module keeps: a descriptor the kernel handed us is either
+returned to the caller or closed before an exception leaves this module. The
+standard library's ``socket.recv_fds`` does neither check (it returns a
+truncated list silently); here ``MSG_CTRUNC`` and an over-limit count raise,
+after closing everything that arrived.
+"""
+
+from __future__ import annotations
+
+import array
+import socket
+import struct
+import sys
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from ._errors import FdsTruncated, TooManyFds
+from ._pair import close_quietly
+
+__all__ = [
+    "ANCBUFSIZE",
+    "SCM_MAX_FD",
+    "Credentials",
+    "check_fds",
+    "close_fds",
+    "fds_from_ancillary",
+    "pack_fds",
+    "peer_credentials",
+]
+
+#: Linux refuses more than this many descriptors in one ``sendmsg`` (``SCM_MAX_FD``).
+SCM_MAX_FD = 253
+
+_INT_SIZE = array.array("i").itemsize
+_SO_PASSCRED: int | None = getattr(socket, "SO_PASSCRED", None)
+_SCM_CREDENTIALS: int | None = getattr(socket, "SCM_CREDENTIALS", None)
+_UCRED = struct.Struct("3i")
+
+#: Room for the most descriptors any peer can send in one message, plus one
+#: ``SCM_CREDENTIALS`` record (used on Linux to tell an empty packet from EOF).
+#: Sized for ``SCM_MAX_FD`` regardless of ``max_fds`` so that "too many" is
+#: reported as such rather than as kernel truncation.
+ANCBUFSIZE: int = socket.CMSG_SPACE(SCM_MAX_FD * _INT_SIZE) + socket.CMSG_SPACE(_UCRED.size)
+
+MSG_CTRUNC: int = socket.MSG_CTRUNC
+
+
+class Credentials(NamedTuple):
+    """The peer's process id, user id and group id, as the kernel recorded them
+    when the connection was made (for a socketpair: when it was created)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def check_fds(fds: Iterable[int], max_fds: int) -> list[int]:
+    """Validate *fds* for sending and return them as a list.
+
+    Raises:
+        TypeError: *fds* is not iterable, or an item is not an ``int`` (``bool``
+            is refused too).
+        ValueError: a descriptor is negative.
+        TooManyFds: more than *max_fds* descriptors.
+    """
+    if isinstance(fds, (str, bytes)):
+        raise TypeError(f"fds must be an iterable of ints, not {type(fds).__name__}")
+    try:
+        items = list(fds)
+    except TypeError:
+        raise TypeError(f"fds must be an iterable of ints, not {type(fds).__name__}") from None
+    for fd in items:
+        if type(fd) is not int and (isinstance(fd, bool) or not isinstance(fd, int)):
+            raise TypeError(f"each fd must be an int, not {type(fd).__name__}")
+        if fd < 0:
+            raise ValueError(f"file descriptor must be >= 0, not {fd}")
+    if len(items) > max_fds:
+        raise TooManyFds(
+            f"cannot send {len(items)} file descriptors with one message: max_fds is {max_fds}",
+            count=len(items),
+            limit=max_fds,
+        )
+    return [int(fd) for fd in items]
+
+
+def pack_fds(fds: list[int]) -> list[tuple[int, int, bytes]]:
+    """The ``sendmsg`` ancillary list carrying *fds* (empty list for no fds)."""
+    if not fds:
+        return []
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+
+
+def close_fds(fds: Iterable[int]) -> None:
+    """Close every descriptor in *fds*, ignoring errors."""
+    close_quietly(*fds)
+
+
+def fds_from_ancillary(
+    ancdata: list[tuple[int, int, bytes]], msg_flags: int, max_fds: int
+) -> list[int]:
+    """Return the descriptors of one ``recvmsg`` result; the caller owns them.
+
+    ``SCM_CREDENTIALS`` records are skipped; unknown records are ignored.
+
+    Raises:
+        FdsTruncated: ``MSG_CTRUNC`` is set. Every descriptor that arrived is closed.
+        TooManyFds: more than *max_fds* arrived. All of them are closed.
+    """
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            # A truncated record may end in a partial int: keep only whole ones.
+            whole = len(data) - len(data) % _INT_SIZE
+            fds.extend(array.array("i", data[:whole]))
+    if msg_flags & MSG_CTRUNC:
+        close_fds(fds)
+        raise FdsTruncated(
+            f"the kernel truncated the control data (MSG_CTRUNC); the {len(fds)} file "
+            f"descriptor(s) that did arrive were closed"
+        )
+    if len(fds) > max_fds:
+        close_fds(fds)
+        raise TooManyFds(
+            f"the peer sent {len(fds)} file descriptors with one message, over max_fds="
+            f"{max_fds}; all of them were closed",
+            count=len(fds),
+            limit=max_fds,
+        )
+    return fds
+
+
+def has_credentials(ancdata: list[tuple[int, int, bytes]]) -> bool:
+    """True if *ancdata* holds an ``SCM_CREDENTIALS`` record (a packet was dequeued)."""
+    return any(
+        kind == _SCM_CREDENTIALS and level == socket.SOL_SOCKET for level, kind, _ in ancdata
+    )
+
+
+def enable_passcred(sock: socket.socket) -> bool:
+    """Turn on ``SO_PASSCRED`` where it exists (Linux); return whether it is on.
+
+    With it, every dequeued packet carries an ``SCM_CREDENTIALS`` record, which is
+    how a zero-length ``SOCK_SEQPACKET`` message is told apart from end of file
+    (both make ``recvmsg`` return 0 bytes).
+    """
+    if _SO_PASSCRED is None or _SCM_CREDENTIALS is None:
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_PASSCRED, 1)
+    except OSError:
+        return False
+    return True
+
+
+def peer_credentials(sock: socket.socket) -> Credentials:
+    """The credentials of the process at the other end of *sock*.
+
+    Linux: ``SO_PEERCRED``. macOS: ``LOCAL_PEERCRED`` plus ``LOCAL_PEERPID``.
+    FreeBSD and others: ``LOCAL_PEERCRED`` (pid from ``cr_pid`` where the
+    ``xucred`` has it, else ``-1``). Only the Linux path is tested.
+
+    Raises:
+        OSError: the query failed (e.g. the socket is closed), or the platform
+            has no way to ask (``errno`` ``ENOTSUP``).
+    """
+    so_peercred = getattr(socket, "SO_PEERCRED", None)
+    if so_peercred is not None and sys.platform.startswith("linux"):
+        raw = sock.getsockopt(socket.SOL_SOCKET, so_peercred, _UCRED.size)
+        pid, uid, gid = _UCRED.unpack(raw)
+        return Credentials(pid, uid, gid)
+    return _bsd_peer_credentials(sock)
+
+
+# struct xucred { u_int cr_version; uid_t cr_uid; short cr_ngroups;
+#                 gid_t cr_groups[16]; (FreeBSD >= 13: pid_t cr_pid in a union) }
+_SOL_LOCAL = 0
+_LOCAL_PEERCRED = 1
+_LOCAL_PEERPID = 2
+_XUCRED = struct.Struct("IIh2x16I")
+
+
+def _bsd_peer_credentials(sock: socket.socket) -> Credentials:  # pragma: no cover - not Linux
+    try:
+        raw = sock.getsockopt(_SOL_LOCAL, _LOCAL_PEERCRED, 256)
+    except OSError as exc:
+        raise OSError(
+            exc.errno, f"peer_credentials(): LOCAL_PEERCRED failed: {exc.strerror}"
+        ) from exc
+    if len(raw) < _XUCRED.size:
+        raise OSError(95, "peer_credentials(): unexpected LOCAL_PEERCRED reply")
+    _version, uid, _ngroups, *groups = _XUCRED.unpack_from(raw)
+    gid = groups[0]
+    pid = -1
+    if sys.platform == "darwin":
+        try:
+            pid = struct.unpack("i", sock.getsockopt(_SOL_LOCAL, _LOCAL_PEERPID, 4))[0]
+        except OSError:
+            pid = -1
+    elif len(raw) >= _XUCRED.size + 4:
+        pid = struct.unpack_from("i", raw, _XUCRED.size)[0]
+    return Credentials(pid, uid, gid)

@@ -1,0 +1,718 @@
+"""The blocking message channel: a socket plus the sans-IO codec.
+
+:class:`ChannelBase` holds everything the blocking :class:`Channel` and the
+asyncio :class:`~unix_socketpair.AsyncChannel` share: adopting the socket,
+checking and framing what is sent, and the single system calls ("steps") that
+move bytes between the socket and the decoder. A step either completes or, on a
+non-blocking socket, raises ``BlockingIOError`` having changed nothing; the two
+channels differ only in how they wait before trying again.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import sys
+import warnings
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from ._ancillary import (
+    ANCBUFSIZE,
+    SCM_MAX_FD,
+    Credentials,
+    check_fds,
+    close_fds,
+    enable_passcred,
+    fds_from_ancillary,
+    has_credentials,
+    pack_fds,
+    peer_credentials,
+)
+from ._codec import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    HEADER_SIZE,
+    MAX_WIRE_LENGTH,
+    NEED_DATA,
+    Buffer,
+    StreamDecoder,
+    _pack,
+    encode,
+    encode_many,
+    payload_of,
+)
+from ._errors import ChannelClosed, FdError, MessageTooLarge, ProtocolError
+from ._pair import SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, close_quietly, socketpair, type_name
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["Channel", "ChannelBase"]
+
+_T = TypeVar("_T", bound="ChannelBase")
+
+MSG_NOSIGNAL: int = getattr(socket, "MSG_NOSIGNAL", 0)
+_MSG_CMSG_CLOEXEC: int = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+_MSG_CTRUNC = socket.MSG_CTRUNC
+_MSG_TRUNC = socket.MSG_TRUNC
+_LINUX = sys.platform.startswith("linux")
+# Linux returns a packet's real length when MSG_TRUNC is passed to recvmsg.
+_PACKET_RECV_FLAGS = _MSG_CMSG_CLOEXEC | (_MSG_TRUNC if _LINUX else 0)
+_JOIN_LIMIT = 16 * 1024
+# recv_into() reads a payload straight into the caller's buffer from this size on;
+# below it, reading ahead into the decoder (and copying) saves system calls.
+_DIRECT_THRESHOLD = 64 * 1024
+_NO_FDS: tuple[int, ...] = ()
+_ENV = "SOCKETPAIR_FD"
+
+
+def _packet_capacity() -> int:
+    """The largest packet a peer can send without privileges (2 x wmem_max)."""
+    try:
+        with open("/proc/sys/net/core/wmem_max") as f:
+            return 2 * int(f.read())
+    except (OSError, ValueError):
+        return 4 * 1024 * 1024
+
+
+def _advance(bufs: list[Buffer], sent: int) -> list[Buffer]:
+    """Drop the first *sent* bytes from *bufs* (slicing, never copying)."""
+    while bufs:
+        first = memoryview(bufs[0]).cast("B")
+        if sent < first.nbytes:
+            return [first[sent:], *bufs[1:]]
+        sent -= first.nbytes
+        bufs = bufs[1:]
+    return bufs
+
+
+def _writable(buffer: object) -> memoryview:
+    try:
+        view = memoryview(buffer)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"recv_into() needs a writable bytes-like object, not {type(buffer).__name__}"
+        ) from None
+    if view.readonly:
+        raise TypeError("recv_into() needs a writable buffer, not a read-only one")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def _adopt(sock_or_fd: socket.socket | int) -> socket.socket:
+    """Wrap *sock_or_fd* after checking it is an AF_UNIX socket of a known type.
+
+    On failure nothing is closed: the caller still owns what it passed.
+    """
+    if isinstance(sock_or_fd, socket.socket):
+        sock = sock_or_fd
+        if sock.fileno() < 0:
+            raise ValueError("the socket is closed")
+        created = False
+    elif isinstance(sock_or_fd, int) and not isinstance(sock_or_fd, bool):
+        if sock_or_fd < 0:
+            raise ValueError(f"file descriptor must be >= 0, not {sock_or_fd}")
+        try:
+            sock = socket.socket(fileno=sock_or_fd)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"fd {sock_or_fd} is not a usable socket: {exc.strerror}"
+            ) from exc
+        created = True
+    else:
+        raise TypeError(
+            f"expected a socket.socket or an int file descriptor, not {type(sock_or_fd).__name__}"
+        )
+    if sock.family != socket.AF_UNIX or sock.type not in (SOCK_STREAM, SOCK_SEQPACKET, SOCK_DGRAM):
+        what = f"family {sock.family!r}, type {sock.type!r}"
+        if created:
+            sock.detach()
+        raise ValueError(
+            "a channel needs an AF_UNIX SOCK_STREAM, SOCK_SEQPACKET or SOCK_DGRAM socket, "
+            f"not {what}"
+        )
+    return sock
+
+
+def _check_limit(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
+    return value
+
+
+def _fd_from_env() -> int:
+    raw = os.environ.get(_ENV)
+    if raw is None:
+        raise ValueError(
+            f"{_ENV} is not set: this process was not given a channel "
+            f"(the parent sets {_ENV} to the descriptor number, or to 'stdio')"
+        )
+    value = raw.strip()
+    if value == "stdio":
+        return 0
+    try:
+        fd = int(value, 10)
+    except ValueError:
+        raise ValueError(f"{_ENV}={raw!r} is not a descriptor number nor 'stdio'") from None
+    if fd < 0:
+        raise ValueError(f"{_ENV}={raw!r} is negative")
+    return fd
+
+
+class ChannelBase:
+    """What the blocking and asyncio channels share (not public)."""
+
+    _blocking: ClassVar[bool] = True
+
+    __slots__ = (
+        "__weakref__",
+        "_broken_send",
+        "_closed",
+        "_dec",
+        "_max",
+        "_max_fds",
+        "_passcred",
+        "_pending",
+        "_pkt_broken",
+        "_pkt_view",
+        "_sock",
+        "_stream",
+        "_type",
+    )
+
+    def __init__(
+        self,
+        sock_or_fd: socket.socket | int,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_fds: int = SCM_MAX_FD,
+    ) -> None:
+        self._closed = True  # until fully set up (for __del__)
+        max_message_size = _check_limit("max_message_size", max_message_size, 0, MAX_WIRE_LENGTH)
+        max_fds = _check_limit("max_fds", max_fds, 0, SCM_MAX_FD)
+        sock = _adopt(sock_or_fd)
+        sock.setblocking(self._blocking)
+        self._sock = sock
+        self._type: int = sock.type
+        self._stream = self._type == SOCK_STREAM
+        self._max = max_message_size
+        self._max_fds = max_fds
+        self._broken_send: str | None = None
+        self._pending: tuple[bytes, list[int]] | None = None
+        self._pkt_broken: str | None = None
+        if self._stream:
+            self._dec = StreamDecoder(max_message_size, max_fds)
+            self._passcred = False
+            self._pkt_view = memoryview(b"")
+        else:
+            self._dec = StreamDecoder(0, 0)  # unused for packets
+            self._passcred = enable_passcred(sock)
+            cap = min(max_message_size, _packet_capacity()) + 1
+            self._pkt_view = memoryview(bytearray(cap))
+        self._closed = False
+
+    # -- construction -------------------------------------------------------
+
+    @classmethod
+    def pair(cls: type[_T], type: int = SOCK_STREAM, **options: Any) -> tuple[_T, _T]:
+        """Two connected channels over a new socketpair of *type*.
+
+        *options* are passed to both constructors (``max_message_size``,
+        ``max_fds``). The caller owns both channels.
+        """
+        a, b = socketpair(type)
+        try:
+            first = cls(a, **options)
+        except BaseException:
+            close_quietly(a, b)
+            raise
+        try:
+            second = cls(b, **options)
+        except BaseException:
+            first.close()
+            close_quietly(b)
+            raise
+        return first, second
+
+    @classmethod
+    def from_fd(cls: type[_T], fd: int, **options: Any) -> _T:
+        """Adopt the socket at descriptor *fd* (the channel owns it from now on)."""
+        return cls(fd, **options)
+
+    @classmethod
+    def from_env(cls: type[_T], **options: Any) -> _T:
+        """The channel a parent handed this process, found through ``SOCKETPAIR_FD``.
+
+        ``SOCKETPAIR_FD`` holds the descriptor number, or ``stdio`` when the socket
+        is on descriptors 0 and 1 (the channel then adopts fd 0; fd 1 still refers
+        to the same socket, so do not print to stdout, and the peer sees end of
+        file only when both are closed or after :meth:`shutdown_write`).
+
+        A numbered descriptor is made close-on-exec: it belongs to this channel,
+        not to the programs this process may start.
+
+        Raises:
+            ValueError: ``SOCKETPAIR_FD`` is unset, not a number, or negative.
+            OSError: the descriptor is not open or not a socket.
+        """
+        fd = _fd_from_env()
+        try:
+            channel = cls(fd, **options)
+        except OSError as exc:
+            raise OSError(exc.errno, f"{_ENV}={fd}: {exc.strerror or exc}") from exc
+        except ValueError as exc:
+            raise ValueError(f"{_ENV}={fd}: {exc}") from exc
+        if fd > 2:
+            channel._sock.set_inheritable(False)
+        return channel
+
+    # -- properties ---------------------------------------------------------
+
+    @property
+    def type(self) -> int:
+        """``SOCK_STREAM``, ``SOCK_SEQPACKET`` or ``SOCK_DGRAM``."""
+        return self._type
+
+    @property
+    def max_message_size(self) -> int:
+        """The largest message this channel sends or accepts, in bytes."""
+        return self._max
+
+    @property
+    def max_fds(self) -> int:
+        """The most descriptors this channel sends or accepts with one message."""
+        return self._max_fds
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def fileno(self) -> int:
+        """The socket's descriptor (still owned by the channel); -1 once closed."""
+        return -1 if self._closed else self._sock.fileno()
+
+    def peer_credentials(self) -> Credentials:
+        """``Credentials(pid, uid, gid)`` of the peer process.
+
+        Linux: ``SO_PEERCRED``, the credentials recorded when the socketpair was
+        created (the creating process, even after the end was passed to a child).
+        macOS/BSD: ``LOCAL_PEERCRED`` (untested).
+        """
+        self._check_open()
+        return peer_credentials(self._sock)
+
+    def shutdown_write(self) -> None:
+        """Tell the peer no more messages come (it sees end of file after the last
+        one); receiving still works. Later sends raise ``BrokenPipeError``.
+        ``SOCK_DGRAM`` has no end of file: the peer is not told."""
+        self._check_open()
+        self._sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        """Close the socket and every descriptor received but not yet delivered.
+
+        Idempotent. Any later operation raises ``OSError`` (``EBADF``).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._dec.close()
+        if self._pending is not None:
+            close_fds(self._pending[1])
+            self._pending = None
+        self._sock.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd={self._sock.fileno()}"
+        return f"<{type(self).__name__} {type_name(self._type)} {state}>"
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
+            self.close()
+
+    # -- shared helpers (no waiting in here) ---------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise OSError(errno.EBADF, "the channel is closed")
+
+    def _prepare(self, data: object, fds: Iterable[int]) -> tuple[list[Buffer], list[Any]]:
+        """Check and frame one message: (buffers, ancillary). Raises before any I/O."""
+        if self._stream:
+            bufs = encode(data, self._max)
+        else:
+            payload, size = payload_of(data)
+            if size > self._max:
+                raise MessageTooLarge(
+                    f"message of {size} bytes is over max_message_size ({self._max} bytes)",
+                    size=size,
+                    limit=self._max,
+                )
+            bufs = [payload]
+        anc = pack_fds(check_fds(fds, self._max_fds)) if fds is not _NO_FDS else []
+        self._check_send()
+        return bufs, anc
+
+    def _check_send(self) -> None:
+        if self._closed:
+            raise OSError(errno.EBADF, "the channel is closed")
+        if self._broken_send is not None:
+            raise ProtocolError(f"the channel cannot send any more: {self._broken_send}")
+
+    def _send_error(self, exc: OSError, bufs: list[Buffer]) -> BaseException:
+        """Translate a send failure into the error the caller should see."""
+        if self._closed or exc.errno == errno.EBADF:
+            return OSError(errno.EBADF, "the channel is closed")
+        if exc.errno == errno.EMSGSIZE and not self._stream:
+            size = sum(memoryview(b).nbytes for b in bufs)
+            try:
+                sndbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            except OSError:
+                sndbuf = 0
+            # Linux charges a packet against SO_SNDBUF less 32 bytes of overhead.
+            limit = max(sndbuf - 32, 0)
+            return MessageTooLarge(
+                f"a {type_name(self._type)} packet of {size} bytes is more than the socket "
+                f"can carry (about {limit} bytes, from SO_SNDBUF={sndbuf}; raise SO_SNDBUF "
+                f"or use SOCK_STREAM)",
+                size=size,
+                limit=limit,
+            )
+        if exc.errno == errno.ECONNREFUSED and self._type == SOCK_DGRAM:
+            # A connected datagram socket reports its closed peer as ECONNREFUSED.
+            return BrokenPipeError(errno.EPIPE, "the peer has closed the channel")
+        return exc
+
+    def _fill(self) -> None:
+        """One read from a stream socket into the decoder (may raise BlockingIOError)."""
+        dec = self._dec
+        try:
+            n, anc, flags, _ = self._sock.recvmsg_into(
+                (dec.get_buffer(),), ANCBUFSIZE, _MSG_CMSG_CLOEXEC
+            )
+        except ConnectionResetError:
+            # The peer closed while some of what we sent was still unread: for
+            # the reading side that is simply the end of the stream.
+            n, anc, flags = 0, [], 0
+        except OSError as exc:
+            if self._closed or exc.errno == errno.EBADF:
+                raise OSError(errno.EBADF, "the channel is closed") from exc
+            raise
+        if anc or flags & _MSG_CTRUNC:
+            dec.buffer_updated(n, self._take_fds(anc, flags))
+        else:
+            dec.buffer_updated(n)
+
+    def _take_fds(self, anc: list[tuple[int, int, bytes]], flags: int) -> list[int]:
+        try:
+            fds = fds_from_ancillary(anc, flags, self._max_fds)
+        except FdError as exc:
+            if self._stream:
+                self._dec.fail(str(exc))
+            else:
+                self._pkt_broken = str(exc)
+            raise
+        if not _MSG_CMSG_CLOEXEC:
+            for fd in fds:
+                os.set_inheritable(fd, False)
+        return fds
+
+    def _direct_step(self, target: memoryview) -> tuple[int, list[int] | None]:
+        """One read straight into *target* (the rest of a message's payload):
+        ``(nbytes, the message's fds once it is complete else None)``."""
+        n, anc, flags, _ = self._sock.recvmsg_into((target,), ANCBUFSIZE, _MSG_CMSG_CLOEXEC)
+        fds = self._take_fds(anc, flags) if anc or flags & _MSG_CTRUNC else None
+        return n, self._dec.direct_updated(n, fds)
+
+    def _wants_direct(self, size: int) -> bool:
+        """After next_size(): should the payload go straight into the caller's buffer?"""
+        return size >= _DIRECT_THRESHOLD and self._dec.buffered() < HEADER_SIZE + size
+
+    def _packet_step(self, target: memoryview | None) -> tuple[int, list[int]]:
+        """Receive one packet: into *target* first (if given), the rest into the
+        packet buffer. Returns ``(size, fds)``; raises ChannelClosed at EOF."""
+        if self._pkt_broken is not None:
+            raise ProtocolError(f"the channel is unusable: {self._pkt_broken}")
+        self._check_open()
+        bufs = (self._pkt_view,) if target is None else (target, self._pkt_view)
+        try:
+            n, anc, flags, _ = self._sock.recvmsg_into(bufs, ANCBUFSIZE, _PACKET_RECV_FLAGS)
+        except ConnectionResetError:
+            n, anc, flags = 0, [], 0
+        except OSError as exc:
+            if self._closed or exc.errno == errno.EBADF:
+                raise OSError(errno.EBADF, "the channel is closed") from exc
+            raise
+        fds = self._take_fds(anc, flags) if anc or flags & _MSG_CTRUNC else []
+        if n == 0 and (not has_credentials(anc) if self._passcred else self._type != SOCK_DGRAM):
+            close_fds(fds)
+            raise ChannelClosed("the peer closed the channel")
+        room = sum(len(b) for b in bufs)
+        if n > self._max or flags & _MSG_TRUNC or n > room:
+            close_fds(fds)
+            if n > self._max:
+                reason = (
+                    f"the peer sent a packet of {n} bytes, over max_message_size "
+                    f"({self._max} bytes)"
+                )
+            else:
+                reason = f"a packet was truncated to the {room} bytes of the receive buffer"
+            self._pkt_broken = reason
+            raise ProtocolError(reason + "; the channel is unusable")
+        return n, fds
+
+    def _packet_into(self, target: memoryview) -> tuple[int, list[int]]:
+        """Deliver a pending packet into *target*, or receive one (see recv_into)."""
+        pending = self._pending
+        if pending is not None:
+            payload, fds = pending
+            size = len(payload)
+            if size > len(target):
+                raise self._too_small(size, len(target))
+            target[:size] = payload
+            self._pending = None
+            return size, fds
+        size, fds = self._packet_step(target)
+        limit = len(target)
+        if size > limit:
+            # Keep the whole packet queued: caller's part plus the overflow.
+            payload = target.tobytes() + self._pkt_view[: size - limit].tobytes()
+            self._pending = (payload, fds)
+            raise self._too_small(size, limit)
+        return size, fds
+
+    def _packet_message(self) -> tuple[bytes, list[int]]:
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            return pending
+        size, fds = self._packet_step(None)
+        return self._pkt_view[:size].tobytes(), fds
+
+    @staticmethod
+    def _too_small(size: int, limit: int) -> MessageTooLarge:
+        return MessageTooLarge(
+            f"the next message is {size} bytes, larger than the {limit}-byte buffer; it stays "
+            f"queued: call again with a buffer of at least {size} bytes",
+            size=size,
+            limit=limit,
+        )
+
+
+class Channel(ChannelBase):
+    """A framed, bidirectional message channel over one ``AF_UNIX`` socket.
+
+    ``Channel(sock_or_fd, *, max_message_size=64 MiB, max_fds=253)`` adopts a
+    ``socket.socket`` or a raw descriptor of an ``AF_UNIX`` ``SOCK_STREAM``,
+    ``SOCK_SEQPACKET`` or ``SOCK_DGRAM`` socket and **owns it**: :meth:`close`
+    closes it. The socket is switched to blocking mode. If the constructor
+    raises, nothing was closed and the caller still owns what it passed.
+
+    On ``SOCK_STREAM`` each message is framed with a 4-byte big-endian length;
+    on the packet types each message is one packet. ``docs/protocol.md`` has
+    the details, so that a peer in any language can take part.
+
+    A channel is not thread-safe: use one sender thread and one receiver
+    thread at most (they may be different).
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- sending ------------------------------------------------------------
+
+    def send(self, data: Buffer, *, fds: Iterable[int] = _NO_FDS) -> None:
+        """Send one message; return once the kernel has taken all of it.
+
+        *data* is any bytes-like object (not copied if larger than 16 KiB).
+        *fds* are sent with the message (``SCM_RIGHTS``); they stay owned by the
+        caller (the peer receives duplicates).
+
+        Raises:
+            TypeError: *data* is not bytes-like, or an fd is not an int; nothing sent.
+            MessageTooLarge: over ``max_message_size``, or (packet types) over
+                what one packet can carry; nothing sent.
+            TooManyFds: more than ``max_fds`` descriptors; nothing sent.
+            BrokenPipeError: the peer has closed (never SIGPIPE).
+        """
+        if (
+            type(data) is bytes
+            and fds is _NO_FDS
+            and self._stream
+            and len(data) <= _JOIN_LIMIT
+            and self._broken_send is None
+        ):
+            try:
+                self._sock.sendall(_pack(len(data)) + data, MSG_NOSIGNAL)
+            except OSError as exc:
+                raise self._send_error(exc, [data]) from exc
+            return
+        bufs, anc = self._prepare(data, fds)
+        self._sendmsg_all(bufs, anc)
+
+    def send_many(self, messages: Iterable[Buffer]) -> None:
+        """Send many messages, coalesced into as few system calls as possible.
+
+        Equivalent to calling :meth:`send` for each (without descriptors).
+        If *messages* is a list or tuple, every item is checked first, so a bad
+        item raises before anything is sent; other iterables are consumed in
+        batches of about 256 KiB, each checked before it is sent.
+
+        Raises: as :meth:`send`.
+        """
+        self._check_send()
+        if self._stream:
+            for bufs in encode_many(messages, self._max):
+                self._sendmsg_all(bufs, [])
+            return
+        items = messages if isinstance(messages, (list, tuple)) else None
+        if items is not None:
+            for item in items:
+                self._prepare(item, _NO_FDS)
+        for item in messages:
+            bufs, anc = self._prepare(item, _NO_FDS)
+            self._sendmsg_all(bufs, anc)
+
+    def _sendmsg_all(self, bufs: list[Buffer], anc: list[Any]) -> None:
+        sock = self._sock
+        partial = False
+        try:
+            while True:
+                sent = sock.sendmsg(bufs, anc, MSG_NOSIGNAL)
+                bufs = _advance(bufs, sent)
+                if not bufs:
+                    return
+                anc = []
+                partial = True
+        except OSError as exc:
+            raise self._send_error(exc, bufs) from exc
+        except BaseException:
+            if partial:
+                self._broken_send = "a send was interrupted part way through a message"
+            raise
+
+    # -- receiving ----------------------------------------------------------
+
+    def recv(self) -> bytes:
+        """Return the next message (a new ``bytes``), waiting for it.
+
+        Descriptors that came with it are closed: use :meth:`recv_with_fds`
+        to take them.
+
+        Raises:
+            ChannelClosed: the peer closed at a message boundary.
+            ProtocolError: broken framing; the channel is unusable.
+            FdError: descriptors truncated or over ``max_fds`` (all closed).
+        """
+        if self._stream:
+            dec = self._dec
+            msg = dec.next_message()
+            while msg is NEED_DATA:
+                self._fill()
+                msg = dec.next_message()
+            return msg  # type: ignore[return-value]
+        self._check_open()
+        payload, fds = self._packet_message()
+        close_fds(fds)
+        return payload
+
+    def recv_with_fds(self) -> tuple[bytes, list[int]]:
+        """Return the next message and the descriptors sent with it.
+
+        The caller owns the descriptors (close-on-exec) and must close them.
+
+        Raises: as :meth:`recv`.
+        """
+        self._check_open()
+        if self._stream:
+            dec = self._dec
+            result = dec.next_message_with_fds()
+            while result is NEED_DATA:
+                self._fill()
+                result = dec.next_message_with_fds()
+            return result  # type: ignore[return-value]
+        return self._packet_message()
+
+    def recv_into(self, buffer: Buffer) -> int:
+        """Receive the next message into *buffer*; return its size.
+
+        Zero-copy for large messages: the payload is read straight into
+        *buffer*. Descriptors that came with the message are closed.
+
+        Raises:
+            TypeError: *buffer* is not a writable bytes-like object.
+            MessageTooLarge: the message is larger than *buffer*; ``.size`` is
+                the size needed. The message stays queued (on the packet types
+                the contents of *buffer* are then unspecified).
+            others: as :meth:`recv`.
+        """
+        target = _writable(buffer)
+        self._check_open()
+        if not self._stream:
+            size, fds = self._packet_into(target)
+            close_fds(fds)
+            return size
+        dec = self._dec
+        while True:
+            next_size = dec.next_size()
+            if next_size is NEED_DATA:
+                self._fill()
+                continue
+            size = int(next_size)  # type: ignore[arg-type]
+            if size > len(target):
+                raise self._too_small(size, len(target))
+            if dec.buffered() >= HEADER_SIZE + size or self._wants_direct(size):
+                break
+            self._fill()
+        size, copied = dec.read_into(target)
+        if copied == size:
+            close_fds(dec.take_fds_for_buffered(size))
+            return size
+        try:
+            while True:
+                n, done = self._direct_step(target[copied:size])
+                if done is not None:
+                    close_fds(done)
+                    return size
+                copied += n
+        except BaseException:
+            dec.abort_direct()
+            raise
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Yield each message until the peer closes (then simply stop)."""
+        if not self._stream:
+            while True:
+                try:
+                    yield self.recv()
+                except ChannelClosed:
+                    return
+        dec = self._dec
+        next_message = dec.next_message
+        fill = self._fill
+        while True:
+            try:
+                msg = next_message()
+                while msg is not NEED_DATA:
+                    yield msg  # type: ignore[misc]
+                    msg = next_message()
+                fill()
+            except ChannelClosed:
+                return

@@ -1,0 +1,592 @@
+"""Sans-IO framing: bytes and descriptors in, messages out; messages in, buffers out.
+
+No sockets here. The blocking :class:`~unix_socketpair.Channel` and the asyncio
+:class:`~unix_socketpair.AsyncChannel` are thin layers that move bytes between
+a socket and a :class:`StreamDecoder` / the ``encode*`` functions.
+
+Wire format (``SOCK_STREAM``; see ``docs/protocol.md``): each message is a
+4-byte unsigned big-endian length followed by that many payload bytes.
+
+Descriptors (``SCM_RIGHTS``) travel with the ``sendmsg`` that carries the start
+of their message, and that ``sendmsg`` carries the start of no other message.
+Linux never lets one ``recvmsg`` read past the end of the kernel buffer that
+carried descriptors, and hands the descriptors over with the first read that
+touches that buffer. So the chunk of bytes that arrives together with
+descriptors contains the start of their message and no later message start:
+**the descriptors belong to the last message that starts in the chunk they
+arrived with.** The decoder applies exactly that rule, and raises
+:class:`ProtocolError` for descriptors that arrive with a chunk in which no
+message starts.
+
+Decoding is all-or-nothing (as in wsproto's ``Buffer``): nothing is consumed
+until a whole message is there, so a header split over many reads never
+corrupts state; and a declared length over ``max_message_size`` is refused as
+soon as the 4 header bytes are in, before any memory is set aside for it.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Final
+
+from ._ancillary import SCM_MAX_FD, close_fds
+from ._errors import ChannelClosed, MessageTooLarge, ProtocolError, TooManyFds
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+else:
+    Buffer = bytes | bytearray | memoryview
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "HEADER_SIZE",
+    "MAX_WIRE_LENGTH",
+    "NEED_DATA",
+    "Buffer",
+    "StreamDecoder",
+    "encode",
+    "encode_many",
+    "payload_of",
+]
+
+HEADER_SIZE: Final = 4
+#: The largest length the 4-byte header can declare.
+MAX_WIRE_LENGTH: Final = 0xFFFFFFFF
+DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
+
+_HEADER = struct.Struct(">I")
+_pack = _HEADER.pack
+_unpack_from = _HEADER.unpack_from
+
+# Payloads up to this size are copied behind their header into one buffer: one
+# small copy costs less than a second iovec. Larger ones go out as a separate
+# buffer, never copied.
+_JOIN_LIMIT: Final = 16 * 1024
+# send_many() flushes its coalesced buffer at about this size.
+_BATCH_BYTES: Final = 256 * 1024
+
+# Receive buffer: default capacity, the free space wanted before a read (so one
+# recvmsg can take many small messages), and the capacity above which the
+# buffer is given back once it is empty (after one very large message).
+_DEFAULT_CAPACITY: Final = 256 * 1024
+_MIN_FREE: Final = 64 * 1024
+_RETAIN_CAPACITY: Final = 4 * 1024 * 1024 + HEADER_SIZE
+
+
+_CLOSED: Final = "the channel is closed"
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+#: Returned by the decoder when no whole message is buffered yet.
+NEED_DATA: Final = _NeedData()
+
+
+def payload_of(data: object) -> tuple[Buffer, int]:
+    """Return ``(buffer, nbytes)`` for a bytes-like *data*, without copying.
+
+    Raises:
+        TypeError: *data* is not a bytes-like object (``str`` included), or is
+            a non-contiguous memoryview.
+    """
+    if type(data) is bytes:
+        return data, len(data)
+    try:
+        view = memoryview(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"a message must be a bytes-like object (bytes, bytearray, memoryview), "
+            f"not {type(data).__name__}"
+        ) from None
+    if view.itemsize != 1 or view.ndim != 1 or view.format not in ("B", "b", "c"):
+        try:
+            view = view.cast("B")
+        except TypeError:
+            raise TypeError("a message must be a C-contiguous bytes-like object") from None
+    elif not view.c_contiguous:
+        raise TypeError("a message must be a C-contiguous bytes-like object")
+    return view, view.nbytes
+
+
+def _too_large(size: int, limit: int) -> MessageTooLarge:
+    return MessageTooLarge(
+        f"message of {size} bytes is over max_message_size ({limit} bytes)",
+        size=size,
+        limit=limit,
+    )
+
+
+def encode(data: object, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> list[Buffer]:
+    """Frame one message; return the buffers to send, in order.
+
+    A small payload is returned joined behind its header (one buffer); a large
+    one as ``[header, payload]`` with the payload itself, not a copy.
+
+    Raises:
+        TypeError: *data* is not bytes-like.
+        MessageTooLarge: over *max_message_size* (or the 4-byte header's limit).
+    """
+    payload, size = payload_of(data)
+    if size > max_message_size or size > MAX_WIRE_LENGTH:
+        raise _too_large(size, min(max_message_size, MAX_WIRE_LENGTH))
+    if size <= _JOIN_LIMIT:
+        return [_pack(size) + payload]
+    return [_pack(size), payload]
+
+
+def encode_many(
+    messages: Iterable[object], max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+) -> Iterator[list[Buffer]]:
+    """Frame many messages, coalesced; yield lists of buffers, one per ``sendmsg``.
+
+    Small messages are packed together into one buffer of about 256 KiB; a large
+    payload is yielded as its own buffer (not copied), after the header.
+
+    If *messages* is a list or tuple, every item is checked before the first
+    batch is yielded, so a bad item means nothing was sent. For other iterables
+    the items are checked batch by batch: a bad item stops the iteration after
+    the earlier batches (which the caller may already have sent).
+
+    Raises:
+        TypeError: an item is not bytes-like.
+        MessageTooLarge: an item is over *max_message_size*.
+    """
+    limit = min(max_message_size, MAX_WIRE_LENGTH)
+    if isinstance(messages, (list, tuple)):
+        for item in messages:
+            if type(item) is not bytes:
+                item, size = payload_of(item)
+            else:
+                size = len(item)
+            if size > limit:
+                raise _too_large(size, limit)
+    parts: list[Buffer] = []
+    append = parts.append
+    pending = 0
+    for item in messages:
+        if type(item) is bytes:
+            size = len(item)
+        else:
+            item, size = payload_of(item)
+        if size > limit:
+            raise _too_large(size, limit)
+        if size > _JOIN_LIMIT:
+            append(_pack(size))
+            yield [b"".join(parts), item]
+            parts = []
+            append = parts.append
+            pending = 0
+            continue
+        append(_pack(size))
+        append(item)
+        pending += size + HEADER_SIZE
+        if pending >= _BATCH_BYTES:
+            yield [b"".join(parts)]
+            parts = []
+            append = parts.append
+            pending = 0
+    if parts:
+        yield [b"".join(parts)]
+
+
+class StreamDecoder:
+    """Turns the bytes (and descriptors) of a ``SOCK_STREAM`` into messages.
+
+    Feed it with :meth:`receive_data` (copies) or, without a copy, by reading
+    straight into :meth:`get_buffer` and reporting with :meth:`buffer_updated`.
+    End of file is ``receive_data(b"")`` or ``buffer_updated(0)``. Take messages
+    with :meth:`next_message` (payload only: descriptors that came with it are
+    closed) or :meth:`next_message_with_fds`; both return :data:`NEED_DATA` when
+    no whole message is buffered.
+
+    Descriptors handed to the decoder are owned by it until returned with their
+    message; :meth:`close` (and every error) closes the ones it still holds.
+
+    Errors: :class:`ChannelClosed` at a clean end of file; :class:`ProtocolError`
+    for broken framing, after which every call raises it again.
+    """
+
+    __slots__ = (
+        "_base",
+        "_broken",
+        "_buf",
+        "_direct",
+        "_eof",
+        "_groups",
+        "_max",
+        "_max_fds",
+        "_rpos",
+        "_view",
+        "_wpos",
+    )
+
+    def __init__(
+        self,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_fds: int = SCM_MAX_FD,
+    ) -> None:
+        self._max = min(max_message_size, MAX_WIRE_LENGTH)
+        self._max_fds = max_fds
+        self._buf = bytearray(_DEFAULT_CAPACITY)
+        self._view = memoryview(self._buf)
+        self._rpos = 0  # first unconsumed byte
+        self._wpos = 0  # end of the received bytes
+        self._base = 0  # stream offset of _buf[0]
+        # (stream offset of the chunk's first byte, of its end, the fds) in order.
+        self._groups: deque[tuple[int, int, list[int]]] = deque()
+        self._eof = False
+        self._broken: str | None = None
+        # While a message's payload goes straight into a caller's buffer:
+        # (stream offset of the message start, of its end); else None.
+        self._direct: tuple[int, int] | None = None
+
+    # -- input --------------------------------------------------------------
+
+    def get_buffer(self) -> memoryview:
+        """Writable free space at the end of the buffer, for one read.
+
+        At least 64 KiB, and enough for the rest of a message whose header is
+        in (so a large message is read in place, compacting at most once).
+        Valid only until the next call on the decoder.
+        """
+        r = self._rpos
+        w = self._wpos
+        if r == w and r:
+            self._base += r
+            self._rpos = self._wpos = r = w = 0
+            if len(self._buf) > _RETAIN_CAPACITY:
+                self._replace(_DEFAULT_CAPACITY)
+        want = _MIN_FREE
+        held = w - r
+        if held >= HEADER_SIZE:
+            size = _unpack_from(self._buf, r)[0]
+            if size <= self._max:
+                want = max(want, HEADER_SIZE + size - held)
+        cap = len(self._buf)
+        if cap - w < want:
+            if held + want <= cap and held <= r:
+                # Slide the partial message to the front (the regions do not overlap).
+                self._buf[:held] = self._view[r:w]
+                self._base += r
+                self._rpos = 0
+                self._wpos = w = held
+            else:
+                self._replace(max(held + want, min(2 * cap, held + 2 * want)))
+                w = self._wpos
+        return self._view[w:]
+
+    def _replace(self, capacity: int) -> None:
+        """Move the unconsumed bytes to the front of a new buffer of *capacity*."""
+        r = self._rpos
+        held = self._wpos - r
+        buf = bytearray(capacity)
+        buf[:held] = self._view[r : self._wpos]
+        self._view.release()
+        self._buf = buf
+        self._view = memoryview(buf)
+        self._base += r
+        self._rpos = 0
+        self._wpos = held
+
+    def buffer_updated(self, nbytes: int, fds: list[int] | None = None) -> None:
+        """Report that *nbytes* were written into the last :meth:`get_buffer`.
+
+        ``nbytes == 0`` means end of file. *fds* arrived with those bytes; the
+        decoder owns them from now on (and closes them on error).
+
+        Raises:
+            TooManyFds: more than ``max_fds`` descriptors (all closed; broken).
+            ProtocolError: descriptors with end of file, or data after it.
+        """
+        if fds:
+            start = self._base + self._wpos
+            self._fds_arrived(start, start + nbytes, fds)
+        if nbytes:
+            if self._eof:
+                self._break("data after end of file")
+            self._wpos += nbytes
+        else:
+            self._eof = True
+
+    def receive_data(self, data: Buffer, fds: Iterable[int] = ()) -> None:
+        """Copy *data* into the decoder (``b""`` means end of file).
+
+        *fds* arrived together with *data*; the decoder owns them from now on.
+        """
+        fd_list = list(fds)
+        view = memoryview(data).cast("B")
+        size = view.nbytes
+        if size == 0:
+            self.buffer_updated(0, fd_list)
+            return
+        if self._direct is not None:
+            close_fds(fd_list)
+            raise RuntimeError("a message is being read with read_into(); finish it first")
+        done = 0
+        while done < size:
+            space = self.get_buffer()
+            n = min(len(space), size - done)
+            space[:n] = view[done : done + n]
+            # Descriptors go with the first piece: it holds the chunk's first byte
+            # and, being a prefix of the chunk, no message start the chunk lacks.
+            self.buffer_updated(n, fd_list if done == 0 else None)
+            done += n
+
+    def _fds_arrived(self, start: int, end: int, fds: list[int]) -> None:
+        if self._broken is not None:
+            close_fds(fds)
+            self._raise_broken()
+        if len(fds) > self._max_fds:
+            close_fds(fds)
+            self._break(
+                f"the peer sent {len(fds)} file descriptors with one message, over "
+                f"max_fds={self._max_fds}; all of them were closed",
+                TooManyFds,
+                count=len(fds),
+            )
+        if end == start:
+            close_fds(fds)
+            self._break(f"{len(fds)} file descriptor(s) arrived without any data")
+        if self._direct is not None:
+            close_fds(fds)
+            self._break(
+                f"file descriptors arrived in the middle of a message's payload "
+                f"(bytes {start}..{end} of the stream)"
+            )
+        self._groups.append((start, end, fds))
+
+    # -- output -------------------------------------------------------------
+
+    def next_message(self) -> bytes | _NeedData:
+        """Return the next whole message's payload, or :data:`NEED_DATA`.
+
+        Descriptors that came with the message are closed (a peer cannot make
+        a reader that does not ask for descriptors leak them).
+
+        Raises:
+            ChannelClosed: end of file at a message boundary.
+            ProtocolError: broken framing (see the class docstring).
+        """
+        r = self._rpos
+        w = self._wpos
+        if w - r >= HEADER_SIZE and not self._groups:
+            size = _unpack_from(self._buf, r)[0]
+            end = r + HEADER_SIZE + size
+            if end <= w and size <= self._max:
+                self._rpos = end
+                return self._view[r + HEADER_SIZE : end].tobytes()
+        result = self._next_slow()
+        if result is NEED_DATA:
+            return NEED_DATA
+        payload, fds = result  # type: ignore[misc]
+        if fds:
+            close_fds(fds)
+        return payload
+
+    def next_message_with_fds(self) -> tuple[bytes, list[int]] | _NeedData:
+        """Like :meth:`next_message`, but return ``(payload, fds)``; the caller
+        owns the descriptors (close-on-exec if the reader asked the kernel so)."""
+        return self._next_slow()
+
+    def next_size(self) -> int | _NeedData:
+        """The size of the next message once its header is in, else
+        :data:`NEED_DATA` (nothing is consumed).
+
+        Raises:
+            ChannelClosed: end of file at a message boundary.
+            ProtocolError: declared length over the limit, or end of file
+                inside the header.
+        """
+        if self._broken is not None:
+            self._raise_broken()
+        r = self._rpos
+        held = self._wpos - r
+        if held >= HEADER_SIZE:
+            size: int = _unpack_from(self._buf, r)[0]
+            if size > self._max:
+                self._over_limit(size)
+            return size
+        if self._eof:
+            self._at_eof(held)
+        return NEED_DATA
+
+    def read_into(self, target: memoryview) -> tuple[int, int]:
+        """Start moving the next message into *target* (a writable byte view).
+
+        Call only after :meth:`next_size` returned a size that fits *target*.
+        Copies the payload bytes already buffered and returns
+        ``(size, copied)``. If ``copied < size``, the rest must be read straight
+        into ``target[copied:size]`` and reported with :meth:`direct_updated`
+        until it returns the message's descriptors.
+        """
+        r = self._rpos
+        size: int = _unpack_from(self._buf, r)[0]
+        start = r + HEADER_SIZE
+        copied = min(size, self._wpos - start)
+        target[:copied] = self._view[start : start + copied]
+        self._rpos = start + copied
+        if copied < size:
+            # The whole buffer belonged to this message: the rest comes directly.
+            msg_start = self._base + r
+            self._base += self._rpos
+            self._rpos = self._wpos = 0
+            self._direct = (msg_start, msg_start + HEADER_SIZE + size)
+        return size, copied
+
+    def direct_updated(self, nbytes: int, fds: list[int] | None = None) -> list[int] | None:
+        """Report *nbytes* read straight into the caller's buffer.
+
+        Returns the message's descriptors once its last byte is in, else None.
+
+        Raises:
+            ProtocolError: end of file (``nbytes == 0``) inside the payload, or
+                descriptors arriving inside the payload (closed).
+        """
+        direct = self._direct
+        if direct is None:
+            raise RuntimeError("direct_updated() without read_into()")
+        if fds:
+            start = self._base
+            self._fds_arrived(start, start + nbytes, fds)
+        if nbytes == 0:
+            self._eof = True
+            msg_start, msg_end = direct
+            got = self._base - msg_start - HEADER_SIZE
+            self._direct = None
+            self._break(
+                f"end of file inside a message: {got} of its {msg_end - msg_start - HEADER_SIZE} "
+                f"payload bytes arrived"
+            )
+        self._base += nbytes
+        msg_start, msg_end = direct
+        if self._base < msg_end:
+            return None
+        self._direct = None
+        return self._take_fds(msg_start, msg_end)
+
+    def fail(self, reason: str) -> None:
+        """Mark the decoder unusable for *reason* (an error the I/O layer saw,
+        e.g. truncated descriptors); close the descriptors it holds."""
+        if self._broken is None:
+            self._broken = reason
+        self._direct = None
+        self._close_groups()
+        self._rpos = self._wpos = 0
+
+    def abort_direct(self) -> None:
+        """A direct read failed part way: the stream position is lost; break."""
+        if self._direct is not None:
+            self._direct = None
+            self._broken = self._broken or "a message was only partly read (interrupted read_into)"
+            self._close_groups()
+
+    # -- state --------------------------------------------------------------
+
+    @property
+    def broken(self) -> str | None:
+        """Why the decoder is unusable, or None."""
+        return self._broken
+
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as messages."""
+        return self._wpos - self._rpos
+
+    def close(self) -> None:
+        """Close every descriptor the decoder still holds; it is unusable after."""
+        self._close_groups()
+        self._rpos = self._wpos = 0
+        self._direct = None
+        self._broken = _CLOSED
+
+    # -- internals ----------------------------------------------------------
+
+    def _next_slow(self) -> tuple[bytes, list[int]] | _NeedData:
+        if self._broken is not None:
+            self._raise_broken()
+        r = self._rpos
+        held = self._wpos - r
+        if held >= HEADER_SIZE:
+            size: int = _unpack_from(self._buf, r)[0]
+            if size > self._max:
+                self._over_limit(size)
+            end = r + HEADER_SIZE + size
+            if end <= self._wpos:
+                fds = self._take_fds(self._base + r, self._base + end) if self._groups else []
+                self._rpos = end
+                return self._view[r + HEADER_SIZE : end].tobytes(), fds
+        if self._eof:
+            self._at_eof(held)
+        return NEED_DATA
+
+    def take_fds_for_buffered(self, size: int) -> list[int]:
+        """Descriptors of the message of *size* bytes that :meth:`read_into` just
+        copied whole out of the buffer (the caller owns them)."""
+        if not self._groups:
+            return []
+        end = self._base + self._rpos
+        return self._take_fds(end - HEADER_SIZE - size, end)
+
+    def _take_fds(self, start: int, end: int) -> list[int]:
+        """Descriptors of the message at stream offsets [start, end)."""
+        groups = self._groups
+        fds: list[int] = []
+        while groups and groups[0][1] <= end:
+            g_start, g_end, g_fds = groups.popleft()
+            if g_start <= start and not fds:
+                fds = g_fds
+                continue
+            close_fds(g_fds)
+            close_fds(fds)
+            self._break(
+                f"file descriptors arrived with stream bytes {g_start}..{g_end}, inside the "
+                f"message at bytes {start}..{end} rather than with its start"
+            )
+        return fds
+
+    def _at_eof(self, held: int) -> None:
+        if held == 0:
+            self._close_groups()
+            raise ChannelClosed("the peer closed the channel")
+        if held < HEADER_SIZE:
+            self._break(f"end of file inside a message header: {held} of its 4 bytes arrived")
+        size = _unpack_from(self._buf, self._rpos)[0]
+        self._break(
+            f"end of file inside a message: {held - HEADER_SIZE} of its {size} payload "
+            f"bytes arrived"
+        )
+
+    def _over_limit(self, size: int) -> None:
+        self._break(
+            f"the peer declared a message of {size} bytes, over max_message_size "
+            f"({self._max} bytes)"
+        )
+
+    def _close_groups(self) -> None:
+        while self._groups:
+            close_fds(self._groups.popleft()[2])
+
+    def _break(
+        self, reason: str, error: type[ProtocolError] | type[TooManyFds] = ProtocolError, **kw: int
+    ) -> None:
+        self._broken = reason
+        self._direct = None
+        self._close_groups()
+        self._rpos = self._wpos = 0
+        if error is TooManyFds:
+            raise TooManyFds(
+                reason + "; the channel is unusable", count=kw["count"], limit=self._max_fds
+            )
+        raise ProtocolError(reason + "; the channel is unusable")
+
+    def _raise_broken(self) -> None:
+        if self._broken is _CLOSED:
+            raise OSError(errno.EBADF, "the channel is closed")
+        raise ProtocolError(f"the channel is unusable: {self._broken}")
