@@ -3,6 +3,7 @@
 Public surface only; the implementation lives in private modules.
 """
 
+from ._aio import AsyncChannel
 from ._ancillary import Credentials
 from ._channel import Channel
 from ._errors import (
@@ -19,19 +20,21 @@ from ._spawn import AsyncChild, Child, spawn, spawn_async
 from ._version import __version__
 
 __all__ = [
+    "SOCK_DGRAM",
+    "SOCK_SEQPACKET",
+    "SOCK_STREAM",
+    "AsyncChannel",
+    "AsyncChild",
     "Channel",
     "ChannelClosed",
     "ChannelError",
+    "Child",
     "Credentials",
     "FdError",
     "FdsTruncated",
     "MessageTooLarge",
     "ProtocolError",
-    "SOCK_DGRAM",
-    "SOCK_SEQPACKET",
-    "SOCK_STREAM",
-    "AsyncChild",
-    "Child",
+    "TooManyFds",
     "__version__",
     "socketpair",
     "spawn",

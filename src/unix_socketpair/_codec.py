@@ -407,6 +407,8 @@ class StreamDecoder:
         """
         if self._broken is not None:
             self._raise_broken()
+        if self._direct is not None:
+            raise RuntimeError("a message is still being read with read_into()")
         r = self._rpos
         held = self._wpos - r
         if held >= HEADER_SIZE:
@@ -511,6 +513,8 @@ class StreamDecoder:
     def _next_slow(self) -> tuple[bytes, list[int]] | _NeedData:
         if self._broken is not None:
             self._raise_broken()
+        if self._direct is not None:
+            raise RuntimeError("a message is still being read with read_into()")
         r = self._rpos
         held = self._wpos - r
         if held >= HEADER_SIZE:
