@@ -9,6 +9,7 @@ import socket
 import stat
 import struct
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +18,16 @@ from pathlib import Path
 import pytest
 from support import ROOT, compile_c, open_fds, require
 
-from unix_socketpair import SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, Child, socketpair, spawn
+from unix_socketpair import (
+    SOCK_DGRAM,
+    SOCK_SEQPACKET,
+    SOCK_STREAM,
+    Channel,
+    ChannelClosed,
+    Child,
+    socketpair,
+    spawn,
+)
 from unix_socketpair._spawn import spawn_on
 
 CHILDREN = ROOT / "tests" / "children"
@@ -336,6 +346,50 @@ def test_example_shell_child_answers_lines(no_fd_leak: None) -> None:
         assert recv_until(child.socket, b"\n") == b"ONE\n"
         child.socket.sendall(b"two words\n")
         assert recv_until(child.socket, b"\n") == b"TWO WORDS\n"
+    assert child.returncode == 0
+
+
+# ------------------------------------------------------------------------------ channel
+
+
+def upper_children() -> dict[str, list[str]]:
+    return {
+        "c": [str(compile_c(EXAMPLES / "child_upper.c"))],
+        "node": [require("node"), str(EXAMPLES / "child_upper.js")],
+        "python": [sys.executable, str(EXAMPLES / "child_upper.py")],
+    }
+
+
+@pytest.mark.parametrize("language", ["c", "node", "python"])
+def test_channel_talks_to_a_child_in_any_language(no_fd_leak: None, language: str) -> None:
+    args = upper_children()[language]
+    with spawn(args, fd=3) as child:
+        assert isinstance(child.channel, Channel)
+        assert child.channel is child.channel, "made once, on first use"
+        child.channel.send(b"job")
+        assert child.channel.recv() == b"JOB"
+        child.channel.send_many([b"one", b"two"])
+        assert [child.channel.recv(), child.channel.recv()] == [b"ONE", b"TWO"]
+    assert child.returncode == 0
+    assert child.channel.closed
+
+
+def test_channel_recv_raises_channel_closed_when_the_child_exits(no_fd_leak: None) -> None:
+    with spawn(["sh", "-c", "exit 0"], fd=3) as child, pytest.raises(ChannelClosed):
+        child.channel.recv()
+
+
+def test_python_child_on_stdio_uses_channel_from_env(no_fd_leak: None) -> None:
+    with spawn([sys.executable, str(EXAMPLES / "child_upper.py")], fd="stdio") as child:
+        child.channel.send(b"over stdio")
+        assert child.channel.recv() == b"OVER STDIO"
+    assert child.returncode == 0
+
+
+def test_python_child_at_a_taken_number(no_fd_leak: None, foreign_fd: int) -> None:
+    with spawn([sys.executable, str(EXAMPLES / "child_upper.py")], fd=foreign_fd) as child:
+        child.channel.send(b"relocated")
+        assert child.channel.recv() == b"RELOCATED"
     assert child.returncode == 0
 
 

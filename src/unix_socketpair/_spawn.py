@@ -83,8 +83,9 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 from ._pair import SOCK_STREAM, check_type, close_quietly, socketpair
 
 if TYPE_CHECKING:
-    # The message channel modules are imported lazily, on first use of ``.channel``.
-    Channel = Any
+    from ._channel import Channel
+
+    # The asyncio channel module is imported lazily, on first use of ``.channel``.
     AsyncChannel = Any
 
 __all__ = ["ENV_VAR", "AsyncChild", "Child", "spawn", "spawn_async", "spawn_on"]
@@ -502,8 +503,9 @@ class Child:
         The channel then owns the socket; closing the Child closes the channel.
         """
         if self._channel is None:
-            module = importlib.import_module("unix_socketpair._channel")
-            self._channel = module.Channel(self._socket)
+            from ._channel import Channel
+
+            self._channel = Channel(self._socket)
         return self._channel
 
     @property
