@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,9 +15,10 @@ from typing import Any, TypeVar
 import pytest
 from support import ROOT, compile_c, open_fds, require
 
-from unix_socketpair import AsyncChild, spawn_async
+from unix_socketpair import AsyncChannel, AsyncChild, ChannelClosed, spawn_async
 
 CHILDREN = ROOT / "tests" / "children"
+EXAMPLES = ROOT / "examples"
 TIMEOUT = 20.0
 T = TypeVar("T")
 
@@ -208,5 +210,35 @@ def test_concurrent_children_each_see_only_their_own_socket(no_fd_leak: None) ->
 
     async def main() -> None:
         await asyncio.gather(*(one(i) for i in range(24)))
+
+    run(main())
+
+
+@pytest.mark.parametrize("language", ["c", "node", "python"])
+def test_async_channel_talks_to_a_child_in_any_language(
+    no_fd_leak: None, language: str, target: int
+) -> None:
+    args = {
+        "c": [str(compile_c(EXAMPLES / "child_upper.c"))],
+        "node": [require("node"), str(EXAMPLES / "child_upper.js")],
+        "python": [sys.executable, str(EXAMPLES / "child_upper.py")],
+    }[language]
+
+    async def main() -> None:
+        async with await spawn_async(args, fd=target) as child:
+            assert isinstance(child.channel, AsyncChannel)
+            assert child.channel is child.channel
+            await child.channel.send(b"ping")
+            assert await child.channel.recv() == b"PING"
+        assert child.returncode == 0
+
+    run(main())
+
+
+def test_async_channel_closed_when_the_child_exits(no_fd_leak: None) -> None:
+    async def main() -> None:
+        async with await spawn_async(["true"], fd=3) as child:
+            with pytest.raises(ChannelClosed):
+                await child.channel.recv()
 
     run(main())

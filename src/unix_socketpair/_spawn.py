@@ -68,7 +68,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import importlib
 import os
 import resource
 import socket
@@ -82,11 +81,9 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from ._pair import SOCK_STREAM, check_type, close_quietly, socketpair
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported on first use of ``.channel``
+    from ._aio import AsyncChannel
     from ._channel import Channel
-
-    # The asyncio channel module is imported lazily, on first use of ``.channel``.
-    AsyncChannel = Any
 
 __all__ = ["ENV_VAR", "AsyncChild", "Child", "spawn", "spawn_async", "spawn_on"]
 
@@ -691,8 +688,9 @@ class AsyncChild:
     def channel(self) -> AsyncChannel:
         """An ``AsyncChannel`` over :attr:`socket`, created on first use (then it owns it)."""
         if self._channel is None:
-            module = importlib.import_module("unix_socketpair._aio")
-            self._channel = module.AsyncChannel(self._socket)
+            from ._aio import AsyncChannel
+
+            self._channel = AsyncChannel(self._socket)
         return self._channel
 
     @property
