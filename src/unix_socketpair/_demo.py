@@ -338,12 +338,12 @@ def run_demo(out: TextIO) -> int:
             except Exception as exc:
                 ok = False
                 if tour.dog.fired:
-                    tour.say(f"timed out after {STEP_TIMEOUT:.0f} s: the child was killed")
+                    tour.say(f"timed out after {STEP_TIMEOUT:g} s: the child was killed")
                 else:
                     tour.say(f"error: {type(exc).__name__}: {exc}")
             if ok and tour.dog.fired:
                 ok = False
-                tour.say(f"timed out after {STEP_TIMEOUT:.0f} s: the child was killed")
+                tour.say(f"timed out after {STEP_TIMEOUT:g} s: the child was killed")
             out.write(f"    {'ok' if ok else 'FAILED'}\n")
             failed += not ok
     elapsed = time.monotonic() - started
