@@ -296,6 +296,18 @@ def test_stdin_from_a_regular_file_and_dev_null(tmp_path: Path) -> None:
     assert (proc.returncode, proc.stdout) == (0, b"")
 
 
+def test_a_grandchild_holding_the_socket_does_not_keep_exec_waiting() -> None:
+    # The child exits; a background process it started still has fd 3. exec ends with
+    # the child (after delivering its output), as documented, instead of waiting for it.
+    started = time.monotonic()
+    proc = run("exec", "--", "sh", "-c", "sleep 30 >/dev/null 2>&1 & echo $! >&3; exit 4")
+    try:
+        assert proc.returncode == 4
+        assert time.monotonic() - started < 20
+    finally:
+        os.kill(int(proc.stdout), signal.SIGKILL)  # the background sleep we caused
+
+
 def test_reader_of_stdout_going_away_stops_the_child() -> None:
     # Like `yes | head -1`: when nobody reads our output any more, the child's next
     # write fails (EPIPE) and everything ends instead of spinning forever.

@@ -272,12 +272,13 @@ class _Relay:
             self.to_sock.append(memoryview(data))
             return
         self.lines += data
-        *complete, rest = self.lines.split(b"\n")
-        if len(rest) > MAX_FRAME:
+        if b"\n" in data:  # only then is there a line to send (and to split for)
+            *complete, rest = self.lines.split(b"\n")
+            for line in complete:
+                self._queue_message(line)
+            self.lines[:] = rest
+        if len(self.lines) > MAX_FRAME:
             raise RelayError(f"an input line is longer than {MAX_FRAME} bytes")
-        for line in complete:
-            self._queue_message(line)
-        self.lines[:] = rest
 
     def _queue_message(self, payload: bytes | bytearray) -> None:
         if not self.stream:
@@ -339,7 +340,8 @@ class _Relay:
         except BlockingIOError:
             return False
         except ConnectionResetError:
-            n, flags = 0, 0
+            self.sock_readable = False
+            return True
         if flags & socket.MSG_TRUNC:
             raise RelayError(f"the child sent a packet larger than {len(view)} bytes")
         if n == 0 and self.sock_has_eof:
