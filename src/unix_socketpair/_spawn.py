@@ -543,11 +543,12 @@ class Child:
     ) -> None:
         try:
             self.close()
-            try:
-                self._process.wait(self.exit_timeout)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
+            self._process.wait(self.exit_timeout)
+        except subprocess.TimeoutExpired:
+            pass
         finally:
+            if self._process.returncode is None:  # timed out, or interrupted while waiting
+                self._process.kill()
             self._process.wait()
             for stream in (self._process.stdin, self._process.stdout, self._process.stderr):
                 if stream is not None:
@@ -731,10 +732,9 @@ class AsyncChild:
     ) -> None:
         try:
             await self.aclose()
-            try:
-                await asyncio.wait_for(self._process.wait(), self.exit_timeout)
-            except asyncio.TimeoutError:
-                self.kill()
+            await asyncio.wait_for(self._process.wait(), self.exit_timeout)
+        except asyncio.TimeoutError:
+            pass
         finally:
             if self._process.returncode is None:
                 self.kill()
