@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import resource
 import signal
 import subprocess
@@ -235,7 +236,19 @@ def _placement(args: argparse.Namespace) -> int | str:
 def _cmd_demo(args: argparse.Namespace, command: list[str]) -> int:
     from ._demo import run_demo
 
-    return run_demo(sys.stdout)
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds the steps: their children are reaped
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return run_demo(sys.stdout)
+    except BrokenPipeError:
+        # Our reader went away (`demo | head`): stop quietly, and keep Python's own flush
+        # at exit from failing again on the same pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
