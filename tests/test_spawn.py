@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import ROOT, compile_c, open_fds, require
+from support import ROOT, compile_c, open_fds, require, run_python
 
 from unix_socketpair import (
     SOCK_DGRAM,
@@ -215,6 +215,27 @@ def test_fd_map_with_swapped_numbers(no_fd_leak: None) -> None:
     finally:
         for fd in (s0, s1, d0, d1, a, b, c):
             os.close(fd)
+
+
+def test_fd_map_swapping_fds_3_and_4_in_a_fresh_process() -> None:
+    # The literal case: in a fresh interpreter the pair lands on 3 and 4, and the child
+    # is to get them the other way round, {3: 4, 4: 3}, with its stream socket at 5.
+    code = f"""
+import os, sys
+from unix_socketpair import SOCK_DGRAM, socketpair, spawn
+a, b = socketpair(SOCK_DGRAM)
+assert (a, b) == (3, 4), (a, b)
+with spawn([{fdlist()!r}], fd=5, fd_map={{3: b, 4: a}}) as child:
+    child.socket.settimeout(20)
+    data = b""
+    while not data.endswith(b"end\\n"):
+        data += child.socket.recv(65536)
+fds = {{int(line.split()[0]): int(line.split()[1]) for line in data.decode().splitlines()[:-1]}}
+print(sorted(fds), fds[3] == os.fstat(4).st_ino, fds[4] == os.fstat(3).st_ino)
+"""
+    proc = run_python(code, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "[0, 1, 2, 3, 4, 5] True True\n"
 
 
 def test_fd_map_entry_from_parent_stdio(no_fd_leak: None) -> None:
