@@ -382,13 +382,18 @@ async def _aread_report(fd: int) -> bytes:
     chunks: list[bytes] = []
 
     def readable() -> None:
+        if done.done():
+            return
         try:
             chunk = os.read(fd, 4096)
         except BlockingIOError:
             return
+        except OSError as exc:
+            done.set_exception(exc)
+            return
         if chunk:
             chunks.append(chunk)
-        elif not done.done():
+        else:
             done.set_result(None)
 
     loop.add_reader(fd, readable)
