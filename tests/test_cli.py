@@ -528,7 +528,8 @@ def test_link_separator_lets_the_first_command_have_double_dash() -> None:
 
 
 def test_link_exits_with_the_first_failure_in_time() -> None:
-    proc = run("link", "--", "sh", "-c", "sleep 0.3; exit 4", "--", "sh", "-c", "exit 3")
+    # The first command can only end after the second has: it waits for its end-of-file.
+    proc = run("link", "--", "sh", "-c", "read x; exit 4", "--", "sh", "-c", "exit 3")
     assert proc.returncode == 3
     proc = run("link", "--", "sh", "-c", "exit 5", "--", "sh", "-c", "read x; exit 6")
     assert proc.returncode == 5  # the second one failed only after the first had exited
