@@ -527,14 +527,19 @@ def test_link_separator_lets_the_first_command_have_double_dash() -> None:
     assert (proc.returncode, proc.stderr) == (0, b"got --literal\n")
 
 
-def test_link_exits_with_the_first_failure_in_time() -> None:
-    # The first command can only end after the second has: it waits for its end-of-file.
-    proc = run("link", "--", "sh", "-c", "read x; exit 4", "--", "sh", "-c", "exit 3")
-    assert proc.returncode == 3
-    proc = run("link", "--", "sh", "-c", "exit 5", "--", "sh", "-c", "read x; exit 6")
-    assert proc.returncode == 5  # the second one failed only after the first had exited
-    proc = run("link", "--", "true", "--", "sh", "-c", "exit 0")
-    assert proc.returncode == 0
+@pytest.mark.parametrize(
+    ("first", "second", "status"),
+    [
+        ("read x; exit 4", "exit 3", 4),  # CMD1 ends after CMD2, yet its status wins
+        ("exit 5", "read x; exit 6", 5),
+        ("read x; exit 0", "exit 6", 6),
+        ("exit 0", "read x; exit 7", 7),
+        ("exit 0", "exit 0", 0),
+    ],
+)
+def test_link_exits_with_the_first_non_zero_status(first: str, second: str, status: int) -> None:
+    proc = run("link", "--", "sh", "-c", first, "--", "sh", "-c", second)
+    assert proc.returncode == status
 
 
 def test_link_killed_child_gives_128_plus_signal() -> None:

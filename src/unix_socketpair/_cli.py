@@ -71,8 +71,8 @@ Their stderr is this tool's; with --fd, so are their stdin and stdout. The secon
 "--" separates the two commands (CMD2 may contain "--" itself); if CMD1 needs a
 literal "--", pick another separator with --separator.
 
-It exits when both have exited, with the status of the first one to fail (in the
-order they exited), or 0. SIGINT, SIGTERM, SIGHUP and SIGQUIT go to both.
+It exits when both have exited, with the first non-zero status: CMD1's if it
+failed, else CMD2's. SIGINT, SIGTERM, SIGHUP and SIGQUIT go to both.
 
 examples:
   unix-socketpair link -- sh -c 'echo ping; read reply; echo "$reply" >&2' \\
@@ -80,7 +80,7 @@ examples:
   unix-socketpair link --fd 3 -- ./server -- ./client
   unix-socketpair link --separator :: -- git log -- README.md :: wc -l
 
-exit status: the first failure's (128+N if killed by signal N), 127 if a command is
+exit status: CMD1's if non-zero, else CMD2's (128+N if killed by signal N), 127 if a command is
 not found, 126 if it cannot be executed, 2 for bad usage."""
 
 _DEMO_EPILOG = """\

@@ -176,20 +176,20 @@ class SignalForwarder:
 def wait_all(watches: list[ChildWatch]) -> list[int]:
     """Wait until every child has exited and reap them all.
 
-    Returns the exit statuses (128+N for death by signal N) **in the order the children
-    exited**, so ``next(s for s in result if s)`` is the first failure in time.
+    Returns the exit statuses (128+N for death by signal N) in the order of *watches*.
+    (Not in the order they exited: when one child's exit makes the other exit, both are
+    often gone by the time we look, so that order cannot be told reliably.)
     """
-    order: list[int] = []
-    pending = list(range(len(watches)))
-    while pending:
-        for index in [i for i in pending if watches[i].exited()]:
-            order.append(watches[index].wait())
-            pending.remove(index)
-        if not pending:
-            break
-        fds = [fd for fd in (watches[i].fileno() for i in pending) if fd is not None]
-        _wait_ready(fds, [], None if len(fds) == len(pending) else 0.05)
-    return order
+    statuses: dict[int, int] = {}
+    while len(statuses) < len(watches):
+        for index, watch in enumerate(watches):
+            if index not in statuses and watch.exited():
+                statuses[index] = watch.wait()
+        pending = [watch for index, watch in enumerate(watches) if index not in statuses]
+        if pending:
+            fds = [fd for fd in (watch.fileno() for watch in pending) if fd is not None]
+            _wait_ready(fds, [], None if len(fds) == len(pending) else 0.05)
+    return [statuses[index] for index in range(len(watches))]
 
 
 def _wait_ready(
