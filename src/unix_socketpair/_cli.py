@@ -143,7 +143,7 @@ def _add_placement(parser: argparse.ArgumentParser, who: str, default: int | str
 def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="The real POSIX socketpair() from the shell: talk to a child over a "
+        description="The real POSIX socketpair() from the shell: talk to a child over a\n"
         "connected Unix socket, wire two programs together, or take the guided tour.",
         epilog=_MAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -156,7 +156,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     demo = sub.add_parser(
         "demo",
         help="a guided, self-checking tour (a few seconds)",
-        description="A guided, self-checking tour: the seed's examples, a C child, a "
+        description="A guided, self-checking tour: the seed's examples, a C child, a\n"
         "Node.js child, tr on its stdio, and a file descriptor passed to a child.",
         epilog=_DEMO_EPILOG,
         formatter_class=raw,
@@ -167,7 +167,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
         help="run CMD with a socket, relayed to this stdin and stdout",
         usage=f"{PROG} exec [-h] [--fd N | --stdio] [--type {{stream,dgram,seqpacket}}] "
         "[--frames] -- CMD [ARGS...]",
-        description="Run CMD with a connected socket at fd 3 (or N, or its stdio), and relay "
+        description="Run CMD with a connected socket at fd 3 (or N, or its stdio), and relay\n"
         "this process's stdin to the socket and the socket to stdout until both are done.",
         epilog=_EXEC_EPILOG,
         formatter_class=raw,
