@@ -308,6 +308,27 @@ def test_a_grandchild_holding_the_socket_does_not_keep_exec_waiting() -> None:
         os.kill(int(proc.stdout), signal.SIGKILL)  # the background sleep we caused
 
 
+@pytest.mark.parametrize("closed", ["<&-", ">&-"])
+def test_started_with_stdin_or_stdout_closed(closed: str) -> None:
+    # The socketpair must not take the free number 0 or 1 and be mistaken for stdio.
+    script = f'exec {closed}; exec "$@"'
+    code = (
+        "import os, sys\n"
+        "for _ in range(64): os.write(3, bytes(16384))\n"
+        "sys.stderr.write(sys.stdin.read())"
+    )
+    proc = subprocess.run(
+        ["sh", "-c", script, "sh", *cli("exec", "--", PY, "-c", code)],
+        input=b"",
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (bytes(1024 * 1024) if closed == "<&-" else b"")
+    assert proc.stderr == b""
+
+
 def test_reader_of_stdout_going_away_stops_the_child() -> None:
     # Like `yes | head -1`: when nobody reads our output any more, the child's next
     # write fails (EPIPE) and everything ends instead of spinning forever.

@@ -226,6 +226,22 @@ def _launch(start: Callable[[], _T], program: str) -> _T | int:
         return 126
 
 
+def _fill_standard_fds() -> None:
+    """Open /dev/null on any of fds 0-2 we were started without.
+
+    Otherwise the next descriptor we create (the socketpair) would take that number and
+    be read or written as if it were our stdin or stdout.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)  # the lowest free number: *fd*
+            if opened != fd:
+                os.dup2(opened, fd)
+                os.close(opened)
+
+
 def _placement(args: argparse.Namespace) -> int | str:
     if args.stdio:
         return "stdio"
@@ -377,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif has_command:
         _usage_error(name, f"unrecognized arguments: -- {' '.join(command)}")
     handlers = {"demo": _cmd_demo, "exec": _cmd_exec, "link": _cmd_link}
+    _fill_standard_fds()
     try:
         return handlers[name](args, command)
     except KeyboardInterrupt:  # Ctrl-C outside the forwarding window
