@@ -398,6 +398,16 @@ def test_frames_on_packet_sockets_are_one_packet_per_line(kind: str) -> None:
     assert proc.stdout == b"got 1 bytes\ngot 2 bytes\ngot 3 bytes\n"
 
 
+def test_dgram_without_frames_ends_with_the_child() -> None:
+    # No end-of-file on datagrams: the child's exit is what ends the relay.
+    code = (
+        "import socket; s = socket.socket(fileno=3); d = s.recv(100)\n"
+        "s.send(b'got ' + d); s.send(b'!')"
+    )
+    proc = run("exec", "--type", "dgram", "--", PY, "-c", code, input=b"abc")
+    assert (proc.returncode, proc.stdout) == (0, b"got abc!")
+
+
 def test_seqpacket_without_frames_keeps_packets_and_sees_eof() -> None:
     code = (
         "import socket; s = socket.socket(fileno=3); sizes = []\n"
