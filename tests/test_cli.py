@@ -496,7 +496,8 @@ def test_child_that_handles_sigterm_decides_the_status() -> None:
 
 
 def test_sigterm_reaches_both_linked_children() -> None:
-    code = "import os, sys, time\nprint(os.getpid(), file=sys.stderr, flush=True)\ntime.sleep(60)"
+    # One write() each: the two children share stderr, and their lines must not mix.
+    code = "import os, time\nos.write(2, b'%d\\n' % os.getpid())\ntime.sleep(60)"
     with subprocess.Popen(
         cli("link", "--", PY, "-c", code, "--", PY, "-c", code),
         stdin=subprocess.DEVNULL,
