@@ -79,7 +79,7 @@ def test_quick_run_reports_every_row(quick_run: tuple[str, dict[str, Any]]) -> N
             if row["status"] == "unavailable":
                 assert row["reason"], where
                 continue
-            assert len(row["samples"]) == report["rounds"], where
+            assert len(row["samples"]) == cases[case_id]["rounds"], where
             assert 0 < row["min"] <= row["median"] <= row["max"], where
     for key in ("nproc", "cpu", "kernel", "python"):
         assert report["machine"][key], key

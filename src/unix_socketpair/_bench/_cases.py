@@ -710,6 +710,7 @@ def _create_case(c: CPrograms, first: int) -> Case:
                 "C socketpair(2) + close(2)", _bind_c(c, "create"), first, "limit", "c", c.available
             ),
         ],
+        split=4,
     )
 
 

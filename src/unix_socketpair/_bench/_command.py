@@ -16,7 +16,16 @@ from typing import Any, TextIO
 from .. import __version__
 from . import _scale
 from ._cases import build_cases
-from ._harness import Case, Progress, Row, Settings, Unavailable, format_case, run_case
+from ._harness import (
+    Case,
+    Progress,
+    Row,
+    Settings,
+    Unavailable,
+    case_steps,
+    format_case,
+    run_case,
+)
 from ._limits import CPrograms
 
 __all__ = ["add_bench_arguments", "main", "run_bench"]
@@ -309,7 +318,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
             return 2
         cases = [case for case in cases if wanted is None or case.id in wanted]
         do_scale = wanted is None or "scale" in wanted
-        steps = sum(len(case.variants) * (settings.rounds + 1) for case in cases)
+        steps = sum(case_steps(case, settings) for case in cases)
         scale_settings = Settings(target=0, rounds=1 if args.quick else 3)
         steps += scale_settings.rounds if do_scale else 0
         progress = Progress(steps)
@@ -319,7 +328,8 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
             f"{' (--quick: figures are not meaningful)' if args.quick else ''}\n"
             f"machine: {info['nproc']} CPUs, {info['cpu']}, {info['kernel']}, "
             f"{info['python']}, uvloop {info['uvloop'] or 'not installed'}\n"
-            f"each row: median of {settings.rounds} interleaved samples of ~{settings.target}s",
+            f"each row: median of {settings.rounds} interleaved samples of ~{settings.target}s "
+            "(case 1: four times as many, four times shorter)",
             file=out,
             flush=True,
         )
@@ -348,6 +358,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 "unit": case.unit,
                 "higher_is_better": case.higher_is_better,
                 "size": case.size,
+                "rounds": settings.rounds * case.split,
                 "rows": [row.to_json() for row in results[case.id]],
             }
             for case in cases
@@ -361,6 +372,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
                     "unit": scale_case.unit,
                     "higher_is_better": False,
                     "size": None,
+                    "rounds": scale_settings.rounds,
                     "rows": [scale.to_json()],
                 }
             ]
