@@ -20,7 +20,7 @@ from collections.abc import Callable
 import pytest
 from support import compile_c, open_fds
 
-from unix_socketpair import SOCK_DGRAM, socketpair, spawn, spawn_async
+from unix_socketpair import SOCK_DGRAM, Channel, socketpair, spawn, spawn_async
 
 from ._helpers import CHILDREN, Stopwatch, figure, knob, zombie_children
 
@@ -83,6 +83,12 @@ def _churn(stop: threading.Event, counts: list[int], directory: str) -> None:
             for fd in fds:
                 os.close(fd)
             counts[0] += len(fds)
+        a, b = Channel.pair()
+        a.send(b"x", fds=[a.fileno()])  # an fd in flight, received and closed by recv()
+        assert b.recv() == b"x"
+        a.close()
+        b.close()
+        counts[0] += 3
 
 
 @pytest.mark.parametrize("fd", [3, 64], ids=["fd3", "fd64"])
