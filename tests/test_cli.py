@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from support import ROOT, compile_c, require
 
+from unix_socketpair._cli import main
+
 CHILDREN = Path(__file__).resolve().parent / "cli_children"
 MiB = 1024 * 1024
 PY = sys.executable
@@ -90,10 +92,13 @@ def test_console_script_is_installed() -> None:
 
 
 @pytest.mark.parametrize("command", [[], ["demo"], ["exec"], ["link"]])
-def test_help_has_usage_and_examples(command: list[str]) -> None:
-    proc = run(*command, "--help")
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout.decode()
+def test_help_has_usage_and_examples(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
     assert out.startswith(f"usage: unix-socketpair {' '.join(command)}".rstrip())
     assert "example" in out
     assert "unix-socketpair " + " ".join(command) in out.split("example", 1)[1]
@@ -143,16 +148,32 @@ def test_bench_help() -> None:
         (["demo", "--", "x"], "unrecognized arguments: -- x"),
     ],
 )
-def test_bad_usage_exits_2_with_one_error_line_and_the_usage(args: list[str], message: str) -> None:
-    proc = run(*args)
-    assert proc.returncode == 2
-    assert proc.stdout == b""
-    lines = proc.stderr.decode().splitlines()
+def test_bad_usage_exits_2_with_one_error_line_and_the_usage(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In-process (argparse is all there is to it); the subprocess test below covers
+    # the real exit status once.
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
     assert lines[0].startswith("usage: unix-socketpair")
     errors = [line for line in lines if "error:" in line]
     assert len(errors) == 1 and errors[0] == lines[-1]
     assert lines[-1].startswith("unix-socketpair")
     assert message in lines[-1]
+
+
+def test_bad_usage_exit_status_in_a_real_process() -> None:
+    proc = run("exec", "--type", "raw", "--", "true")
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.decode()
+        .splitlines()[-1]
+        .startswith("unix-socketpair exec: error: argument --type: invalid choice: 'raw'")
+    )
 
 
 @pytest.mark.parametrize("mode", [["exec"], ["exec", "--stdio"], ["link"]])
