@@ -6,12 +6,15 @@
   Linux, so the pid cannot be reused under us), and signals it safely.
 * :class:`SignalForwarder` passes SIGINT, SIGTERM, SIGHUP and SIGQUIT on to the children
   instead of dying with a traceback and leaving them orphaned.
+* :func:`wait_all` reaps several children (``link``), sleeping in ``poll()`` on their pidfds.
 
 stdin and stdout are left in blocking mode on purpose: their open file descriptions are
 shared with the shell (and with the child, which inherits stdout), so switching them to
 non-blocking would leak into other processes. ``poll()`` says when they are ready; one
-``os.read``/``os.write`` then does not wait. Our own end of the socket is ours alone and is
-switched to non-blocking. Regular files work too: ``poll()`` reports them always ready
+``os.read`` then does not wait, and one ``os.write`` waits at most until the reader of
+stdout makes room for the chunk (the other direction is only delayed meanwhile: nothing
+we do is needed for that reader to progress). Our own end of the socket is ours alone and
+is switched to non-blocking. Regular files work too: ``poll()`` reports them always ready
 (``epoll`` would refuse them, which is why this module does not use ``selectors``' default).
 """
 
