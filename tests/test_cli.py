@@ -236,6 +236,29 @@ def test_exec_fd3_shell_child_reads_and_writes_its_socket() -> None:
     assert proc.stdout == b"fd 3 got: over the socket\n"
 
 
+def test_exec_when_fd3_is_taken_in_the_tool_itself() -> None:
+    # Started with its own fd 3 open (on /dev/null), the tool still gives the child its
+    # socket at 3, and the child holds nothing else of ours.
+    code = (
+        "import os\n"
+        "def is_open(fd):  # listdir's own descriptor is listed, but closed again\n"
+        "    try: return os.fstat(fd) is not None\n"
+        "    except OSError: return False\n"
+        "fds = sorted(fd for fd in map(int, os.listdir('/proc/self/fd')) if is_open(fd))\n"
+        "kind = os.readlink('/proc/self/fd/3').split(':')[0]\n"
+        "os.write(3, f'{kind} {fds}'.encode())"
+    )
+    proc = subprocess.run(
+        ["sh", "-c", 'exec 3</dev/null; exec "$@"', "sh", *cli("exec", "--", PY, "-c", code)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"socket [0, 1, 2, 3]"
+
+
 def test_exec_other_fd_number() -> None:
     proc = run("exec", "--fd", "7", "--", "sh", "-c", "tr a-z A-Z <&7 >&7", input=b"seven\n")
     assert (proc.returncode, proc.stdout) == (0, b"SEVEN\n")
