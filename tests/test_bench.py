@@ -42,7 +42,7 @@ EXPECTED_ROWS = {
         "c",
     ],
     "rtt": ["socket", "channel", "pipe", "asyncio", "async-channel", "c"],
-    "scale": ["scale"],
+    "scale": ["spawn-async", "asyncio-subprocess"],
 }
 
 
@@ -101,6 +101,7 @@ def test_quick_run_measures_the_limit_when_cc_is_there(
 def test_quick_run_scale_case_leaks_no_descriptor(quick_run: tuple[str, dict[str, Any]]) -> None:
     _, report = quick_run
     (scale,) = [case["rows"][0] for case in report["cases"] if case["id"] == "scale"]
+    assert scale["key"] == "spawn-async"
     if scale["status"] == "unavailable":
         assert "spawn_async" in scale["reason"] or "AsyncChannel" in scale["reason"]
         return

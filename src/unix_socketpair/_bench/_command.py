@@ -127,7 +127,7 @@ TARGETS = (
 
 
 def _check_targets(
-    cases: Sequence[Case], results: dict[str, list[Row]], scale: Row | None
+    cases: Sequence[Case], results: dict[str, list[Row]], scale: Sequence[Row]
 ) -> list[dict[str, Any]]:
     by_id = {case.id: case for case in cases}
     checks: list[dict[str, Any]] = []
@@ -147,8 +147,10 @@ def _check_targets(
                 "met": None if ratio is None else ratio >= target.minimum,
             }
         )
-    if scale is not None:
-        leaked = scale.extra.get("fds_leaked")
+    for row in scale:
+        if row.key != "spawn-async":
+            continue
+        leaked = row.extra.get("fds_leaked")
         checks.append(
             {
                 "target": "scale case leaks no descriptor",
@@ -160,63 +162,76 @@ def _check_targets(
     return checks
 
 
-def _run_scale(children: int, settings: Settings, progress: Progress, case: Case) -> Row:
-    row = Row(f"{children} children: spawn_async(['cat'], fd='stdio') + echo", "scale", "project")
-    try:
-        _scale.available()
-    except Unavailable as exc:
-        row.status, row.reason = "unavailable", str(exc)
-        for _ in range(settings.rounds):
-            progress.step(case, row.name, "unavailable")
-        return row
-    runs: list[dict[str, Any]] = []
-    for _ in range(settings.rounds):
-        progress.step(case, row.name, "measuring")
+SCALE_MODES = (
+    ("spawn-async", "project", "spawn_async(['cat'], fd='stdio') + AsyncChannel echo"),
+    ("asyncio-subprocess", "other", "asyncio.create_subprocess_exec('cat', PIPE) + readexactly"),
+)
+
+
+def _run_scale(children: int, settings: Settings, progress: Progress, case: Case) -> list[Row]:
+    """Both scale variants, interleaved, each run in a fresh interpreter."""
+    rows = [Row(name, key, kind) for key, kind, name in SCALE_MODES]
+    runs: dict[str, list[dict[str, Any]]] = {key: [] for key, _, _ in SCALE_MODES}
+    for row in rows:
         try:
-            runs.append(_scale.measure(children, timeout=max(120.0, children * 0.5)))
-        except Exception as exc:
-            row.status, row.reason = "failed", f"{type(exc).__name__}: {exc}"
-            return row
-    row.values = [run["wall_s"] for run in runs]
-    row.units = children
-    row.extra = {
-        "children": children,
-        "wall_s": [run["wall_s"] for run in runs],
-        "rss_peak_kib": max(run["rss_peak_kib"] for run in runs),
-        "per_child_kib": statistics.median(run["per_child_kib"] for run in runs),
-        "fds_leaked": max(run["fds_leaked"] for run in runs),
-        "fds_before": runs[0]["fds_before"],
-        "nofile_soft_before": runs[0]["nofile_soft_before"],
-        "nofile_soft_after": runs[0]["nofile_soft_after"],
-        "nofile_hard": runs[0]["nofile_hard"],
-    }
-    return row
+            _scale.available(row.key)
+        except Unavailable as exc:
+            row.status, row.reason = "unavailable", str(exc)
+    for _ in range(settings.rounds):
+        for row in rows:
+            progress.step(case, row.name, "measuring")
+            if row.status != "ok":
+                continue
+            try:
+                runs[row.key].append(
+                    _scale.measure(children, row.key, timeout=max(120.0, children * 0.5))
+                )
+            except Exception as exc:
+                row.status, row.reason = "failed", f"{type(exc).__name__}: {exc}"
+    for row in rows:
+        done = runs[row.key]
+        if row.status != "ok" or not done:
+            continue
+        row.values = [run["wall_s"] for run in done]
+        row.units = children
+        row.extra = {
+            "children": children,
+            "rss_peak_kib": max(run["rss_peak_kib"] for run in done),
+            "per_child_kib": statistics.median(run["per_child_kib"] for run in done),
+            "fds_leaked": max(run["fds_leaked"] for run in done),
+            "fds_before": done[0]["fds_before"],
+            "nofile_soft_before": done[0]["nofile_soft_before"],
+            "nofile_soft_after": done[0]["nofile_soft_after"],
+            "nofile_hard": done[0]["nofile_hard"],
+        }
+    return rows
 
 
-def _format_scale(case: Case, row: Row) -> str:
-    lines = [case.title]
-    if row.status != "ok":
-        lines.append(f"  {row.name}: {row.status}: {row.reason}")
-        return "\n".join(lines)
-    x = row.extra
-    walls = row.values
-    lines += [
-        f"  {row.name}",
-        f"    wall time        {statistics.median(walls):.3f} s (min-max {min(walls):.3f}-"
-        f"{max(walls):.3f} s, {len(walls)} runs)",
-        f"    parent peak RSS  {x['rss_peak_kib'] / 1024:.1f} MiB; "
-        f"{x['per_child_kib']:.1f} KiB per child",
-        f"    descriptors      {x['fds_before']} before, {x['fds_leaked']} leaked after",
-    ]
-    if x["nofile_soft_after"] != x["nofile_soft_before"]:
-        lines.append(
-            f"    RLIMIT_NOFILE    soft limit raised from {x['nofile_soft_before']} to "
-            f"{x['nofile_soft_after']} (hard {x['nofile_hard']})"
-        )
-    else:
-        lines.append(
-            f"    RLIMIT_NOFILE    soft limit {x['nofile_soft_before']} was enough, not raised"
-        )
+def _format_scale(case: Case, rows: Sequence[Row], children: int) -> str:
+    lines = [f"{case.title}: {children} children"]
+    for row in rows:
+        if row.status != "ok":
+            lines.append(f"  {row.name}: {row.status}: {row.reason}")
+            continue
+        x = row.extra
+        walls = row.values
+        lines += [
+            f"  {row.name}",
+            f"    wall time        {statistics.median(walls):.3f} s (min-max {min(walls):.3f}-"
+            f"{max(walls):.3f} s, {len(walls)} runs)",
+            f"    parent peak RSS  {x['rss_peak_kib'] / 1024:.1f} MiB; "
+            f"{x['per_child_kib']:.1f} KiB per child",
+            f"    descriptors      {x['fds_before']} before, {x['fds_leaked']} leaked after",
+        ]
+        if x["nofile_soft_after"] != x["nofile_soft_before"]:
+            lines.append(
+                f"    RLIMIT_NOFILE    soft limit raised from {x['nofile_soft_before']} to "
+                f"{x['nofile_soft_after']} (hard {x['nofile_hard']})"
+            )
+        else:
+            lines.append(
+                f"    RLIMIT_NOFILE    soft limit {x['nofile_soft_before']} was enough, not raised"
+            )
     return "\n".join(lines)
 
 
@@ -320,7 +335,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         do_scale = wanted is None or "scale" in wanted
         steps = sum(case_steps(case, settings) for case in cases)
         scale_settings = Settings(target=0, rounds=1 if args.quick else 3)
-        steps += scale_settings.rounds if do_scale else 0
+        steps += scale_settings.rounds * len(SCALE_MODES) if do_scale else 0
         progress = Progress(steps)
 
         print(
@@ -337,10 +352,10 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         for case in cases:
             results[case.id] = run_case(case, settings, progress)
             print("\n" + format_case(case, results[case.id]), file=out, flush=True)
-        scale: Row | None = None
+        scale: list[Row] = []
         if do_scale:
             scale = _run_scale(children, scale_settings, progress, scale_case)
-            print("\n" + _format_scale(scale_case, scale), file=out, flush=True)
+            print("\n" + _format_scale(scale_case, scale, children), file=out, flush=True)
         progress.finish()
 
     checks = _check_targets(cases, results, scale)
@@ -373,10 +388,10 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
                     "higher_is_better": False,
                     "size": None,
                     "rounds": scale_settings.rounds,
-                    "rows": [scale.to_json()],
+                    "rows": [row.to_json() for row in scale],
                 }
             ]
-            if scale is not None
+            if do_scale
             else []
         ),
         "targets": checks,
@@ -389,7 +404,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
         plot(args.plot, cases, results)
         print(f"plot written to {args.plot}", file=out)
     rows = [row for case_rows in results.values() for row in case_rows]
-    rows += [scale] if scale is not None else []
+    rows += scale
     return 1 if any(row.status == "failed" for row in rows) else 0
 
 

@@ -41,16 +41,29 @@ def _raise_nofile(children: int) -> dict[str, int]:
     return {"nofile_soft_before": soft, "nofile_soft_after": max(soft, needed), "nofile_hard": hard}
 
 
-async def _echo_all(children: int, message: bytes) -> None:
+async def _echo_all(children: int, message: bytes, mode: str) -> None:
+    """Start *children* ``cat``s, wait until all are alive, echo *message* through each."""
     import unix_socketpair
 
-    spawn_async: Any = getattr(unix_socketpair, "spawn_async")  # noqa: B009 (issue 3's API)
+    spawn_async: Any = getattr(unix_socketpair, "spawn_async", None)
     all_up = asyncio.Event()
     spawned = 0
     failed: list[BaseException] = []
 
-    async def one() -> None:
+    async def started() -> bool:
+        """Count this child in; return False if another one failed to start."""
         nonlocal spawned
+        spawned += 1
+        if spawned == children:
+            all_up.set()
+        await all_up.wait()  # every child alive at once before any echo
+        return not failed
+
+    async def check(reply: bytes) -> None:
+        if reply != message:
+            raise RuntimeError(f"cat echoed {reply!r}, expected {message!r}")
+
+    async def one_channel() -> None:
         try:
             child = await spawn_async(["cat"], fd="stdio")
         except BaseException as exc:
@@ -58,30 +71,49 @@ async def _echo_all(children: int, message: bytes) -> None:
             all_up.set()
             raise
         async with child:
-            spawned += 1
-            if spawned == children:
-                all_up.set()
-            await all_up.wait()  # every child alive at once before any echo
-            if failed:
-                return
-            await child.channel.send(message)
-            reply = await child.channel.recv()
-            if reply != message:
-                raise RuntimeError(f"cat echoed {reply!r}, expected {message!r}")
+            if await started():
+                await child.channel.send(message)
+                await check(await child.channel.recv())
 
+    async def one_pipes() -> None:
+        # The baseline: the same echo with asyncio's own subprocess pipes and
+        # the same framing, read with StreamReader.readexactly.
+        try:
+            process = await asyncio.create_subprocess_exec(
+                "cat", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+            )
+        except BaseException as exc:
+            failed.append(exc)
+            all_up.set()
+            raise
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            if await started():
+                frame = len(message).to_bytes(4, "big") + message
+                process.stdin.write(frame)
+                await process.stdin.drain()
+                await check((await process.stdout.readexactly(len(frame)))[4:])
+        finally:
+            process.stdin.close()
+            await process.wait()
+
+    one = one_channel if mode == "spawn-async" else one_pipes
     results = await asyncio.gather(*(one() for _ in range(children)), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise RuntimeError(f"{len(errors)} of {children} children failed: {errors[0]!r}")
 
 
-def worker(children: int) -> None:
-    """Run the case once in this process and print its figures as one JSON line."""
+def worker(children: int, mode: str = "spawn-async") -> None:
+    """Run the case once in this process and print its figures as one JSON line.
+
+    *mode* is ``"spawn-async"`` (the project) or ``"asyncio-subprocess"`` (the baseline).
+    """
     limits = _raise_nofile(children)
     fds_before = _open_fds()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
-    asyncio.run(_echo_all(children, b"ping"))
+    asyncio.run(_echo_all(children, b"ping", mode))
     wall = time.perf_counter() - started
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     fds_after = _open_fds()
@@ -99,23 +131,25 @@ def worker(children: int) -> None:
     print(json.dumps(figures))
 
 
-def available() -> None:
-    """Raise ``Unavailable`` unless ``spawn_async`` and ``cat`` are there."""
+def available(mode: str) -> None:
+    """Raise ``Unavailable`` unless *mode*'s needs (``cat``, ``spawn_async``) are there."""
     import shutil
 
     import unix_socketpair
 
+    if shutil.which("cat") is None:
+        raise Unavailable("`cat` is not on PATH")
+    if mode != "spawn-async":
+        return
     if getattr(unix_socketpair, "spawn_async", None) is None:
         raise Unavailable("unix_socketpair.spawn_async is not available in this version")
     if getattr(unix_socketpair, "AsyncChannel", None) is None:
         raise Unavailable("unix_socketpair.AsyncChannel is not available in this version")
-    if shutil.which("cat") is None:
-        raise Unavailable("`cat` is not on PATH")
 
 
-def measure(children: int, timeout: float) -> dict[str, Any]:
-    """Run ``worker(children)`` in a fresh interpreter; return its figures."""
-    code = f"from unix_socketpair._bench._scale import worker; worker({int(children)})"
+def measure(children: int, mode: str, timeout: float) -> dict[str, Any]:
+    """Run ``worker(children, mode)`` in a fresh interpreter; return its figures."""
+    code = f"from unix_socketpair._bench._scale import worker; worker({int(children)}, {mode!r})"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
     )
