@@ -98,15 +98,16 @@ def _two_process(
         os.close(go_w)
         for end in (*child_ends, *parent_ends):
             end.close()
+        exitcode = None
         if process is not None and process.pid is not None:
             process.join(10)
             if process.exitcode is None:
                 process.kill()
                 process.join()
-    exitcode = process.exitcode
-    process.close()
+            exitcode = process.exitcode
+            process.close()
     if exitcode != 0:
-        raise RuntimeError(f"the sending child exited with status {exitcode}")
+        raise RuntimeError(f"the child exited with status {exitcode}")
     return Sample(race.elapsed(), units)
 
 
