@@ -1,9 +1,10 @@
 """Point 1: descriptor leaks. Thousands of create/close cycles leave ``/proc/self/fd`` as found.
 
-Sizes: ``USP_LEAK_CYCLES`` (default 10,000, the issue's figure) for pairs and channels,
-``USP_SPAWN_CYCLES`` (default 500) for spawn/wait on the direct path, and
-``USP_SLOW_SPAWN_CYCLES`` (default 100, 500 under ``USP_FULL=1``) where spawn must start
-an interpreter to relocate the descriptor (about 20 ms each).
+Sizes: ``USP_LEAK_CYCLES`` (default 10,000, the issue's figure) for pairs and stream
+channels, ``USP_PACKET_CHANNEL_CYCLES`` (default 200, 10,000 under ``USP_FULL=1``) for
+datagram and seqpacket channels, ``USP_SPAWN_CYCLES`` (default 500) for spawn/wait on the
+direct path, and ``USP_SLOW_SPAWN_CYCLES`` (default 100, 500 under ``USP_FULL=1``) where
+spawn must start an interpreter to relocate the descriptor (about 20 ms each).
 """
 
 from __future__ import annotations
@@ -16,11 +17,21 @@ import textwrap
 import pytest
 from support import compile_c, open_fds, run_python
 
-from unix_socketpair import SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, socketpair, spawn, spawn_async
+from unix_socketpair import (
+    SOCK_DGRAM,
+    SOCK_SEQPACKET,
+    SOCK_STREAM,
+    AsyncChannel,
+    Channel,
+    socketpair,
+    spawn,
+    spawn_async,
+)
 
 from ._helpers import CHILDREN, Stopwatch, figure, knob, zombie_children
 
 CYCLES = knob("USP_LEAK_CYCLES", 10_000, 10_000)
+PACKET_CHANNEL_CYCLES = knob("USP_PACKET_CHANNEL_CYCLES", 200, 10_000)
 SPAWN_CYCLES = knob("USP_SPAWN_CYCLES", 500, 500)
 # Spawns that go through spawn's relocating trampoline cost an interpreter start-up each.
 SLOW_SPAWN_CYCLES = knob("USP_SLOW_SPAWN_CYCLES", 100, 500)
@@ -153,3 +164,58 @@ def test_spawn_async_wait_cycles() -> None:
     )
     assert after == before
     assert zombie_children() == []
+
+
+@pytest.mark.parametrize("sock_type", TYPES, ids=TYPE_IDS)
+@pytest.mark.parametrize("kind", [Channel, AsyncChannel], ids=["Channel", "AsyncChannel"])
+def test_channel_pair_open_close_cycles(
+    kind: type[Channel] | type[AsyncChannel], sock_type: int
+) -> None:
+    # A packet channel zero-fills an 8 MiB receive buffer when it is created (see
+    # test_memory.py), about 5 ms each: fewer cycles there, or the suite takes minutes.
+    cycles = CYCLES if sock_type == SOCK_STREAM else PACKET_CHANNEL_CYCLES
+    before = open_fds()
+    clock = Stopwatch()
+    for _ in range(cycles):
+        a, b = kind.pair(sock_type)
+        a.close()
+        b.close()
+    after = open_fds()
+    figure(
+        f"leaks.{kind.__name__}.pair[{TYPE_IDS[TYPES.index(sock_type)]}]",
+        f"{cycles} open/close cycles, fds {len(before)} -> {len(after)}, {clock.elapsed:.2f} s",
+    )
+    assert after == before
+
+
+def test_channel_used_then_closed_cycles() -> None:
+    """Channels that carried a message with an fd, some left unread at close()."""
+    before = open_fds()
+    for i in range(CYCLES // 10):
+        a, b = Channel.pair()
+        with a, b:
+            a.send(b"fd", fds=[a.fileno()])
+            if i % 2:
+                data, fds = b.recv_with_fds()
+                assert data == b"fd"
+                for fd in fds:
+                    os.close(fd)
+    after = open_fds()
+    figure("leaks.Channel.used", f"{CYCLES // 10} cycles, fds {len(before)} -> {len(after)}")
+    assert after == before
+
+
+def test_channel_refusing_what_it_was_given_closes_nothing() -> None:
+    """Constructor errors: the caller still owns (and here closes) what it passed."""
+    before = open_fds()
+    for _ in range(CYCLES // 10):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as inet:
+            with pytest.raises(ValueError):
+                Channel(inet)
+            assert inet.fileno() >= 0
+        r, w = os.pipe()
+        with pytest.raises(OSError):
+            Channel(r)
+        os.close(r)  # still ours: closing it must succeed
+        os.close(w)
+    assert open_fds() == before
