@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncChannel"]
 
+# Stop reading ahead once this much is buffered and unclaimed.
+_PAUSE_BYTES = 256 * 1024
+
 
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
@@ -74,7 +77,14 @@ class AsyncChannel(ChannelBase):
 
     _blocking = False
 
-    __slots__ = ("_loop", "_read_waiter", "_recv_busy", "_send_lock", "_write_waiter")
+    __slots__ = (
+        "_loop",
+        "_read_error",
+        "_read_waiter",
+        "_reading",
+        "_send_lock",
+        "_write_waiter",
+    )
 
     def __init__(
         self,
@@ -86,7 +96,8 @@ class AsyncChannel(ChannelBase):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._read_waiter: asyncio.Future[None] | None = None
         self._write_waiter: asyncio.Future[None] | None = None
-        self._recv_busy = False
+        self._reading = False
+        self._read_error: Exception | None = None
         self._send_lock = asyncio.Lock()
         super().__init__(sock_or_fd, max_message_size=max_message_size, max_fds=max_fds)
 
@@ -100,23 +111,69 @@ class AsyncChannel(ChannelBase):
             raise RuntimeError("this AsyncChannel is bound to another event loop")
         return loop
 
+    # Reading works like asyncio's own socket transport: while a stream channel
+    # is being read, its reader callback stays registered and moves whatever the
+    # kernel has into the decoder (one recvmsg per wakeup, no epoll_ctl churn);
+    # it pauses once _PAUSE_BYTES are buffered and unclaimed, so a receiver that
+    # stops reading makes the *sender* wait, not our memory grow. Packet
+    # channels, and a payload read straight into a caller's buffer, only use
+    # the callback as a wake-up and read in the task.
+
+    def _start_reading(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._reading:
+            loop.add_reader(self._sock.fileno(), self._on_readable)
+            self._reading = True
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._sock.fileno())
+
+    def _on_readable(self) -> None:
+        dec = self._dec
+        eager = self._stream and not dec.reading_direct
+        if eager and self._read_error is None:
+            try:
+                self._fill()
+            except BlockingIOError:
+                return  # nothing there after all; stay registered
+            except Exception as exc:
+                self._read_error = exc
+        fut = self._read_waiter
+        if fut is not None:
+            self._read_waiter = None
+            if not fut.done():
+                fut.set_result(None)
+            if not eager:
+                self._stop_reading()
+        elif (
+            not eager
+            or self._read_error is not None
+            or dec.at_eof
+            or dec.buffered() >= _PAUSE_BYTES
+        ):
+            self._stop_reading()
+
     async def _wait_readable(self) -> None:
-        if self._recv_busy:
+        if self._read_waiter is not None:
             raise RuntimeError("another task is already receiving on this channel")
         self._check_open()
         loop = self._bind()
-        fd = self._sock.fileno()
+        self._start_reading(loop)
         fut: asyncio.Future[None] = loop.create_future()
-        self._recv_busy = True
         self._read_waiter = fut
-        loop.add_reader(fd, _wake, fut)
         try:
             await fut
         finally:
-            self._read_waiter = None
-            self._recv_busy = False
-            if not self._closed:
-                loop.remove_reader(fd)
+            if self._read_waiter is fut:
+                self._read_waiter = None
+
+    def _raise_read_error(self) -> None:
+        err = self._read_error
+        if err is not None:
+            self._read_error = None
+            raise err
 
     async def _wait_writable(self) -> None:
         self._check_open()
@@ -139,17 +196,15 @@ class AsyncChannel(ChannelBase):
         send or receive gets ``OSError(EBADF)``."""
         if self._closed:
             return
+        self._stop_reading()
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            fd = self._sock.fileno()
-            for waiter, remove in (
-                (self._read_waiter, loop.remove_reader),
-                (self._write_waiter, loop.remove_writer),
-            ):
-                if waiter is not None:
-                    remove(fd)
-                    if not waiter.done():
-                        waiter.set_exception(OSError(errno.EBADF, "the channel was closed"))
+        if loop is not None and not loop.is_closed() and self._write_waiter is not None:
+            loop.remove_writer(self._sock.fileno())
+        for waiter in (self._read_waiter, self._write_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(OSError(errno.EBADF, "the channel was closed"))
+        self._read_waiter = self._write_waiter = None
+        self._read_error = None
         super().close()
 
     async def aclose(self) -> None:
@@ -244,12 +299,16 @@ class AsyncChannel(ChannelBase):
     # -- receiving ----------------------------------------------------------
 
     async def _fill_async(self) -> None:
-        while True:
+        """Get more stream bytes into the decoder (see the note on reading)."""
+        self._raise_read_error()
+        if not self._reading:
             try:
                 self._fill()
                 return
             except BlockingIOError:
-                await self._wait_readable()
+                pass
+        await self._wait_readable()
+        self._raise_read_error()
 
     async def recv(self) -> bytes:
         """Return the next message (see ``Channel.recv``)."""
@@ -309,7 +368,7 @@ class AsyncChannel(ChannelBase):
             if dec.buffered() >= HEADER_SIZE + size or self._wants_direct(size):
                 break
             await self._fill_async()
-        if self._recv_busy:
+        if self._read_waiter is not None:
             raise RuntimeError("another task is already receiving on this channel")
         size, copied = dec.read_into(target)
         if copied == size:
@@ -341,18 +400,12 @@ class AsyncChannel(ChannelBase):
                     yield await self.recv()
                 except ChannelClosed:
                     return
-        dec = self._dec
-        next_message = dec.next_message
-        fill = self._fill
-        while True:
-            try:
-                msg = next_message()
-                while msg is not NEED_DATA:
-                    yield msg  # type: ignore[misc]
-                    msg = next_message()
-                try:
-                    fill()
-                except BlockingIOError:
-                    await self._wait_readable()
-            except ChannelClosed:
-                return
+        ready = self._dec.iter_ready
+        fill = self._fill_async
+        try:
+            while True:
+                for msg in ready():
+                    yield msg
+                await fill()
+        except ChannelClosed:
+            return

@@ -704,15 +704,11 @@ class Channel(ChannelBase):
                     yield self.recv()
                 except ChannelClosed:
                     return
-        dec = self._dec
-        next_message = dec.next_message
+        ready = self._dec.iter_ready
         fill = self._fill
-        while True:
-            try:
-                msg = next_message()
-                while msg is not NEED_DATA:
-                    yield msg  # type: ignore[misc]
-                    msg = next_message()
+        try:
+            while True:
+                yield from ready()
                 fill()
-            except ChannelClosed:
-                return
+        except ChannelClosed:
+            return
