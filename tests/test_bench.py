@@ -46,9 +46,16 @@ EXPECTED_ROWS = {
 }
 
 
-def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+LOW_NOFILE = 128
+
+
+def _bench(tmp_path: Path, *args: str, nofile: int = 0) -> subprocess.CompletedProcess[str]:
+    """Run the harness; with *nofile*, under that soft ``RLIMIT_NOFILE``."""
+    command = [sys.executable, "-m", "unix_socketpair._bench", *args]
+    if nofile:
+        command = ["sh", "-c", f'ulimit -S -n {nofile} && exec "$0" "$@"', *command]
     return subprocess.run(
-        [sys.executable, "-m", "unix_socketpair._bench", *args],
+        command,
         capture_output=True,
         text=True,
         timeout=100,
@@ -59,7 +66,8 @@ def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
     tmp_path = tmp_path_factory.mktemp("bench")
-    result = _bench(tmp_path, "--quick", "--json", "bench.json")
+    # A soft descriptor limit too low for the scale case, which must raise it.
+    result = _bench(tmp_path, "--quick", "--json", "bench.json", nofile=LOW_NOFILE)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((tmp_path / "bench.json").read_text())
     return result.stdout, report
@@ -108,6 +116,8 @@ def test_quick_run_scale_case_leaks_no_descriptor(quick_run: tuple[str, dict[str
     assert scale["children"] == 50
     assert scale["fds_leaked"] == 0
     assert scale["per_child_kib"] >= 0
+    assert scale["nofile_soft_before"] == LOW_NOFILE
+    assert scale["nofile_soft_after"] > LOW_NOFILE
 
 
 def test_plot_needs_matplotlib_or_draws(tmp_path: Path) -> None:

@@ -90,6 +90,7 @@ def machine() -> dict[str, Any]:
     except ImportError:
         uvloop_version = None
     return {
+        "loadavg_1min": os.getloadavg()[0],
         "nproc": os.cpu_count(),
         "cpu": cpu,
         "kernel": f"{platform.system()} {platform.release()}",
@@ -196,6 +197,7 @@ def _run_scale(children: int, settings: Settings, progress: Progress, case: Case
         row.units = children
         row.extra = {
             "children": children,
+            "rss_before_kib": statistics.median(run["rss_before_kib"] for run in done),
             "rss_peak_kib": max(run["rss_peak_kib"] for run in done),
             "per_child_kib": statistics.median(run["per_child_kib"] for run in done),
             "fds_leaked": max(run["fds_leaked"] for run in done),
@@ -219,8 +221,8 @@ def _format_scale(case: Case, rows: Sequence[Row], children: int) -> str:
             f"  {row.name}",
             f"    wall time        {statistics.median(walls):.3f} s (min-max {min(walls):.3f}-"
             f"{max(walls):.3f} s, {len(walls)} runs)",
-            f"    parent peak RSS  {x['rss_peak_kib'] / 1024:.1f} MiB; "
-            f"{x['per_child_kib']:.1f} KiB per child",
+            f"    parent RSS       {x['rss_before_kib'] / 1024:.1f} MiB before, peak "
+            f"{x['rss_peak_kib'] / 1024:.1f} MiB: {x['per_child_kib']:.1f} KiB per child",
             f"    descriptors      {x['fds_before']} before, {x['fds_leaked']} leaked after",
         ]
         if x["nofile_soft_after"] != x["nofile_soft_before"]:
@@ -342,7 +344,8 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
             f"unix-socketpair {info['unix_socketpair']} benchmark"
             f"{' (--quick: figures are not meaningful)' if args.quick else ''}\n"
             f"machine: {info['nproc']} CPUs, {info['cpu']}, {info['kernel']}, "
-            f"{info['python']}, uvloop {info['uvloop'] or 'not installed'}\n"
+            f"{info['python']}, uvloop {info['uvloop'] or 'not installed'}, "
+            f"load average {info['loadavg_1min']:.2f} at the start\n"
             f"each row: median of {settings.rounds} interleaved samples of ~{settings.target}s "
             "(case 1: four times as many, four times shorter)",
             file=out,
@@ -360,6 +363,8 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
     checks = _check_targets(cases, results, scale)
     print("\n" + _format_targets(checks), file=out, flush=True)
+    info["loadavg_1min_end"] = os.getloadavg()[0]
+    print(f"load average {info['loadavg_1min_end']:.2f} at the end", file=out, flush=True)
     report = {
         "machine": info,
         "quick": bool(args.quick),

@@ -26,6 +26,19 @@ _FDS_PER_CHILD = 4
 _FDS_BASE = 256
 
 
+def _status_kib(field: str) -> int:
+    """A memory figure of this process from ``/proc/self/status`` (``VmRSS``, ``VmHWM``), KiB.
+
+    Not ``ru_maxrss``: Linux carries that across ``execve`` from the process that
+    forked us, so a fresh interpreter would start with its parent's peak.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd")) - 1  # listdir's own descriptor
 
@@ -41,20 +54,25 @@ def _raise_nofile(children: int) -> dict[str, int]:
     return {"nofile_soft_before": soft, "nofile_soft_after": max(soft, needed), "nofile_hard": hard}
 
 
-async def _echo_all(children: int, message: bytes, mode: str) -> None:
-    """Start *children* ``cat``s, wait until all are alive, echo *message* through each."""
+async def _echo_all(children: int, message: bytes, mode: str) -> int:
+    """Start *children* ``cat``s, wait until all are alive, echo *message* through each.
+
+    Returns the resident memory (KiB) at the moment every child was alive.
+    """
     import unix_socketpair
 
     spawn_async: Any = getattr(unix_socketpair, "spawn_async", None)
     all_up = asyncio.Event()
     spawned = 0
     failed: list[BaseException] = []
+    rss_all_up = 0
 
     async def started() -> bool:
         """Count this child in; return False if another one failed to start."""
-        nonlocal spawned
+        nonlocal spawned, rss_all_up
         spawned += 1
         if spawned == children:
+            rss_all_up = _status_kib("VmRSS")
             all_up.set()
         await all_up.wait()  # every child alive at once before any echo
         return not failed
@@ -102,6 +120,7 @@ async def _echo_all(children: int, message: bytes, mode: str) -> None:
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise RuntimeError(f"{len(errors)} of {children} children failed: {errors[0]!r}")
+    return rss_all_up
 
 
 def worker(children: int, mode: str = "spawn-async") -> None:
@@ -111,16 +130,17 @@ def worker(children: int, mode: str = "spawn-async") -> None:
     """
     limits = _raise_nofile(children)
     fds_before = _open_fds()
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = _status_kib("VmRSS")
     started = time.perf_counter()
-    asyncio.run(_echo_all(children, b"ping", mode))
+    rss_all_up = asyncio.run(_echo_all(children, b"ping", mode))
     wall = time.perf_counter() - started
-    rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_peak = _status_kib("VmHWM")
     fds_after = _open_fds()
     figures: dict[str, Any] = {
         "children": children,
         "wall_s": wall,
         "rss_before_kib": rss_before,
+        "rss_all_up_kib": rss_all_up,
         "rss_peak_kib": rss_peak,
         "per_child_kib": (rss_peak - rss_before) / children,
         "fds_before": fds_before,
