@@ -44,7 +44,9 @@ _UCRED = struct.Struct("3i")
 #: reported as such rather than as kernel truncation.
 ANCBUFSIZE: int = socket.CMSG_SPACE(SCM_MAX_FD * _INT_SIZE) + socket.CMSG_SPACE(_UCRED.size)
 
-MSG_CTRUNC: int = socket.MSG_CTRUNC
+MSG_CTRUNC: int = int(socket.MSG_CTRUNC)
+_SOL_SOCKET = int(socket.SOL_SOCKET)
+_SCM_RIGHTS = int(socket.SCM_RIGHTS)
 
 
 class Credentials(NamedTuple):
@@ -110,7 +112,7 @@ def fds_from_ancillary(
     """
     fds: list[int] = []
     for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
             # A truncated record may end in a partial int: keep only whole ones.
             whole = len(data) - len(data) % _INT_SIZE
             fds.extend(array.array("i", data[:whole]))
@@ -133,9 +135,7 @@ def fds_from_ancillary(
 
 def has_credentials(ancdata: list[tuple[int, int, bytes]]) -> bool:
     """True if *ancdata* holds an ``SCM_CREDENTIALS`` record (a packet was dequeued)."""
-    return any(
-        kind == _SCM_CREDENTIALS and level == socket.SOL_SOCKET for level, kind, _ in ancdata
-    )
+    return any(kind == _SCM_CREDENTIALS and level == _SOL_SOCKET for level, kind, _ in ancdata)
 
 
 def enable_passcred(sock: socket.socket) -> bool:

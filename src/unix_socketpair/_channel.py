@@ -53,10 +53,12 @@ __all__ = ["Channel", "ChannelBase"]
 
 _T = TypeVar("_T", bound="ChannelBase")
 
-MSG_NOSIGNAL: int = getattr(socket, "MSG_NOSIGNAL", 0)
-_MSG_CMSG_CLOEXEC: int = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
-_MSG_CTRUNC = socket.MSG_CTRUNC
-_MSG_TRUNC = socket.MSG_TRUNC
+# Plain ints, not the socket module's IntFlag members: an enum operation on
+# every read costs more than the system call's Python overhead.
+MSG_NOSIGNAL: int = int(getattr(socket, "MSG_NOSIGNAL", 0))
+_MSG_CMSG_CLOEXEC: int = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_MSG_TRUNC = int(socket.MSG_TRUNC)
 _LINUX = sys.platform.startswith("linux")
 # Linux returns a packet's real length when MSG_TRUNC is passed to recvmsg.
 _PACKET_RECV_FLAGS = _MSG_CMSG_CLOEXEC | (_MSG_TRUNC if _LINUX else 0)

@@ -281,11 +281,14 @@ class StreamDecoder:
         """
         r = self._rpos
         w = self._wpos
-        if r == w and r:
-            self._base += r
-            self._rpos = self._wpos = r = w = 0
-            if len(self._buf) > _RETAIN_CAPACITY:
+        if r == w:
+            # Everything consumed (the usual case): the whole buffer is free.
+            if r:
+                self._base += r
+                self._rpos = self._wpos = 0
+            if len(self._buf) > _RETAIN_CAPACITY and self._direct is None:
                 self._replace(_DEFAULT_CAPACITY)
+            return self._view
         want = _MIN_FREE
         held = w - r
         if held >= HEADER_SIZE:
@@ -333,6 +336,9 @@ class StreamDecoder:
             TooManyFds: more than ``max_fds`` descriptors (all closed; broken).
             ProtocolError: descriptors with end of file, or data after it.
         """
+        if nbytes and fds is None and not self._eof:
+            self._wpos += nbytes
+            return
         if fds:
             start = self._base + self._wpos
             self._fds_arrived(start, start + nbytes, fds)
@@ -410,6 +416,8 @@ class StreamDecoder:
             if end <= w and size <= self._max:
                 self._rpos = end
                 return self._view[r + HEADER_SIZE : end].tobytes()
+        elif r == w and not self._eof and self._broken is None and self._direct is None:
+            return NEED_DATA
         result = self._next_slow()
         if result is NEED_DATA:
             return NEED_DATA
