@@ -251,8 +251,17 @@ def _format_targets(checks: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _size_label(size: int) -> str:
+    for unit, name in ((2**20, "MiB"), (2**10, "KiB")):
+        if size >= unit:
+            return f"{size // unit} {name}"
+    return f"{size} B"
+
+
 def plot(path: str, cases: Sequence[Case], results: dict[str, list[Row]]) -> None:
     """Draw bytes/s against chunk or message size, one line per variant.
+
+    The project's rows are solid, the C limit dashed, the alternatives dotted.
 
     Raises:
         ImportError: matplotlib is not installed (an optional extra).
@@ -266,6 +275,8 @@ def plot(path: str, cases: Sequence[Case], results: dict[str, list[Row]]) -> Non
         (axes[1], "framed-", "One-way framed messages"),
     ):
         series: dict[str, list[tuple[int, float]]] = {}
+        kinds: dict[str, str] = {}
+        sizes: set[int] = set()
         for case in cases:
             if not case.id.startswith(prefix) or case.size is None:
                 continue
@@ -274,11 +285,23 @@ def plot(path: str, cases: Sequence[Case], results: dict[str, list[Row]]) -> Non
                     continue
                 rate = row.median * (case.size if case.unit == "msg/s" else 1)
                 series.setdefault(row.name, []).append((case.size, rate / 2**20))
+                kinds[row.name] = row.kind
+                sizes.add(case.size)
         for name, points in series.items():
             points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+            style = {"limit": "--", "project": "-"}.get(kinds[name], ":")
+            ax.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                style,
+                marker="o",
+                linewidth=2.2 if kinds[name] == "project" else 1.4,
+                label=name,
+            )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
+        ticks = sorted(sizes)
+        ax.set_xticks(ticks, [_size_label(size) for size in ticks])
         ax.set_xlabel("chunk / message size (bytes)")
         ax.set_ylabel("MiB/s")
         ax.set_title(title)
