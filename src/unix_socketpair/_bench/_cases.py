@@ -501,6 +501,42 @@ def _framed_async_channel(size: int, n: int, *, uvloop: bool = False) -> Sample:
     return _two_process(child, parent, [b], [a])
 
 
+def _framed_async_channel_many(size: int, n: int) -> Sample:
+    channel_class = _project("AsyncChannel")
+    a, b = socket.socketpair()
+    payload = _payload(size)
+
+    def child(wait_go: Callable[[], None]) -> None:
+        async def main() -> None:
+            channel = channel_class(b)
+            batch = [payload] * _batch(size)
+            full, rest = divmod(n, len(batch))
+            wait_go()
+            for _ in range(full):
+                await channel.send_many(batch)
+            await channel.send_many(batch[:rest])
+            await _aclose(channel)
+
+        _run_async(main, uvloop=False)
+
+    def parent(race: _Race) -> int:
+        async def main() -> int:
+            channel = channel_class(a)
+            total = 0
+            try:
+                race.start_and_go()
+                async for message in channel:
+                    total += len(message)
+                race.stop()
+            finally:
+                await _aclose(channel)
+            return total
+
+        return _expect(_run_async(main, uvloop=False), size * n, "bytes")
+
+    return _two_process(child, parent, [b], [a])
+
+
 # --- case 4: ping-pong ----------------------------------------------------------------------
 
 _WARMUP = 50
@@ -794,6 +830,14 @@ def _framed_case(c: CPrograms, size: int, first: int) -> Case:
             first,
             "project",
             "async-channel",
+            _need_async_channel,
+        ),
+        Variant(
+            "AsyncChannel send_many / async iteration",
+            _framed(_framed_async_channel_many, size),
+            first,
+            "project",
+            "async-channel-many",
             _need_async_channel,
         ),
         Variant(
