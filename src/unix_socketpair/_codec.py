@@ -77,6 +77,8 @@ _RETAIN_CAPACITY: Final = 4 * 1024 * 1024 + HEADER_SIZE
 # iter_ready() copies at most this much out at once (a large partial message is
 # left in place rather than copied again on every call).
 _CHUNK_LIMIT: Final = 1024 * 1024
+# Growth step for a large message whose bytes are still arriving.
+_GROW_STEP: Final = 1024 * 1024
 
 
 _CLOSED: Final = "the channel is closed"
@@ -294,7 +296,10 @@ class StreamDecoder:
         if held >= HEADER_SIZE:
             size = _unpack_from(self._buf, r)[0]
             if size <= self._max:
-                want = max(want, HEADER_SIZE + size - held)
+                # Room for the rest of the message, but never more than twice
+                # what has actually arrived: a peer that declares 60 MiB and
+                # sends 10 bytes does not make us set aside 60 MiB.
+                want = max(want, min(HEADER_SIZE + size - held, max(held, _GROW_STEP)))
         cap = len(self._buf)
         if cap - w < want:
             if held + want <= cap and held <= r:
