@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 from ._ancillary import SCM_MAX_FD, close_fds
 from ._channel import (
-    _JOIN_LIMIT,
     _NO_FDS,
     MSG_NOSIGNAL,
     ChannelBase,
@@ -233,7 +232,7 @@ class AsyncChannel(ChannelBase):
             type(data) is bytes
             and fds is _NO_FDS
             and self._stream
-            and len(data) <= _JOIN_LIMIT
+            and len(data) <= self._small
             and self._broken_send is None
             and not self._send_lock.locked()
         ):

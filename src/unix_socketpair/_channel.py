@@ -182,6 +182,7 @@ class ChannelBase:
         "_pending",
         "_pkt_broken",
         "_pkt_view",
+        "_small",
         "_sock",
         "_stream",
         "_type",
@@ -204,6 +205,9 @@ class ChannelBase:
         self._stream = self._type == SOCK_STREAM
         self._max = max_message_size
         self._max_fds = max_fds
+        # send()'s fast path: a bytes message up to this size goes out joined to
+        # its header with one system call.
+        self._small = min(_JOIN_LIMIT, max_message_size)
         self._broken_send: str | None = None
         self._pending: tuple[bytes, list[int]] | None = None
         self._pkt_broken: str | None = None
@@ -558,7 +562,7 @@ class Channel(ChannelBase):
             type(data) is bytes
             and fds is _NO_FDS
             and self._stream
-            and len(data) <= _JOIN_LIMIT
+            and len(data) <= self._small
             and self._broken_send is None
         ):
             try:
