@@ -1,10 +1,10 @@
 """A Channel reader under a hostile peer, measuring its own memory.
 
-Run as ``python reader.py MAX_MESSAGE_SIZE`` with the socket at the descriptor
-named by ``SOCKETPAIR_FD``. It reads messages until the first exception, then prints
-one JSON line: the exception's class (and bases), its text, the messages and bytes read,
-the peak resident memory growth in KiB and the seconds it took; then tries one more
-``recv()`` to show what a used-up channel does.
+Run as ``python reader.py MAX_MESSAGE_SIZE [recv|recv_into|async_recv_into]`` with the
+socket at the descriptor named by ``SOCKETPAIR_FD``. It reads messages until the first
+exception, then prints one JSON line: the exception's class (and bases), its text, the
+messages and bytes read, the peak resident memory growth in KiB and the seconds it took;
+then tries one more read to show what a used-up channel does.
 
 The address space is capped (``RLIMIT_AS``) at 1 GiB above the current size, so a
 reader that tried to allocate what a peer merely declares (4 GiB) fails loudly
@@ -13,14 +13,16 @@ reader that tried to allocate what a peer merely declares (4 GiB) fails loudly
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 
-from unix_socketpair import Channel
+from unix_socketpair import AsyncChannel, Channel
 
 
 def status_kib(field: str) -> int:
@@ -31,9 +33,32 @@ def status_kib(field: str) -> int:
     raise LookupError(field)
 
 
+def reader_of(how: str, fd: int, max_size: int) -> tuple[Callable[[], bytes], Callable[[], None]]:
+    """A function returning the next message the way *how* says, and a closer."""
+    if how == "recv":
+        channel = Channel(fd, max_message_size=max_size)
+        return channel.recv, channel.close
+    buffer = bytearray(1 << 20)
+    if how == "recv_into":
+        channel = Channel(fd, max_message_size=max_size)
+        return lambda: bytes(buffer[: channel.recv_into(buffer)]), channel.close
+    loop = asyncio.new_event_loop()
+    achannel = AsyncChannel(fd, max_message_size=max_size)
+
+    def recv() -> bytes:
+        return bytes(buffer[: loop.run_until_complete(achannel.recv_into(buffer))])
+
+    def close() -> None:
+        achannel.close()
+        loop.close()
+
+    return recv, close
+
+
 def main() -> None:
     max_size = int(sys.argv[1])
-    channel = Channel(int(os.environ["SOCKETPAIR_FD"]), max_message_size=max_size)
+    how = sys.argv[2] if len(sys.argv) > 2 else "recv"
+    recv, close = reader_of(how, int(os.environ["SOCKETPAIR_FD"]), max_size)
     vm_kib = status_kib("VmSize")
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     resource.setrlimit(resource.RLIMIT_AS, ((vm_kib << 10) + (1 << 30), hard))
@@ -48,7 +73,7 @@ def main() -> None:
     report: dict[str, object] = {}
     try:
         while True:
-            message = channel.recv()
+            message = recv()
             digest.update(len(message).to_bytes(4, "big") + message)
             received += len(message)
             messages += 1
@@ -62,11 +87,11 @@ def main() -> None:
     report["bytes"] = received
     report["sha256"] = digest.hexdigest()
     try:
-        channel.recv()
+        recv()
         report["after"] = "returned"
     except BaseException as exc:
         report["after"] = type(exc).__name__
-    channel.close()
+    close()
     print(json.dumps(report), flush=True)
 
 
