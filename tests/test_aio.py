@@ -1,48 +1,329 @@
-"""AsyncChannel over real socketpairs, on the default loop (and uvloop when installed)."""
+"""AsyncChannel over real socketpairs and a real child, on the default loop and,
+when it is installed, on uvloop as well."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
+from support import EXAMPLES
 
-from unix_socketpair import SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, AsyncChannel
+from unix_socketpair import (
+    SOCK_DGRAM,
+    SOCK_SEQPACKET,
+    SOCK_STREAM,
+    AsyncChannel,
+    Channel,
+    ChannelClosed,
+    MessageTooLarge,
+    ProtocolError,
+    socketpair,
+)
 
 ALL_TYPES = [SOCK_STREAM, SOCK_SEQPACKET, SOCK_DGRAM]
+HEADER = struct.Struct(">I")
+
+try:
+    import uvloop
+except ImportError:  # not a dependency: the default loop is always tested
+    LOOPS = ["asyncio"]
+else:
+    LOOPS = ["asyncio", "uvloop"]
+    # libuv opens a process-wide pipe with its first loop and keeps it: open
+    # it now, so the fd-leak checks below see only what a test leaves behind.
+    uvloop.new_event_loop().close()
+
+
+@pytest.fixture(params=LOOPS)
+def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, None]], None]:
+    """Run a coroutine to completion on the loop under test (bounded)."""
+
+    def runner(coro: Coroutine[Any, Any, None]) -> None:
+        async def bounded() -> None:
+            await asyncio.wait_for(coro, timeout=60)
+
+        if request.param == "uvloop":
+            loop = uvloop.new_event_loop()
+            try:
+                loop.run_until_complete(bounded())
+            finally:
+                loop.close()
+        else:
+            asyncio.run(bounded())
+
+    return runner
+
+
+def inode(fd: int) -> int:
+    return os.fstat(fd).st_ino
 
 
 @pytest.mark.parametrize("sock_type", ALL_TYPES)
-def test_round_trip_small_and_empty(sock_type: int, no_fd_leak: None) -> None:
+def test_round_trip_small_and_empty(sock_type: int, run: Any, no_fd_leak: None) -> None:
     async def main() -> None:
         a, b = AsyncChannel.pair(sock_type)
         async with a, b:
+            assert a.type == sock_type
             for message in (b"hello", b"", bytearray(b"ba"), memoryview(b"mv")):
                 await a.send(message)
                 assert await b.recv() == bytes(message)
             await b.send(b"back")
             assert await a.recv() == b"back"
 
-    asyncio.run(main())
+    run(main())
 
 
-def test_fds_and_iteration(no_fd_leak: None) -> None:
+def test_ten_mib_both_ways_with_back_pressure(run: Any, no_fd_leak: None) -> None:
     async def main() -> None:
         a, b = AsyncChannel.pair()
-        r, w = os.pipe()
-        try:
-            async with b:
-                async with a:
-                    await a.send(b"plain")
-                    await a.send(b"with", fds=[r])
-                    await a.send_many([b"%d" % i for i in range(1000)])
-                assert await b.recv_with_fds() == (b"plain", [])
-                payload, fds = await b.recv_with_fds()
-                assert payload == b"with" and len(fds) == 1
-                os.close(fds[0])
-                assert [m async for m in b] == [b"%d" % i for i in range(1000)]
-        finally:
+        async with a, b:
+            big = os.urandom(1 << 20) * 10
+            sending = asyncio.ensure_future(a.send(big))
+            # The kernel cannot take 10 MiB: the send waits for the reader.
+            done, _ = await asyncio.wait({sending}, timeout=0.2)
+            assert not done
+            assert await b.recv() == big
+            await sending
+            sending = asyncio.ensure_future(b.send(memoryview(big)))
+            buffer = bytearray(len(big))
+            assert await a.recv_into(buffer) == len(big)
+            await sending
+            assert buffer == big
+
+    run(main())
+
+
+def test_hundred_thousand_messages_both_ways(run: Any, no_fd_leak: None) -> None:
+    async def main() -> None:
+        a, b = AsyncChannel.pair()
+        async with a, b:
+            messages = [b"%d" % i for i in range(100_000)]
+            sending = asyncio.ensure_future(a.send_many(messages))
+            assert [await b.recv() for _ in messages] == messages
+            await sending
+
+            async def one_by_one() -> None:
+                for m in messages:
+                    await b.send(m)
+                b.shutdown_write()
+
+            sending = asyncio.ensure_future(one_by_one())
+            assert [m async for m in a] == messages
+            await sending
+
+    run(main())
+
+
+@pytest.mark.parametrize("sock_type", ALL_TYPES)
+def test_fds_interleaved(sock_type: int, run: Any, no_fd_leak: None) -> None:
+    pipes = [os.pipe() for _ in range(4)]
+    size = 200_000 if sock_type == SOCK_STREAM else 500
+    plan = [
+        (b"a", []),
+        (b"b" * size, [pipes[0][0]]),
+        (b"", [pipes[1][1], pipes[2][0]]),
+        (b"c" * size, []),
+        (b"d", [pipes[3][0]]),
+    ] * 5
+
+    async def main() -> None:
+        a, b = AsyncChannel.pair(sock_type)
+        async with a, b:
+
+            async def send_all() -> None:
+                for m, f in plan:
+                    await a.send(m, fds=f)
+
+            sending = asyncio.ensure_future(send_all())
+            for payload, fds in plan:
+                got, got_fds = await b.recv_with_fds()
+                try:
+                    assert got == payload
+                    assert [inode(fd) for fd in got_fds] == [inode(fd) for fd in fds]
+                finally:
+                    for fd in got_fds:
+                        os.close(fd)
+            await sending
+
+    try:
+        run(main())
+    finally:
+        for r, w in pipes:
             os.close(r)
             os.close(w)
 
-    asyncio.run(main())
+
+def test_concurrent_senders_never_interleave(run: Any, no_fd_leak: None) -> None:
+    async def main() -> None:
+        a, b = AsyncChannel.pair()
+        async with a, b:
+
+            async def sender(tag: int) -> None:
+                for i in range(30):
+                    await a.send(bytes([tag]) * (1000 + 50_000 * (i % 3)))
+
+            tasks = [asyncio.ensure_future(sender(t)) for t in range(8)]
+            seen = 0
+            while seen < 8 * 30:
+                message = await b.recv()
+                assert len(set(message)) == 1  # whole, from one sender
+                seen += 1
+            await asyncio.gather(*tasks)
+
+    run(main())
+
+
+def test_second_concurrent_receiver_is_refused(run: Any, no_fd_leak: None) -> None:
+    async def main() -> None:
+        a, b = AsyncChannel.pair()
+        async with a, b:
+            first = asyncio.ensure_future(b.recv())
+            await asyncio.sleep(0)  # one loop turn (not a timed wait): it is now waiting
+            with pytest.raises(RuntimeError, match="already receiving"):
+                await b.recv()
+            await a.send(b"for the first")
+            assert await first == b"for the first"
+
+    run(main())
+
+
+def test_cancelled_recv_loses_nothing(run: Any, no_fd_leak: None) -> None:
+    async def main() -> None:
+        a, b = AsyncChannel.pair()
+        async with a, b:
+            waiting = asyncio.ensure_future(b.recv())
+            await asyncio.sleep(0)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await a.send(b"kept")
+            assert await b.recv() == b"kept"
+
+    run(main())
+
+
+def test_close_wakes_a_waiting_receiver(run: Any, no_fd_leak: None) -> None:
+    async def main() -> None:
+        a, b = AsyncChannel.pair()
+        async with a:
+            waiting = asyncio.ensure_future(b.recv())
+            await asyncio.sleep(0)
+            await b.aclose()
+            with pytest.raises(OSError) as info:
+                await waiting
+            assert info.value.errno == errno.EBADF
+
+    run(main())
+
+
+def test_errors(run: Any, no_fd_leak: None) -> None:
+    async def main() -> None:
+        a, b = AsyncChannel.pair(max_message_size=100)
+        async with b:
+            with pytest.raises(TypeError, match="bytes-like"):
+                await a.send("text")  # type: ignore[arg-type]
+            with pytest.raises(MessageTooLarge):
+                await a.send(b"x" * 101)
+            await a.send(b"0123456789")
+            with pytest.raises(MessageTooLarge) as info:
+                await b.recv_into(bytearray(5))
+            assert info.value.size == 10
+            assert await b.recv() == b"0123456789"
+            await a.aclose()
+            with pytest.raises(ChannelClosed):
+                await b.recv()
+            assert [m async for m in b] == []
+
+        x, y = socket.socketpair()
+        with x:
+            channel = AsyncChannel(y)
+            async with channel:
+                x.sendall(HEADER.pack(10) + b"abc")
+                x.shutdown(socket.SHUT_WR)
+                with pytest.raises(ProtocolError, match="3 of its 10"):
+                    await channel.recv()
+                with pytest.raises(ProtocolError, match="unusable"):
+                    await channel.recv()
+                x.close()
+                with pytest.raises(BrokenPipeError):
+                    for _ in range(100):
+                        await channel.send(b"y" * 100_000)
+
+    run(main())
+
+
+def test_constructed_outside_a_coroutine_and_talking_to_a_child(run: Any, no_fd_leak: None) -> None:
+    ours, theirs = socketpair()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, str(EXAMPLES / "echo_peer.py")],
+            env={**os.environ, "SOCKETPAIR_FD": str(theirs)},
+            pass_fds=[theirs],
+        )
+    finally:
+        os.close(theirs)
+    channel = AsyncChannel(ours)
+
+    async def main() -> None:
+        async with channel:
+            await channel.send_many([b"one", b"", b"three" * 100_000])
+            got: list[bytes] = []
+            for _ in range(3):
+                got.append(await channel.recv())
+            assert got == [b"one", b"", b"three" * 100_000]
+            assert channel.peer_credentials().pid == os.getpid()
+            channel.shutdown_write()
+            assert [m async for m in channel] == []
+
+    run(main())
+    assert child.wait(timeout=30) == 0
+
+
+def test_interoperates_with_the_blocking_channel(run: Any, no_fd_leak: None) -> None:
+    x, y = socketpair()
+    blocking = Channel(x)
+
+    async def main() -> None:
+        async with AsyncChannel(y) as channel:
+            blocking.send_many([b"from", b"blocking"])
+            assert [await channel.recv(), await channel.recv()] == [b"from", b"blocking"]
+            await channel.send(b"from async")
+            assert await asyncio.get_running_loop().run_in_executor(None, blocking.recv) == (
+                b"from async"
+            )
+
+    try:
+        run(main())
+    finally:
+        blocking.close()
+
+
+def test_from_env(no_fd_leak: None) -> None:
+    ours, theirs = socketpair()
+    code = (
+        "import asyncio\nfrom unix_socketpair import AsyncChannel\n"
+        "async def main():\n"
+        "    async with AsyncChannel.from_env() as c:\n"
+        "        await c.send((await c.recv()).upper())\n"
+        "asyncio.run(main())\n"
+    )
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", code],
+            env={**os.environ, "SOCKETPAIR_FD": str(theirs)},
+            pass_fds=[theirs],
+        )
+    finally:
+        os.close(theirs)
+    with Channel(ours) as channel:
+        channel.send(b"shout")
+        assert channel.recv() == b"SHOUT"
+    assert child.wait(timeout=30) == 0
