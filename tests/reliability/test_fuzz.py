@@ -17,7 +17,8 @@ import os
 import struct
 from dataclasses import dataclass
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from support import open_fds
 
@@ -193,6 +194,25 @@ def test_arbitrary_streams_through_the_recv_into_path(
 ) -> None:
     """``next_size()`` + ``read_into()``, as ``recv_into`` uses them, without end of file."""
     run(stream, points, limit, False, path, "read_into")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="StreamDecoder.next_size() returns the size (so the caller reads again, forever) "
+    "instead of raising ProtocolError once end of file has come inside a payload",
+)
+@FUZZ
+@example(stream=b"\x00\x00\x00\x01", points=[], limit=1, path="receive_data")
+@given(
+    stream=streams,
+    points=st.lists(st.integers(0, 1000), max_size=20),
+    limit=limits,
+    path=st.sampled_from(["receive_data", "get_buffer"]),
+)
+def test_arbitrary_streams_through_the_recv_into_path_then_eof(
+    stream: bytes, points: list[int], limit: int, path: str
+) -> None:
+    run(stream, points, limit, True, path, "read_into")
 
 
 @FUZZ

@@ -205,3 +205,32 @@ def test_async_reader_waits_no_longer_than_asked_and_stays_consistent() -> None:
     assert 0.3 <= waited < 5
     assert first == message
     assert second == b"next"
+
+
+TRUNCATED_SMALL_HANG = pytest.mark.xfail(
+    strict=True,
+    reason="StreamDecoder.next_size() returns the size instead of raising once end of file "
+    "has come inside a payload, so recv_into() of a message under 64 KiB loops forever",
+)
+
+
+@pytest.mark.parametrize(
+    ("how", "size"),
+    [
+        ("recv", 100),
+        ("recv", 1 << 20),
+        pytest.param("recv_into", 100, marks=TRUNCATED_SMALL_HANG),
+        ("recv_into", 1 << 20),
+        pytest.param("async_recv_into", 100, marks=TRUNCATED_SMALL_HANG),
+        ("async_recv_into", 1 << 20),
+    ],
+)
+def test_truncated_frame_for_every_way_of_reading(how: str, size: int) -> None:
+    """EOF inside a frame whatever the reading method: the payload read through the
+    decoder's buffer (100 bytes) or straight into the caller's 1 MiB buffer (1 MiB)."""
+    reader = HostileReader(DEFAULT_MAX, how)
+    reader.sock.sendall(frame(b"whole") + size.to_bytes(4, "big") + b"z" * (size // 2))
+    report = reader.report(timeout=10)  # the reader is killed if it has not answered
+    figure(f"framing.truncated[{how},{size}]", f"{report['error']} after {report['elapsed']:.3f} s")
+    assert report["messages"] == 1
+    assert report["error"] == "ProtocolError", report
