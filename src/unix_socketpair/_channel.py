@@ -67,6 +67,8 @@ _JOIN_LIMIT = 16 * 1024
 # below it, reading ahead into the decoder (and copying) saves system calls.
 _DIRECT_THRESHOLD = 64 * 1024
 _NO_FDS: tuple[int, ...] = ()
+# Iteration switches to StreamDecoder.iter_ready() after a read of more than this.
+_BULK_READ = 4096
 _ENV = "SOCKETPAIR_FD"
 
 
@@ -396,25 +398,31 @@ class ChannelBase:
             return BrokenPipeError(errno.EPIPE, "the peer has closed the channel")
         return exc
 
-    def _fill(self) -> None:
-        """One read from a stream socket into the decoder (may raise BlockingIOError)."""
+    def _fill(self) -> int:
+        """One read from a stream socket into the decoder; return the byte count
+        (0 at end of file). May raise BlockingIOError, having changed nothing."""
         dec = self._dec
         try:
             n, anc, flags, _ = self._sock.recvmsg_into(
                 (dec.get_buffer(),), ANCBUFSIZE, _MSG_CMSG_CLOEXEC
             )
-        except ConnectionResetError:
-            # The peer closed while some of what we sent was still unread: for
-            # the reading side that is simply the end of the stream.
-            n, anc, flags = 0, [], 0
         except OSError as exc:
-            if self._closed or exc.errno == errno.EBADF:
-                raise OSError(errno.EBADF, "the channel is closed") from exc
-            raise
+            n, anc, flags = self._recv_failed(exc)
         if anc or flags & _MSG_CTRUNC:
             dec.buffer_updated(n, self._take_fds(anc, flags))
         else:
             dec.buffer_updated(n)
+        return n
+
+    def _recv_failed(self, exc: OSError) -> tuple[int, list[Any], int]:
+        """What a failed stream read means: end of file, or an error to raise."""
+        if isinstance(exc, ConnectionResetError):
+            # The peer closed while some of what we sent was still unread: for
+            # the reading side that is simply the end of the stream.
+            return 0, [], 0
+        if self._closed or exc.errno == errno.EBADF:
+            raise OSError(errno.EBADF, "the channel is closed") from exc
+        raise exc
 
     def _take_fds(self, anc: list[tuple[int, int, bytes]], flags: int) -> list[int]:
         try:
@@ -631,8 +639,19 @@ class Channel(ChannelBase):
             dec = self._dec
             msg = dec.next_message()
             while msg is NEED_DATA:
-                self._fill()
-                msg = dec.next_message()
+                # _fill() inlined: this is the path of a reader that waits for
+                # each message (ping-pong), where every Python call shows.
+                try:
+                    n, anc, flags, _ = self._sock.recvmsg_into(
+                        (dec.get_buffer(),), ANCBUFSIZE, _MSG_CMSG_CLOEXEC
+                    )
+                except OSError as exc:
+                    n, anc, flags = self._recv_failed(exc)
+                if anc or flags & _MSG_CTRUNC:
+                    dec.buffer_updated(n, self._take_fds(anc, flags))
+                    msg = dec.next_message()
+                else:
+                    msg = dec.received(n)
             return msg  # type: ignore[return-value]
         self._check_open()
         payload, fds = self._packet_message()
@@ -710,11 +729,18 @@ class Channel(ChannelBase):
                     yield self.recv()
                 except ChannelClosed:
                     return
-        ready = self._dec.iter_ready
+        dec = self._dec
+        next_message = dec.next_message
+        ready = dec.iter_ready
         fill = self._fill
         try:
             while True:
-                yield from ready()
-                fill()
+                msg = next_message()
+                if msg is NEED_DATA:
+                    # Many messages per read: slice them all out of one copy.
+                    if fill() > _BULK_READ:
+                        yield from ready()
+                    continue
+                yield msg  # type: ignore[misc]
         except ChannelClosed:
             return

@@ -354,6 +354,23 @@ class StreamDecoder:
         else:
             self._eof = True
 
+    def received(self, nbytes: int) -> bytes | _NeedData:
+        """``buffer_updated(nbytes)`` (without descriptors) then
+        :meth:`next_message`, in one call: the path of a reader that waits for
+        each message."""
+        if nbytes and not self._eof:
+            r = self._rpos
+            w = self._wpos = self._wpos + nbytes
+            if w - r >= HEADER_SIZE and not self._groups:
+                size = _unpack_from(self._buf, r)[0]
+                end = r + HEADER_SIZE + size
+                if end <= w and size <= self._max:
+                    self._rpos = end
+                    return self._view[r + HEADER_SIZE : end].tobytes()
+            return self.next_message()
+        self.buffer_updated(nbytes)
+        return self.next_message()
+
     def receive_data(self, data: Buffer, fds: Iterable[int] = ()) -> None:
         """Copy *data* into the decoder (``b""`` means end of file).
 
