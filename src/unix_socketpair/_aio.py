@@ -229,11 +229,9 @@ class AsyncChannel(ChannelBase):
         Same contract and errors as ``Channel.send``.
         """
         if (
-            type(data) is bytes
-            and fds is _NO_FDS
-            and self._stream
+            fds is _NO_FDS
+            and type(data) is bytes
             and len(data) <= self._small
-            and self._broken_send is None
             and not self._send_lock.locked()
         ):
             frame = _pack(len(data)) + data
@@ -292,7 +290,7 @@ class AsyncChannel(ChannelBase):
             raise self._send_error(exc, bufs) from exc
         except BaseException:
             if partial and bufs:
-                self._broken_send = "a send was cancelled part way through a message"
+                self._break_send("a send was cancelled part way through a message")
             raise
 
     # -- receiving ----------------------------------------------------------

@@ -208,8 +208,8 @@ class ChannelBase:
         self._max = max_message_size
         self._max_fds = max_fds
         # send()'s fast path: a bytes message up to this size goes out joined to
-        # its header with one system call.
-        self._small = min(_JOIN_LIMIT, max_message_size)
+        # its header with one system call (-1: no fast path, see _break_send).
+        self._small = min(_JOIN_LIMIT, max_message_size) if self._type == SOCK_STREAM else -1
         self._broken_send: str | None = None
         self._pending: tuple[bytes, list[int]] | None = None
         self._pkt_broken: str | None = None
@@ -367,6 +367,11 @@ class ChannelBase:
         anc = pack_fds(check_fds(fds, self._max_fds)) if fds is not _NO_FDS else []
         self._check_send()
         return bufs, anc
+
+    def _break_send(self, reason: str) -> None:
+        """A message was only partly sent: no further send can be framed."""
+        self._broken_send = reason
+        self._small = -1
 
     def _check_send(self) -> None:
         if self._closed:
@@ -566,13 +571,7 @@ class Channel(ChannelBase):
             TooManyFds: more than ``max_fds`` descriptors; nothing sent.
             BrokenPipeError: the peer has closed (never SIGPIPE).
         """
-        if (
-            type(data) is bytes
-            and fds is _NO_FDS
-            and self._stream
-            and len(data) <= self._small
-            and self._broken_send is None
-        ):
+        if fds is _NO_FDS and type(data) is bytes and len(data) <= self._small:
             try:
                 self._sock.sendall(_pack(len(data)) + data, MSG_NOSIGNAL)
             except OSError as exc:
@@ -619,7 +618,7 @@ class Channel(ChannelBase):
             raise self._send_error(exc, bufs) from exc
         except BaseException:
             if partial:
-                self._broken_send = "a send was interrupted part way through a message"
+                self._break_send("a send was interrupted part way through a message")
             raise
 
     # -- receiving ----------------------------------------------------------
@@ -731,16 +730,31 @@ class Channel(ChannelBase):
                     return
         dec = self._dec
         next_message = dec.next_message
+        received = dec.received
+        get_buffer = dec.get_buffer
         ready = dec.iter_ready
-        fill = self._fill
+        recvmsg_into = self._sock.recvmsg_into
         try:
+            msg = next_message()
             while True:
-                msg = next_message()
-                if msg is NEED_DATA:
-                    # Many messages per read: slice them all out of one copy.
-                    if fill() > _BULK_READ:
-                        yield from ready()
+                if msg is not NEED_DATA:
+                    yield msg  # type: ignore[misc]
+                    msg = next_message()
                     continue
-                yield msg  # type: ignore[misc]
+                # One read (as in recv()); many messages in it are sliced out of
+                # one copy by iter_ready().
+                try:
+                    n, anc, flags, _ = recvmsg_into((get_buffer(),), ANCBUFSIZE, _MSG_CMSG_CLOEXEC)
+                except OSError as exc:
+                    n, anc, flags = self._recv_failed(exc)
+                if anc or flags & _MSG_CTRUNC:
+                    dec.buffer_updated(n, self._take_fds(anc, flags))
+                    msg = next_message()
+                elif n > _BULK_READ:
+                    dec.buffer_updated(n)
+                    yield from ready()
+                    msg = next_message()
+                else:
+                    msg = received(n)
         except ChannelClosed:
             return
