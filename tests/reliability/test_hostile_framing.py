@@ -5,12 +5,16 @@ its own peak memory) fails with a clear error, in bounded memory and bounded tim
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
+import socket
 import threading
 import time
 
 import pytest
+
+from unix_socketpair import AsyncChannel, Channel, socketpair
 
 from ._helpers import figure
 from ._peers import HostileReader, frame, wait_drained
@@ -171,11 +175,6 @@ def test_trickle_one_byte_at_a_time_reassembles() -> None:
 def test_async_reader_waits_no_longer_than_asked_and_stays_consistent() -> None:
     """A peer trickles a frame slowly; ``wait_for`` gives up when the caller said, and the
     half-read frame is neither lost nor corrupted: the next ``recv`` completes it."""
-    import asyncio
-    import socket
-
-    from unix_socketpair import AsyncChannel, socketpair
-
     message = bytes(range(256)) * 40
     stream = frame(message)
 
@@ -230,7 +229,48 @@ def test_truncated_frame_for_every_way_of_reading(how: str, size: int) -> None:
     decoder's buffer (100 bytes) or straight into the caller's 1 MiB buffer (1 MiB)."""
     reader = HostileReader(DEFAULT_MAX, how)
     reader.sock.sendall(frame(b"whole") + size.to_bytes(4, "big") + b"z" * (size // 2))
-    report = reader.report(timeout=10)  # the reader is killed if it has not answered
+    report = reader.report(timeout=5)  # the reader is killed if it has not answered
     figure(f"framing.truncated[{how},{size}]", f"{report['error']} after {report['elapsed']:.3f} s")
     assert report["messages"] == 1
     assert report["error"] == "ProtocolError", report
+
+
+@pytest.mark.parametrize("how", ["recv", "recv_into", "iterate", "async_recv"])
+def test_a_message_is_returned_as_soon_as_its_last_byte_is_in(how: str) -> None:
+    """The peer trickles each frame and then waits, socket open: the reader hands over
+    each message without waiting for anything more (no read-ahead that blocks)."""
+    messages = [b"", b"x", bytes(range(256)) * 4]
+    ours, theirs = socketpair(blocking=True)
+    peer = socket.socket(fileno=theirs)
+    loop = asyncio.new_event_loop()
+    channel: Channel | AsyncChannel = (
+        AsyncChannel(ours) if how.startswith("async") else Channel(ours)
+    )
+    buffer = bytearray(4096)
+    iterator = iter(channel) if isinstance(channel, Channel) else None
+
+    def receive() -> bytes:
+        if isinstance(channel, AsyncChannel):
+            return loop.run_until_complete(asyncio.wait_for(channel.recv(), 10))
+        if how == "recv_into":
+            return bytes(buffer[: channel.recv_into(buffer)])
+        if iterator is not None and how == "iterate":
+            return next(iterator)
+        return channel.recv()
+
+    try:
+        for message in messages:
+            stream = frame(message)
+            got: list[bytes] = []
+            reader = threading.Thread(target=lambda out=got: out.append(receive()), daemon=True)
+            reader.start()
+            deadline = time.monotonic() + 20
+            for i in range(len(stream)):
+                peer.sendall(stream[i : i + 1])
+                wait_drained(peer, deadline)
+            reader.join(10)
+            assert got == [message], f"{how}() did not return the complete message"
+    finally:
+        peer.close()
+        channel.close()
+        loop.close()
