@@ -188,3 +188,36 @@ def test_async_killed_mid_frame_with_our_message_unread(how: str) -> None:
     assert status == -signal.SIGKILL
     assert isinstance(error, ProtocolError), repr(error)
     assert zombie_children() == []
+
+
+def test_a_child_that_ignores_eof_is_killed_and_reaped_on_exit() -> None:
+    """Leaving the block: the child sees EOF, ignores it, and is killed after
+    ``exit_timeout``; it is reaped either way and the exit is bounded."""
+    child = _start("pause")
+    child.exit_timeout = 0.2
+    _wait_note(child, b"P")
+    pid = child.pid
+    clock = Stopwatch()
+    bounded(lambda: child.__exit__(None, None, None), BOUND, "leaving the with block")
+    figure("death.ignores_eof", f"killed and reaped {clock.elapsed:.2f} s after the block")
+    assert child.returncode == -signal.SIGKILL
+    assert_reaped(pid)
+
+
+def test_an_async_child_that_ignores_eof_is_killed_and_reaped_on_exit() -> None:
+    death = str(compile_c(CHILDREN / "death.c"))
+
+    async def scenario() -> tuple[int, int | None]:
+        child = await spawn_async([death, "pause"], stdout=subprocess.PIPE)
+        child.exit_timeout = 0.2
+        stdout = child.process.stdout
+        assert stdout is not None
+        assert await asyncio.wait_for(stdout.read(1), BOUND) == b"P"
+        async with child:
+            pass
+        return child.pid, child.returncode
+
+    pid, status = asyncio.run(asyncio.wait_for(scenario(), BOUND))
+    assert status == -signal.SIGKILL
+    assert_reaped(pid)
+    assert zombie_children() == []
