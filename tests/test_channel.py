@@ -549,3 +549,25 @@ def test_from_env_names_a_bad_descriptor() -> None:
         env={**os.environ, "SOCKETPAIR_FD": "97"},
     )
     assert "SOCKETPAIR_FD=97" in result.stdout
+
+
+@pytest.mark.parametrize("size", [100, 1 << 20])
+def test_peer_gone_inside_a_message_while_ours_is_unread(size: int, no_fd_leak: None) -> None:
+    """A peer that dies holding unread data of ours makes the kernel report
+    ECONNRESET rather than end of file: still a truncated message, on every path."""
+    for how in ("recv", "recv_into"):
+        x, y = socket.socketpair()
+        with Channel(y) as channel:
+            channel.send(b"never read")
+
+            def peer(x: socket.socket = x) -> None:
+                with x:
+                    x.sendall(HEADER.pack(size) + b"y" * (size // 2))
+
+            join = in_thread(peer)
+            with pytest.raises(ProtocolError, match=f"{size // 2} of its {size} payload"):
+                if how == "recv":
+                    channel.recv()
+                else:
+                    channel.recv_into(bytearray(size))
+            join()

@@ -330,3 +330,12 @@ def test_any_bytes_give_messages_need_data_or_protocol_error(
                 pass
     except (ProtocolError, ChannelClosed):
         pass
+
+
+def test_next_size_raises_once_the_rest_can_never_come() -> None:
+    decoder = StreamDecoder()
+    decoder.receive_data(HEADER.pack(100) + b"x" * 10)
+    assert decoder.next_size() == 100
+    decoder.receive_data(b"")
+    with pytest.raises(ProtocolError, match="10 of its 100 payload bytes"):
+        decoder.next_size()

@@ -446,7 +446,10 @@ class ChannelBase:
     def _direct_step(self, target: memoryview) -> tuple[int, list[int] | None]:
         """One read straight into *target* (the rest of a message's payload):
         ``(nbytes, the message's fds once it is complete else None)``."""
-        n, anc, flags, _ = self._sock.recvmsg_into((target,), ANCBUFSIZE, _MSG_CMSG_CLOEXEC)
+        try:
+            n, anc, flags, _ = self._sock.recvmsg_into((target,), ANCBUFSIZE, _MSG_CMSG_CLOEXEC)
+        except OSError as exc:
+            n, anc, flags = self._recv_failed(exc)
         fds = self._take_fds(anc, flags) if anc or flags & _MSG_CTRUNC else None
         return n, self._dec.direct_updated(n, fds)
 

@@ -27,6 +27,7 @@ soon as the 4 header bytes are in, before any memory is set aside for it.
 from __future__ import annotations
 
 import errno
+import mmap
 import struct
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -259,7 +260,7 @@ class StreamDecoder:
     ) -> None:
         self._max = min(max_message_size, MAX_WIRE_LENGTH)
         self._max_fds = max_fds
-        self._buf = bytearray(_DEFAULT_CAPACITY)
+        self._buf: bytearray | mmap.mmap = bytearray(_DEFAULT_CAPACITY)
         self._view = memoryview(self._buf)
         self._rpos = 0  # first unconsumed byte
         self._wpos = 0  # end of the received bytes
@@ -296,10 +297,15 @@ class StreamDecoder:
         if held >= HEADER_SIZE:
             size = _unpack_from(self._buf, r)[0]
             if size <= self._max:
-                # Room for the rest of the message, but never more than twice
-                # what has actually arrived: a peer that declares 60 MiB and
-                # sends 10 bytes does not make us set aside 60 MiB.
-                want = max(want, min(HEADER_SIZE + size - held, max(held, _GROW_STEP)))
+                rest = HEADER_SIZE + size - held
+                if HEADER_SIZE + size <= _RETAIN_CAPACITY:
+                    want = max(want, rest)  # a few MiB at most: room for all of it
+                else:
+                    # Grow by half of what has actually arrived: a peer that
+                    # declares 60 MiB and sends 10 bytes does not make us set
+                    # aside 60 MiB, and a truncated large message costs about
+                    # twice what arrived at the peak of a copy, no more.
+                    want = max(want, min(rest, max(held // 2, _GROW_STEP)))
         cap = len(self._buf)
         if cap - w < want:
             if held + want <= cap and held <= r:
@@ -322,7 +328,11 @@ class StreamDecoder:
         """Move the unconsumed bytes to the front of a new buffer of *capacity*."""
         r = self._rpos
         held = self._wpos - r
-        buf = bytearray(capacity)
+        # Above a few MiB, an anonymous mapping: its pages cost memory only once
+        # written, where bytearray(n) would zero-fill (touch) all of them now.
+        buf: bytearray | mmap.mmap = (
+            mmap.mmap(-1, capacity) if capacity > _RETAIN_CAPACITY else bytearray(capacity)
+        )
         buf[:held] = self._view[r : self._wpos]
         self._view.release()
         self._buf = buf
@@ -514,6 +524,8 @@ class StreamDecoder:
             size: int = _unpack_from(self._buf, r)[0]
             if size > self._max:
                 self._over_limit(size)
+            if self._eof and held < HEADER_SIZE + size:
+                self._at_eof(held)  # the rest can never come
             return size
         if self._eof:
             self._at_eof(held)
