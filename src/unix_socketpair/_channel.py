@@ -10,7 +10,9 @@ channels differ only in how they wait before trying again.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import mmap
 import os
 import socket
 import sys
@@ -221,7 +223,10 @@ class ChannelBase:
             self._dec = StreamDecoder(0, 0)  # unused for packets
             self._passcred = enable_passcred(sock)
             cap = min(max_message_size, _packet_capacity()) + 1
-            self._pkt_view = memoryview(bytearray(cap))
+            # An anonymous mapping: room for the largest packet a peer can send
+            # (megabytes) costs memory only for the pages a packet actually
+            # fills, where a bytearray would zero-fill all of it up front.
+            self._pkt_view = memoryview(mmap.mmap(-1, cap) if cap > 256 * 1024 else bytearray(cap))
         self._closed = False
 
     # -- construction -------------------------------------------------------
@@ -335,6 +340,8 @@ class ChannelBase:
             close_fds(self._pending[1])
             self._pending = None
         self._sock.close()
+        with contextlib.suppress(BufferError):
+            self._pkt_view.release()  # unmaps a packet buffer now, not at collection
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self._sock.fileno()}"
