@@ -31,7 +31,7 @@ from ._limits import CPrograms
 __all__ = ["add_bench_arguments", "main", "run_bench"]
 
 QUICK = Settings(target=0.02, rounds=3, sample_timeout=60)
-FULL = Settings(target=0.25, rounds=7, sample_timeout=120)
+FULL = Settings(target=0.12, rounds=15, sample_timeout=120)
 SCALE_CHILDREN_QUICK = 50
 SCALE_CHILDREN_FULL = 1000
 
@@ -50,13 +50,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="draw throughput against message size to FILE.png (needs matplotlib)",
     )
     parser.add_argument(
-        "--rounds", type=int, metavar="N", help="samples per row (default 7, quick 3)"
+        "--rounds", type=int, metavar="N", help="samples per row (default 15, quick 3)"
     )
     parser.add_argument(
         "--target",
         type=float,
         metavar="SECONDS",
-        help="duration of one sample (default 0.25, quick 0.02)",
+        help="duration of one sample (default 0.12, quick 0.02)",
     )
     parser.add_argument(
         "--children",
