@@ -25,12 +25,7 @@ from ._helpers import CHILDREN, Stopwatch, assert_reaped, bounded, figure, zombi
 
 MIB = 1 << 20
 FRAME = 10 * MIB
-BOUND = 20.0
-RESET_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="ChannelBase._direct_step does not treat ECONNRESET as end of file (as _fill "
-    "does): recv_into of a large frame raises a bare ConnectionResetError, not ProtocolError",
-)  # seconds any one operation may take before it counts as a hang
+BOUND = 20.0  # seconds any one operation may take before it counts as a hang
 
 
 def _start(*args: str) -> Child:
@@ -131,7 +126,7 @@ def test_context_exit_reaps_a_killed_child() -> None:
     assert_reaped(pid)
 
 
-@pytest.mark.parametrize("how", ["recv", "iterate", pytest.param("recv_into", marks=RESET_BUG)])
+@pytest.mark.parametrize("how", ["recv", "iterate", "recv_into"])
 def test_killed_mid_frame_with_our_message_unread(how: str) -> None:
     """The child dies holding a message of ours it never read: the kernel then reports
     ECONNRESET instead of a plain end of file. Still a truncated frame: ProtocolError."""
@@ -154,7 +149,7 @@ def test_killed_mid_frame_with_our_message_unread(how: str) -> None:
     assert outcome.startswith("ProtocolError:"), outcome
 
 
-@pytest.mark.parametrize("how", ["recv", "iterate", pytest.param("recv_into", marks=RESET_BUG)])
+@pytest.mark.parametrize("how", ["recv", "iterate", "recv_into"])
 def test_async_killed_mid_frame_with_our_message_unread(how: str) -> None:
     death = str(compile_c(CHILDREN / "death.c"))
 

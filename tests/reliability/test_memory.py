@@ -35,21 +35,8 @@ CHILD = textwrap.dedent(
     """
 )
 
-PACKET_BUFFER_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="ChannelBase.__init__ zero-fills a receive buffer of 2 x wmem_max (8 MiB here) for "
-    "every SOCK_DGRAM/SOCK_SEQPACKET channel at construction: resident at once, ~5 ms each",
-)
 
-
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "SOCK_STREAM",
-        pytest.param("SOCK_DGRAM", marks=PACKET_BUFFER_BUG),
-        pytest.param("SOCK_SEQPACKET", marks=PACKET_BUFFER_BUG),
-    ],
-)
+@pytest.mark.parametrize("kind", ["SOCK_STREAM", "SOCK_DGRAM", "SOCK_SEQPACKET"])
 def test_an_idle_channel_commits_little_memory(kind: str) -> None:
     done = run_python(CHILD.format(kind=kind))
     assert done.returncode == 0, done.stderr
