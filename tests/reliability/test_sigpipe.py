@@ -48,13 +48,9 @@ CHILD = textwrap.dedent(
 
     async def async_case():
         a, b = AsyncChannel.pair()
-        await b.aclose() if hasattr(b, "aclose") else b.close()
-        try:
+        b.close()
+        async with a:
             await a.send(b"x" * (1 << 20))
-        finally:
-            c = a.close()
-            if asyncio.iscoroutine(c):
-                await c
     attempt("async_send", lambda: asyncio.run(async_case()))
 
     # A real child that has exited: its end is gone with it.
