@@ -279,7 +279,7 @@ def test_constructed_outside_a_coroutine_and_talking_to_a_child(run: Any, no_fd_
             for _ in range(3):
                 got.append(await channel.recv())
             assert got == [b"one", b"", b"three" * 100_000]
-            assert channel.peer_credentials().pid == os.getpid()
+            assert channel.peer_credentials().pid == child.pid
             channel.shutdown_write()
             assert [m async for m in channel] == []
 

@@ -7,6 +7,7 @@ import errno
 import gc
 import os
 import random
+import select
 import socket
 import struct
 import subprocess
@@ -15,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
-from support import EXAMPLES, run_python
+from support import EXAMPLES, open_fds, run_python
 
 from unix_socketpair import (
     SOCK_DGRAM,
@@ -29,7 +30,9 @@ from unix_socketpair import (
     ProtocolError,
     TooManyFds,
     socketpair,
+    spawn,
 )
+from unix_socketpair._ancillary import SCM_MAX_FD, close_fds
 
 ALL_TYPES = [SOCK_STREAM, SOCK_SEQPACKET, SOCK_DGRAM]
 HEADER = struct.Struct(">I")
@@ -134,8 +137,9 @@ def test_echo_through_a_python_child(no_fd_leak: None) -> None:
     with Channel(ours) as channel:  # a non-blocking socket handed in works too
         channel.send_many([b"a", b"", b"b" * 100_000])
         assert [channel.recv() for _ in range(3)] == [b"a", b"", b"b" * 100_000]
+        # The kernel stamped the echoes with the child's identity, not the creator's.
         cred = channel.peer_credentials()
-        assert cred == Credentials(os.getpid(), os.getuid(), os.getgid())
+        assert cred == Credentials(child.pid, os.getuid(), os.getgid())
         channel.shutdown_write()
         assert list(channel) == []
     assert child.wait(timeout=30) == 0
@@ -500,7 +504,7 @@ def test_from_env_with_a_descriptor_number(no_fd_leak: None) -> None:
         assert channel.recv() == b"child says hi"
     out, _ = child.communicate(timeout=30)
     assert child.returncode == 0
-    assert int(out) == os.getpid()  # the pair's creator, as SO_PEERCRED reports
+    assert int(out) == os.getpid()  # the sender of "hi" (also the pair's creator)
 
 
 def test_from_env_stdio(no_fd_leak: None) -> None:
@@ -571,3 +575,125 @@ def test_peer_gone_inside_a_message_while_ours_is_unread(size: int, no_fd_leak: 
                 else:
                     channel.recv_into(bytearray(size))
             join()
+
+
+# -- peer credentials -------------------------------------------------------------
+
+LINUX = sys.platform.startswith("linux")
+linux_only = pytest.mark.skipif(not LINUX, reason="per-message credentials are Linux's")
+
+SEND_PID_AFTER_GO = """
+import os
+from unix_socketpair import Channel
+with Channel.from_env() as channel:
+    assert channel.recv() == b"go"
+    channel.send(str(os.getpid()).encode())
+    assert list(channel) == []  # until the parent closes
+"""
+
+
+@linux_only
+@pytest.mark.parametrize("sock_type", [SOCK_STREAM, SOCK_SEQPACKET])
+def test_credentials_name_the_child_that_sent(sock_type: int, no_fd_leak: None) -> None:
+    with spawn([sys.executable, "-c", SEND_PID_AFTER_GO], type=sock_type) as child:
+        channel = child.channel
+        # Nothing sent yet by the child: the pair's creator (this process) answers.
+        assert channel.peer_credentials() == Credentials(os.getpid(), os.getuid(), os.getgid())
+        channel.send(b"go")
+        assert int(channel.recv()) == child.pid
+        assert channel.peer_credentials() == Credentials(child.pid, os.getuid(), os.getgid())
+        channel.close()
+        assert child.wait(timeout=30) == 0
+
+
+@linux_only
+def test_credentials_of_unread_data_are_peeked_without_taking_fds(no_fd_leak: None) -> None:
+    code = SEND_PID_AFTER_GO.replace(
+        "channel.send(str(os.getpid()).encode())",
+        "channel.send(str(os.getpid()).encode(), fds=[0, 1, 2])",
+    )
+    with spawn([sys.executable, "-c", code]) as child:
+        channel = child.channel
+        channel.send(b"go")
+        # Wait for the child's message to be queued, without reading it.
+        ready = select.select([channel], [], [], 30)[0]
+        assert ready == [channel]
+        before = open_fds()
+        assert channel.peer_credentials().pid == child.pid
+        assert open_fds() == before  # the peek installed none of the three descriptors
+        data, fds = channel.recv_with_fds()
+        try:
+            assert int(data) == child.pid
+            assert len(fds) == 3  # still queued for the real read, all of them
+        finally:
+            close_fds(fds)
+        channel.close()
+        assert child.wait(timeout=30) == 0
+
+
+GRANDCHILD = """
+import os, subprocess, sys
+from unix_socketpair import Channel
+fd = int(os.environ["SOCKETPAIR_FD"])
+grandchild = subprocess.run(
+    [sys.executable, "-c",
+     "import os; from unix_socketpair import Channel; "
+     "c = Channel.from_env(); c.send(str(os.getpid()).encode()); c.close()"],
+    pass_fds=[fd], check=True, timeout=60,
+)
+with Channel.from_env() as channel:
+    channel.send(str(os.getpid()).encode())
+    assert list(channel) == []  # until the parent closes
+"""
+
+
+@linux_only
+def test_a_grandchild_writer_is_reported_as_itself(no_fd_leak: None) -> None:
+    with spawn([sys.executable, "-c", GRANDCHILD]) as child:
+        channel = child.channel
+        grandchild_pid = int(channel.recv())
+        assert grandchild_pid not in (child.pid, os.getpid())
+        assert channel.peer_credentials().pid == grandchild_pid
+        assert int(channel.recv()) == child.pid
+        assert channel.peer_credentials().pid == child.pid
+        channel.close()
+        assert child.wait(timeout=60) == 0
+
+
+@linux_only
+@pytest.mark.parametrize("sock_type", ALL_TYPES)
+def test_credentials_with_max_fds_in_one_message(sock_type: int, no_fd_leak: None) -> None:
+    """The credentials record and 253 descriptors fit in one read: no MSG_CTRUNC."""
+    a, b = Channel.pair(sock_type)
+    r, w = os.pipe()
+    with a, b:
+        try:
+            a.send(b"many", fds=[r] * SCM_MAX_FD)
+        finally:
+            os.close(r)
+        data, fds = b.recv_with_fds()
+        try:
+            assert data == b"many"
+            assert len(fds) == SCM_MAX_FD
+            assert {inode(fd) for fd in fds} == {inode(w)}  # read end and write end share one
+        finally:
+            close_fds(fds)
+            os.close(w)
+        assert b.peer_credentials() == Credentials(os.getpid(), os.getuid(), os.getgid())
+
+
+@linux_only
+def test_data_sent_before_the_channel_existed_is_not_credited(no_fd_leak: None) -> None:
+    """Unstamped data (pid 0 from the kernel) falls back to the pair's creator."""
+    ours, theirs = socketpair(blocking=True)
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", f"import os; os.write({theirs}, bytes([0, 0, 0, 2]) + b'hi')"],
+            pass_fds=[theirs],
+        )
+        assert child.wait(timeout=30) == 0
+    finally:
+        os.close(theirs)
+    with Channel(ours) as channel:
+        assert channel.recv() == b"hi"
+        assert channel.peer_credentials() == Credentials(os.getpid(), os.getuid(), os.getgid())

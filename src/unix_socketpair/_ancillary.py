@@ -21,12 +21,16 @@ from ._pair import close_quietly
 
 __all__ = [
     "ANCBUFSIZE",
+    "CREDS_ANCBUFSIZE",
     "SCM_MAX_FD",
     "Credentials",
     "check_fds",
     "close_fds",
+    "credentials_from_record",
     "fds_from_ancillary",
     "pack_fds",
+    "parse_ancillary",
+    "peek_credentials",
     "peer_credentials",
 ]
 
@@ -38,20 +42,28 @@ _SO_PASSCRED: int | None = getattr(socket, "SO_PASSCRED", None)
 _SCM_CREDENTIALS: int | None = getattr(socket, "SCM_CREDENTIALS", None)
 _UCRED = struct.Struct("3i")
 
-#: Room for the most descriptors any peer can send in one message, plus one
-#: ``SCM_CREDENTIALS`` record (used on Linux to tell an empty packet from EOF).
-#: Sized for ``SCM_MAX_FD`` regardless of ``max_fds`` so that "too many" is
-#: reported as such rather than as kernel truncation.
-ANCBUFSIZE: int = socket.CMSG_SPACE(SCM_MAX_FD * _INT_SIZE) + socket.CMSG_SPACE(_UCRED.size)
+#: Room for one ``SCM_CREDENTIALS`` record and nothing else.
+CREDS_ANCBUFSIZE: int = socket.CMSG_SPACE(_UCRED.size)
+#: Room for the most descriptors any peer can send in one message *plus* one
+#: ``SCM_CREDENTIALS`` record: with ``SO_PASSCRED`` on (Linux) the kernel puts
+#: the credentials first, so a buffer sized for descriptors alone would set
+#: ``MSG_CTRUNC`` on a message carrying the maximum. Sized for ``SCM_MAX_FD``
+#: regardless of ``max_fds`` so that "too many" is reported as such rather
+#: than as kernel truncation.
+ANCBUFSIZE: int = socket.CMSG_SPACE(SCM_MAX_FD * _INT_SIZE) + CREDS_ANCBUFSIZE
 
 MSG_CTRUNC: int = int(socket.MSG_CTRUNC)
+_MSG_CMSG_CLOEXEC: int = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
 _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
+#: The ``SCM_CREDENTIALS`` record type (-1 where the platform has none).
+SCM_CREDENTIALS: int = -1 if _SCM_CREDENTIALS is None else int(_SCM_CREDENTIALS)
 
 
 class Credentials(NamedTuple):
-    """The peer's process id, user id and group id, as the kernel recorded them
-    when the connection was made (for a socketpair: when it was created)."""
+    """A process id, user id and group id, as the kernel recorded them: for the
+    sender of a message (Linux ``SCM_CREDENTIALS``), or for the process that
+    connected the socket (``SO_PEERCRED``; for a socketpair, its creator)."""
 
     pid: int
     uid: int
@@ -99,23 +111,31 @@ def close_fds(fds: Iterable[int]) -> None:
     close_quietly(*fds)
 
 
-def fds_from_ancillary(
+def parse_ancillary(
     ancdata: list[tuple[int, int, bytes]], msg_flags: int, max_fds: int
-) -> list[int]:
-    """Return the descriptors of one ``recvmsg`` result; the caller owns them.
+) -> tuple[list[int], bytes | None]:
+    """Split one ``recvmsg`` result's control data into ``(fds, credentials record)``.
 
-    ``SCM_CREDENTIALS`` records are skipped; unknown records are ignored.
+    The descriptors belong to the caller from now on. The record is the raw
+    ``SCM_CREDENTIALS`` payload (``struct ucred``, decode it with
+    :func:`credentials_from_record`), or None if there was none. Unknown
+    records are ignored.
 
     Raises:
         FdsTruncated: ``MSG_CTRUNC`` is set. Every descriptor that arrived is closed.
         TooManyFds: more than *max_fds* arrived. All of them are closed.
     """
     fds: list[int] = []
+    creds: bytes | None = None
     for level, kind, data in ancdata:
-        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
+        if level != _SOL_SOCKET:
+            continue
+        if kind == _SCM_RIGHTS:
             # A truncated record may end in a partial int: keep only whole ones.
             whole = len(data) - len(data) % _INT_SIZE
             fds.extend(array.array("i", data[:whole]))
+        elif kind == _SCM_CREDENTIALS and len(data) >= _UCRED.size:
+            creds = data
     if msg_flags & MSG_CTRUNC:
         close_fds(fds)
         raise FdsTruncated(
@@ -130,7 +150,53 @@ def fds_from_ancillary(
             count=len(fds),
             limit=max_fds,
         )
-    return fds
+    return fds, creds
+
+
+def fds_from_ancillary(
+    ancdata: list[tuple[int, int, bytes]], msg_flags: int, max_fds: int
+) -> list[int]:
+    """The descriptors of one ``recvmsg`` result (see :func:`parse_ancillary`)."""
+    return parse_ancillary(ancdata, msg_flags, max_fds)[0]
+
+
+def credentials_from_record(record: bytes) -> Credentials | None:
+    """Decode an ``SCM_CREDENTIALS`` record; None if the kernel stamped no sender.
+
+    Data written while neither end had ``SO_PASSCRED`` on carries no sender:
+    Linux then reports pid 0 and the overflow uid/gid (65534). Such a record
+    (pid 0) is not a sender's identity and is refused here.
+    """
+    pid, uid, gid = _UCRED.unpack_from(record)
+    if pid <= 0:
+        return None
+    return Credentials(pid, uid, gid)
+
+
+def peek_credentials(sock: socket.socket) -> bytes | None:
+    """The ``SCM_CREDENTIALS`` record of the next unread data on *sock*, without
+    consuming anything; None if nothing is queued (or no record came with it).
+
+    Only meaningful with ``SO_PASSCRED`` on. The control buffer has room for
+    the credentials record and nothing more, so the kernel installs none of the
+    peeked message's descriptors (it puts the credentials first, finds no room
+    for ``SCM_RIGHTS``, sets ``MSG_CTRUNC`` and drops its temporary
+    references); the descriptors stay queued with the data for the real read.
+    """
+    try:
+        _data, anc, _flags, _addr = sock.recvmsg(
+            1, CREDS_ANCBUFSIZE, socket.MSG_PEEK | socket.MSG_DONTWAIT | _MSG_CMSG_CLOEXEC
+        )
+    except OSError:
+        return None  # nothing queued (EAGAIN), or the socket is unusable
+    for level, kind, data in anc:
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
+            # Not expected (no room was offered); never leak one if it happens.
+            close_fds(array.array("i", data[: len(data) - len(data) % _INT_SIZE]))
+    for level, kind, data in anc:
+        if level == _SOL_SOCKET and kind == _SCM_CREDENTIALS and len(data) >= _UCRED.size:
+            return data
+    return None
 
 
 def has_credentials(ancdata: list[tuple[int, int, bytes]]) -> bool:
@@ -141,9 +207,12 @@ def has_credentials(ancdata: list[tuple[int, int, bytes]]) -> bool:
 def enable_passcred(sock: socket.socket) -> bool:
     """Turn on ``SO_PASSCRED`` where it exists (Linux); return whether it is on.
 
-    With it, every dequeued packet carries an ``SCM_CREDENTIALS`` record, which is
-    how a zero-length ``SOCK_SEQPACKET`` message is told apart from end of file
-    (both make ``recvmsg`` return 0 bytes).
+    With it, the kernel stamps everything sent to *sock* from then on with the
+    sending process's real pid, uid and gid, and every read returns that stamp as
+    an ``SCM_CREDENTIALS`` record. That is how the channel names the real peer,
+    and how a zero-length ``SOCK_SEQPACKET`` message is told apart from end of
+    file (both make ``recvmsg`` return 0 bytes). A stream read never spans data
+    from two different senders.
     """
     if _SO_PASSCRED is None or _SCM_CREDENTIALS is None:
         return False
@@ -155,9 +224,11 @@ def enable_passcred(sock: socket.socket) -> bool:
 
 
 def peer_credentials(sock: socket.socket) -> Credentials:
-    """The credentials of the process at the other end of *sock*.
+    """The connect-time credentials of the other end of *sock*.
 
-    Linux: ``SO_PEERCRED``. macOS: ``LOCAL_PEERCRED`` plus ``LOCAL_PEERPID``.
+    Linux: ``SO_PEERCRED``: the process that connected, or for a socketpair the
+    process that created it (even after the end was passed to a child).
+    macOS: ``LOCAL_PEERCRED`` plus ``LOCAL_PEERPID``.
     FreeBSD and others: ``LOCAL_PEERCRED`` (pid from ``cr_pid`` where the
     ``xucred`` has it, else ``-1``). Only the Linux path is tested.
 

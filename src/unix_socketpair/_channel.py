@@ -23,14 +23,17 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ._ancillary import (
     ANCBUFSIZE,
+    SCM_CREDENTIALS,
     SCM_MAX_FD,
     Credentials,
     check_fds,
     close_fds,
+    credentials_from_record,
     enable_passcred,
-    fds_from_ancillary,
     has_credentials,
     pack_fds,
+    parse_ancillary,
+    peek_credentials,
     peer_credentials,
 )
 from ._codec import (
@@ -61,6 +64,7 @@ MSG_NOSIGNAL: int = int(getattr(socket, "MSG_NOSIGNAL", 0))
 _MSG_CMSG_CLOEXEC: int = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _MSG_TRUNC = int(socket.MSG_TRUNC)
+_SOL_SOCKET = int(socket.SOL_SOCKET)
 _LINUX = sys.platform.startswith("linux")
 # Linux returns a packet's real length when MSG_TRUNC is passed to recvmsg.
 _PACKET_RECV_FLAGS = _MSG_CMSG_CLOEXEC | (_MSG_TRUNC if _LINUX else 0)
@@ -179,6 +183,7 @@ class ChannelBase:
         "__weakref__",
         "_broken_send",
         "_closed",
+        "_creds",
         "_dec",
         "_max",
         "_max_fds",
@@ -215,13 +220,17 @@ class ChannelBase:
         self._broken_send: str | None = None
         self._pending: tuple[bytes, list[int]] | None = None
         self._pkt_broken: str | None = None
+        # The raw SCM_CREDENTIALS record of the latest read (see peer_credentials).
+        self._creds: bytes | None = None
+        # On every type: from now on the kernel stamps what the peer sends with
+        # the sender's real credentials (a socketpair's SO_PEERCRED only names
+        # its creator).
+        self._passcred = enable_passcred(sock)
         if self._stream:
             self._dec = StreamDecoder(max_message_size, max_fds)
-            self._passcred = False
             self._pkt_view = memoryview(b"")
         else:
             self._dec = StreamDecoder(0, 0)  # unused for packets
-            self._passcred = enable_passcred(sock)
             cap = min(max_message_size, _packet_capacity()) + 1
             # An anonymous mapping: room for the largest packet a peer can send
             # (megabytes) costs memory only for the pages a packet actually
@@ -313,11 +322,38 @@ class ChannelBase:
     def peer_credentials(self) -> Credentials:
         """``Credentials(pid, uid, gid)`` of the peer process.
 
-        Linux: ``SO_PEERCRED``, the credentials recorded when the socketpair was
-        created (the creating process, even after the end was passed to a child).
-        macOS/BSD: ``LOCAL_PEERCRED`` (untested).
+        Linux: the process that sent the data this channel read from its socket
+        most recently, as the kernel stamped it at send time (``SO_PASSCRED`` /
+        ``SCM_CREDENTIALS``, turned on by the constructor; a process cannot
+        forge it without ``CAP_SYS_ADMIN``/``CAP_SETUID``/``CAP_SETGID``). If
+        a child forks and a grandchild writes, that is the grandchild. The
+        channel may read ahead, so "most recently read" can be a message not
+        yet returned by ``recv``; after a message was received, it is that
+        message's sender or a later one's. Before anything was read, the sender
+        of the first unread data is looked up without consuming it (a peek,
+        which takes none of its descriptors); with nothing queued either, the
+        answer is ``SO_PEERCRED``: the socket's connect-time credentials, which
+        for a socketpair are the process that **created the pair** (even after
+        the end was passed to a child). Data sent before ``SO_PASSCRED`` was on
+        (before this channel was created, unless :func:`spawn` set it) carries
+        no stamp and is answered the same way. To identify a child for sure,
+        receive a message from it first, then check; :func:`spawn` turns
+        ``SO_PASSCRED`` on before the child starts.
+
+        macOS/BSD: ``LOCAL_PEERCRED`` (untested), the connect-time credentials.
+
+        Raises:
+            OSError: the channel is closed (``EBADF``), or the query failed.
         """
         self._check_open()
+        if self._passcred:
+            record = self._creds
+            if record is None:
+                record = peek_credentials(self._sock)
+            if record is not None:
+                creds = credentials_from_record(record)
+                if creds is not None:
+                    return creds
         return peer_credentials(self._sock)
 
     def shutdown_write(self) -> None:
@@ -421,7 +457,7 @@ class ChannelBase:
         except OSError as exc:
             n, anc, flags = self._recv_failed(exc)
         if anc or flags & _MSG_CTRUNC:
-            dec.buffer_updated(n, self._take_fds(anc, flags))
+            dec.buffer_updated(n, self._take_fds(anc, flags) or None)
         else:
             dec.buffer_updated(n)
         return n
@@ -437,18 +473,38 @@ class ChannelBase:
         raise exc
 
     def _take_fds(self, anc: list[tuple[int, int, bytes]], flags: int) -> list[int]:
+        """The descriptors of one read (the caller owns them); remembers the
+        sender's credentials record."""
+        if len(anc) == 1 and not flags & _MSG_CTRUNC:
+            # The common case with SO_PASSCRED on: the credentials and nothing else.
+            level, kind, data = anc[0]
+            if kind == SCM_CREDENTIALS and level == _SOL_SOCKET:
+                self._creds = data
+                return []
         try:
-            fds = fds_from_ancillary(anc, flags, self._max_fds)
+            fds, creds = parse_ancillary(anc, flags, self._max_fds)
         except FdError as exc:
             if self._stream:
                 self._dec.fail(str(exc))
             else:
                 self._pkt_broken = str(exc)
             raise
+        if creds is not None:
+            self._creds = creds
         if not _MSG_CMSG_CLOEXEC:
             for fd in fds:
                 os.set_inheritable(fd, False)
         return fds
+
+    def _take_fds_into(self, n: int, anc: list[tuple[int, int, bytes]], flags: int) -> bool:
+        """After a stream read of *n* bytes: if descriptors came with it, hand
+        both to the decoder and return True; else record only the credentials
+        and return False (the caller still has to report the *n* bytes)."""
+        fds = self._take_fds(anc, flags)
+        if not fds:
+            return False
+        self._dec.buffer_updated(n, fds)
+        return True
 
     def _direct_step(self, target: memoryview) -> tuple[int, list[int] | None]:
         """One read straight into *target* (the rest of a message's payload):
@@ -457,7 +513,9 @@ class ChannelBase:
             n, anc, flags, _ = self._sock.recvmsg_into((target,), ANCBUFSIZE, _MSG_CMSG_CLOEXEC)
         except OSError as exc:
             n, anc, flags = self._recv_failed(exc)
-        fds = self._take_fds(anc, flags) if anc or flags & _MSG_CTRUNC else None
+        fds = None
+        if anc or flags & _MSG_CTRUNC:
+            fds = self._take_fds(anc, flags) or None
         return n, self._dec.direct_updated(n, fds)
 
     def _wants_direct(self, size: int) -> bool:
@@ -656,8 +714,16 @@ class Channel(ChannelBase):
                     )
                 except OSError as exc:
                     n, anc, flags = self._recv_failed(exc)
-                if anc or flags & _MSG_CTRUNC:
-                    dec.buffer_updated(n, self._take_fds(anc, flags))
+                if (
+                    anc
+                    and len(anc) == 1
+                    and anc[0][1] == SCM_CREDENTIALS
+                    and not flags & _MSG_CTRUNC
+                ):
+                    # The usual read on Linux: the sender's credentials, no fds.
+                    self._creds = anc[0][2]
+                    msg = dec.received(n)
+                elif (anc or flags & _MSG_CTRUNC) and self._take_fds_into(n, anc, flags):
                     msg = dec.next_message()
                 else:
                     msg = dec.received(n)
@@ -758,9 +824,12 @@ class Channel(ChannelBase):
                 except OSError as exc:
                     n, anc, flags = self._recv_failed(exc)
                 if anc or flags & _MSG_CTRUNC:
-                    dec.buffer_updated(n, self._take_fds(anc, flags))
-                    msg = next_message()
-                elif n > _BULK_READ:
+                    if len(anc) == 1 and anc[0][1] == SCM_CREDENTIALS and not flags & _MSG_CTRUNC:
+                        self._creds = anc[0][2]  # the usual read: the sender, no fds
+                    elif self._take_fds_into(n, anc, flags):
+                        msg = next_message()
+                        continue
+                if n > _BULK_READ:
                     dec.buffer_updated(n)
                     yield from ready()
                     msg = next_message()

@@ -79,6 +79,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
+from ._ancillary import enable_passcred
 from ._pair import SOCK_STREAM, check_type, close_quietly, socketpair
 
 if TYPE_CHECKING:  # imported on first use of ``.channel``
@@ -576,6 +577,10 @@ def _new_pair(sock_type: int, target: int | None) -> tuple[socket.socket, int]:
     except BaseException:
         close_quietly(a, b)
         raise
+    # Before the child exists, so the kernel stamps everything it ever sends us
+    # with its real credentials (Channel.peer_credentials() reports them; the
+    # pair's SO_PEERCRED names us, its creator).
+    enable_passcred(sock)
     return sock, child_fd
 
 

@@ -27,14 +27,6 @@ def test_pair_in_one_process_reports_this_process() -> None:
         assert (creds.pid, creds.uid, creds.gid) == (os.getpid(), os.getuid(), os.getgid())
 
 
-CREATOR_NOT_CHILD = pytest.mark.xfail(
-    strict=True,
-    reason="peer_credentials() reads SO_PEERCRED, which for a socketpair names the process "
-    "that created the pair (the parent itself), never the child at the other end",
-)
-
-
-@CREATOR_NOT_CHILD
 def test_spawned_child_is_identified_by_its_real_pid() -> None:
     echo = str(compile_c(CHILDREN / "echo.c"))
     with spawn([echo]) as child:
@@ -62,7 +54,6 @@ def test_child_sees_the_parent() -> None:
     assert (pid, uid, gid) == (os.getpid(), os.getuid(), os.getgid())
 
 
-@CREATOR_NOT_CHILD
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing the child's uid needs root")
 def test_refusing_a_child_running_as_another_user() -> None:
     """The documented use: check the peer before trusting it, and refuse a stranger."""
