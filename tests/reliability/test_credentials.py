@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -60,14 +61,43 @@ def test_refusing_a_child_running_as_another_user() -> None:
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         pytest.skip("setpriv is not installed")
-    echo = str(compile_c(CHILDREN / "echo.c"))
-    os.chmod(os.path.dirname(echo), 0o755)
-    args = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", echo]
-    with spawn(args, stderr=subprocess.PIPE) as child:
-        child.channel.send(b"who are you?")
-        assert child.channel.recv() == b"who are you?"
+    with tempfile.TemporaryDirectory() as directory:
+        # A directory the other user may enter, holding a copy of the echo child.
+        os.chmod(directory, 0o755)
+        echo = shutil.copy(compile_c(CHILDREN / "echo.c"), directory)
+        args = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", echo]
+        with spawn(args, stderr=subprocess.PIPE) as child:
+            child.channel.send(b"who are you?")
+            assert child.channel.recv() == b"who are you?"
+            creds = child.channel.peer_credentials()
+            figure("credentials.other_user", f"child pid {child.pid} as uid {NOBODY}: {creds}")
+            assert (creds.pid, creds.uid, creds.gid) == (child.pid, NOBODY, NOBODY)
+            # What a parent that only trusts its own user does with such a peer:
+            refused = creds.uid != os.getuid()
+            if refused:
+                child.channel.close()
+            assert refused
+
+
+def test_the_sender_is_named_even_when_it_is_a_grandchild() -> None:
+    """The credentials are the kernel's stamp on what was read: a grandchild that
+    inherited the socket and wrote to it is named, not the child that spawned it."""
+    code = textwrap.dedent(
+        """
+        import os
+        from unix_socketpair import Channel
+        with Channel.from_env() as channel:
+            pid = os.fork()
+            if pid == 0:
+                channel.send(str(os.getpid()).encode())
+                os._exit(0)
+            os.waitpid(pid, 0)
+        """
+    )
+    with spawn([sys.executable, "-c", code]) as child:
+        grandchild = int(bounded(child.channel.recv, 30, "the grandchild's message"))
         creds = child.channel.peer_credentials()
-        figure("credentials.other_user", f"child pid {child.pid} as uid {NOBODY}: {creds}")
-        refused = creds.uid != os.getuid()
-        assert (creds.pid, creds.uid, creds.gid) == (child.pid, NOBODY, NOBODY)
-        assert refused
+        assert child.wait(timeout=30) == 0
+    figure("credentials.grandchild", f"child {child.pid}, grandchild {grandchild}: {creds}")
+    assert grandchild != child.pid
+    assert creds.pid == grandchild
