@@ -19,8 +19,10 @@ from ._helpers import CHILDREN, figure, knob
 MIB_TOTAL = knob("USP_EINTR_MIB", 100, 100)
 
 
-@pytest.mark.parametrize("mode", ["blocking", "asyncio"])
+@pytest.mark.parametrize("mode", ["blocking", "asyncio", "uvloop"])
 def test_timer_signal_every_millisecond_loses_nothing(mode: str) -> None:
+    if mode == "uvloop":
+        pytest.importorskip("uvloop")
     done = subprocess.run(
         [sys.executable, str(CHILDREN / "eintr.py"), mode, str(MIB_TOTAL)],
         capture_output=True,

@@ -3,7 +3,8 @@ each, every one checksummed (SHA-256 both ways); then all closed, every child re
 and the parent's descriptor table back where it started.
 
 Size: ``USP_LOAD_CHILDREN`` x ``USP_LOAD_MESSAGES`` (default 200 x 200; the issue's
-1,000 x 1,000 under ``USP_FULL=1``). ``RLIMIT_NOFILE`` is raised as needed.
+1,000 x 1,000 under ``USP_FULL=1``), on the default event loop and, when it is
+installed, on uvloop. ``RLIMIT_NOFILE`` is raised as needed.
 """
 
 from __future__ import annotations
@@ -12,11 +13,22 @@ import asyncio
 import hashlib
 import random
 
+import pytest
 from support import compile_c, open_fds
 
 from unix_socketpair import AsyncChild, spawn_async
 
 from ._helpers import CHILDREN, Stopwatch, figure, knob, raise_nofile, zombie_children
+
+try:
+    import uvloop
+except ImportError:  # optional: the default loop is always tested
+    LOOPS = ["asyncio"]
+else:
+    LOOPS = ["asyncio", "uvloop"]
+    # libuv opens a process-wide pipe with its first loop and keeps it: open it now,
+    # so the descriptor counts below see only what the test itself leaves behind.
+    uvloop.new_event_loop().close()
 
 CHILDREN_COUNT = knob("USP_LOAD_CHILDREN", 200, 1000)
 MESSAGES = knob("USP_LOAD_MESSAGES", 200, 1000)
@@ -74,15 +86,23 @@ async def _run(echo: str) -> tuple[int, float, float]:
     return sum(totals), spawned, talked
 
 
-def test_many_children_many_messages_all_checksummed(no_fd_leak: None) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_many_children_many_messages_all_checksummed(no_fd_leak: None, loop: str) -> None:
     echo = str(compile_c(CHILDREN / "echo.c"))
     raise_nofile(CHILDREN_COUNT * 4 + 256)
     before = open_fds()
     clock = Stopwatch()
-    total, spawned, talked = asyncio.run(_run(echo))
+    if loop == "uvloop":
+        event_loop = uvloop.new_event_loop()
+        try:
+            total, spawned, talked = event_loop.run_until_complete(_run(echo))
+        finally:
+            event_loop.close()
+    else:
+        total, spawned, talked = asyncio.run(_run(echo))
     after = open_fds()
     figure(
-        "load",
+        f"load[{loop}]",
         f"{CHILDREN_COUNT} children x {MESSAGES} messages = {CHILDREN_COUNT * MESSAGES} "
         f"echoed, {total / (1 << 20):.1f} MiB checksummed; spawn {spawned:.1f} s, talk "
         f"{talked:.1f} s, total {clock.elapsed:.1f} s; fds {len(before)} -> {len(after)}",

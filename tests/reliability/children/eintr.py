@@ -1,6 +1,6 @@
 """Transfer through a channel pair while a timer signal fires every millisecond.
 
-Run as ``python eintr.py blocking|asyncio MIB``. A ``SIGALRM`` handler (installed with
+Run as ``python eintr.py blocking|asyncio|uvloop MIB``. A ``SIGALRM`` handler (installed with
 ``signal.signal``, so blocking system calls really are interrupted: no ``SA_RESTART``)
 counts the signals. At least MIB MiB and at least 200 signals go through, in messages of
 varied sizes cut from a seeded random block; sender and receiver each hash what they
@@ -137,6 +137,14 @@ def main() -> None:
     try:
         if mode == "blocking":
             report = run_blocking(mib * MIB)
+        elif mode == "uvloop":
+            import uvloop
+
+            loop = uvloop.new_event_loop()
+            try:
+                report = loop.run_until_complete(run_async(mib * MIB))
+            finally:
+                loop.close()
         else:
             report = asyncio.run(run_async(mib * MIB))
     finally:
