@@ -327,3 +327,144 @@ def test_from_env(no_fd_leak: None) -> None:
         channel.send(b"shout")
         assert channel.recv() == b"SHOUT"
     assert child.wait(timeout=30) == 0
+
+
+# -- the write-behind buffer ------------------------------------------------------
+
+HIGH_WATER = 256 * 1024  # the documented bound of the write-behind buffer
+SMALL = b"m" * 60  # 64 bytes framed
+
+
+def test_a_reader_that_stops_bounds_the_sender_memory(run: Any, no_fd_leak: None) -> None:
+    async def main() -> None:
+        x, y = socket.socketpair()
+        channel = AsyncChannel(x)
+        sent = 0
+
+        async def flood() -> None:
+            nonlocal sent
+            for _ in range(1_000_000):  # 64 MB framed: far more than kernel + buffer
+                await channel.send(SMALL)
+                sent += 64
+
+        with y:
+            async with channel:
+                task = asyncio.ensure_future(flood())
+                done, _ = await asyncio.wait({task}, timeout=0.5)
+                assert not done  # the sender waits for the reader
+                # What the kernel holds is readable now; the rest is in our buffer.
+                y.setblocking(False)
+                in_kernel = 0
+                try:
+                    while chunk := y.recv(1 << 20):
+                        in_kernel += len(chunk)
+                except BlockingIOError:
+                    pass
+                assert 0 < in_kernel < sent
+                assert sent - in_kernel <= HIGH_WATER + 64
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                channel.close()  # drop what is buffered rather than write it
+
+    run(main())
+
+
+def test_buffered_messages_fds_and_large_ones_keep_their_order(run: Any, no_fd_leak: None) -> None:
+    async def main() -> None:
+        a, b = AsyncChannel.pair()
+        r, w = os.pipe()
+        try:
+            async with a, b:
+                big = os.urandom(300_000)
+                mutable = bytearray(b"before")
+                expected = [b"%d" % i for i in range(500)]
+
+                async def send_all() -> None:
+                    for m in expected:
+                        await a.send(m)  # the first goes out, the rest are buffered
+                    await a.send(b"with fds", fds=[r, w])
+                    await a.send(mutable)
+                    mutable[:] = b"AFTER!"  # the caller may reuse its buffer at once
+                    await a.send(big)
+                    await a.send(b"last")
+
+                sending = asyncio.ensure_future(send_all())
+                for m in expected:
+                    assert await b.recv() == m
+                data, fds = await b.recv_with_fds()
+                try:
+                    assert data == b"with fds"
+                    assert [inode(fd) for fd in fds] == [inode(r), inode(w)]
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+                assert await b.recv() == b"before"
+                assert await b.recv() == big
+                assert await b.recv() == b"last"
+                await sending
+        finally:
+            os.close(r)
+            os.close(w)
+
+    run(main())
+
+
+def test_a_failed_background_write_is_raised_later(run: Any, no_fd_leak: None) -> None:
+    async def main() -> None:
+        a, b = AsyncChannel.pair()
+        await a.send(b"first")  # written at once
+        await a.send(b"second")  # buffered until the loop runs
+        b.close()
+        await asyncio.sleep(0)  # one loop turn (not a timed wait): the write fails
+        with pytest.raises(BrokenPipeError):
+            await a.send(b"third")
+        with pytest.raises(BrokenPipeError):
+            await a.drain()
+        with pytest.raises(BrokenPipeError):
+            await a.aclose()
+        assert a.closed
+
+    run(main())
+
+
+def test_aclose_and_shutdown_write_deliver_what_is_buffered(run: Any, no_fd_leak: None) -> None:
+    async def main() -> None:
+        a, b = AsyncChannel.pair()
+        count = 20_000  # 1.3 MB framed: more than the kernel holds at once
+
+        async def receive() -> list[bytes]:
+            return [m async for m in b]
+
+        receiving = asyncio.ensure_future(receive())
+        for i in range(count):
+            await a.send(b"%d" % i)
+        await a.aclose()
+        got = await receiving
+        assert got == [b"%d" % i for i in range(count)]
+        await b.aclose()
+
+        c, d = AsyncChannel.pair()
+        async with c, d:
+            for i in range(100):
+                await c.send(b"%d" % i)
+            c.shutdown_write()  # after the buffered messages, not before them
+            with pytest.raises(BrokenPipeError):
+                await c.send(b"too late")
+            assert [m async for m in d] == [b"%d" % i for i in range(100)]
+            await c.drain()
+
+    run(main())
+
+
+def test_send_after_close_is_ebadf_even_mid_burst(run: Any, no_fd_leak: None) -> None:
+    async def main() -> None:
+        a, b = AsyncChannel.pair()
+        async with b:
+            await a.send(b"one")  # the next send would be buffered
+            a.close()
+            with pytest.raises(OSError) as info:
+                await a.send(b"two")
+            assert info.value.errno == errno.EBADF
+
+    run(main())

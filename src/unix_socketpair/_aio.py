@@ -9,15 +9,22 @@ tried first and the loop is only involved when the kernel says ``EAGAIN``:
 with data waiting, ``await channel.recv()`` does not touch the event loop at
 all. This works the same under uvloop.
 
-Back-pressure: ``await send()`` returns once the kernel has taken every byte of
-the message; nothing is queued in user space, so a slow reader makes senders
-wait instead of making memory grow.
+Sending is write-behind, as in asyncio's own transports, but bounded: a small
+message (up to 16 KiB, without descriptors) is sent at once if the channel is
+idle, and otherwise copied into a buffer that is written with one system call
+the next time the event loop runs (many messages coalesced). ``await send()``
+returns at once while that buffer is under 256 KiB and waits for it to drain
+otherwise, so a slow reader makes senders wait instead of making memory grow.
+Large messages and messages with descriptors wait for the buffer to empty and
+then go out directly (never copied; descriptors with their message's first
+byte and no other message's, as the wire format requires).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import socket
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -41,14 +48,16 @@ from ._codec import (
 from ._errors import ChannelClosed
 
 if TYPE_CHECKING:
-    import socket
-
     from typing_extensions import Self
 
 __all__ = ["AsyncChannel"]
 
 # Stop reading ahead once this much is buffered and unclaimed.
 _PAUSE_BYTES = 256 * 1024
+# Write-behind buffer: send() waits once this much is queued, until it is down
+# to the low-water mark (a quarter, as asyncio's transports do).
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = _HIGH_WATER // 4
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -68,6 +77,14 @@ class AsyncChannel(ChannelBase):
     Any number of tasks may ``send`` at once (messages are never interleaved:
     a task finishes its message before the next starts); only one task at a
     time may receive (a second concurrent receiver gets ``RuntimeError``).
+
+    ``send`` may return before the kernel has taken a small message: it is then
+    held (copied) in a write-behind buffer of at most about 256 KiB, written
+    when the event loop next runs. :meth:`drain` waits until it is all written;
+    :meth:`aclose` (and ``async with``) writes it before closing; a plain
+    :meth:`close` drops it. If writing it fails (the peer closed:
+    ``BrokenPipeError``), the error is raised by the next ``send``,
+    ``send_many``, ``drain`` or ``aclose``, and by every one after it.
     Cancelling a ``send`` part way through a message leaves the stream
     unusable for sending (later sends raise ``ProtocolError``); cancelling a
     receive loses nothing, except in ``recv_into`` of a message being read
@@ -77,11 +94,19 @@ class AsyncChannel(ChannelBase):
     _blocking = False
 
     __slots__ = (
+        "_burst",
+        "_drain_waiters",
+        "_eof_pending",
+        "_flush_handle",
+        "_flushing",
         "_loop",
         "_read_error",
         "_read_waiter",
         "_reading",
         "_send_lock",
+        "_wbuf",
+        "_write_error",
+        "_write_shut",
         "_write_waiter",
     )
 
@@ -98,6 +123,17 @@ class AsyncChannel(ChannelBase):
         self._reading = False
         self._read_error: Exception | None = None
         self._send_lock = asyncio.Lock()
+        # Write-behind state (see the module docstring). _burst: a message went
+        # out directly and the loop has not run since, so the next one is
+        # buffered and coalesced rather than costing its own system call.
+        self._wbuf = bytearray()
+        self._burst = False
+        self._flush_handle: asyncio.Handle | None = None
+        self._flushing = False  # our writer callback is registered
+        self._write_error: OSError | None = None
+        self._drain_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._eof_pending = False  # shutdown_write() waits for the buffer to empty
+        self._write_shut = False  # shutdown_write() was called
         super().__init__(sock_or_fd, max_message_size=max_message_size, max_fds=max_fds)
 
     # -- waiting ------------------------------------------------------------
@@ -159,6 +195,7 @@ class AsyncChannel(ChannelBase):
             raise RuntimeError("another task is already receiving on this channel")
         self._check_open()
         loop = self._bind()
+        self._burst = False  # the loop runs before our next send
         self._start_reading(loop)
         fut: asyncio.Future[None] = loop.create_future()
         self._read_waiter = fut
@@ -197,18 +234,71 @@ class AsyncChannel(ChannelBase):
             return
         self._stop_reading()
         loop = self._loop
-        if loop is not None and not loop.is_closed() and self._write_waiter is not None:
+        if (
+            loop is not None
+            and not loop.is_closed()
+            and (self._write_waiter is not None or self._flushing)
+        ):
             loop.remove_writer(self._sock.fileno())
-        for waiter in (self._read_waiter, self._write_waiter):
+        self._flushing = False
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._wbuf.clear()
+        self._small = -1  # a later send takes the checked path: EBADF, not buffered
+        waiters = [self._read_waiter, self._write_waiter]
+        waiters.extend(fut for _, fut in self._drain_waiters)
+        for waiter in waiters:
             if waiter is not None and not waiter.done():
                 waiter.set_exception(OSError(errno.EBADF, "the channel was closed"))
         self._read_waiter = self._write_waiter = None
+        self._drain_waiters.clear()
         self._read_error = None
         super().close()
 
     async def aclose(self) -> None:
-        """Close the channel (the same as :meth:`close`, for ``async with``)."""
-        self.close()
+        """Write what the write-behind buffer holds, then close the channel.
+
+        Waits while the peer is alive but not reading; a peer that has gone
+        ends the wait (``BrokenPipeError``). Cancel it (e.g. with
+        ``asyncio.timeout``) to give up: the channel is closed either way and
+        unwritten data is dropped.
+
+        Raises:
+            BrokenPipeError: (after closing) buffered data could not be written
+                because the peer has closed; also if an earlier background
+                write failed and no ``send``/``drain`` reported it yet.
+        """
+        if self._closed:
+            return
+        try:
+            if self._wbuf or self._write_error is not None:
+                await self._drain_to(0)
+        finally:
+            self.close()
+
+    async def drain(self) -> None:
+        """Wait until the write-behind buffer is written to the kernel.
+
+        Raises:
+            BrokenPipeError: the peer closed before all of it was written.
+            OSError: ``EBADF`` if the channel is (or gets) closed.
+        """
+        self._check_open()
+        await self._drain_to(0)
+
+    def shutdown_write(self) -> None:
+        """As ``Channel.shutdown_write``; buffered messages are written first
+        (the shutdown happens once the write-behind buffer is empty)."""
+        self._check_open()
+        if self._wbuf:
+            self._flush_now()
+        if self._wbuf:
+            self._eof_pending = True
+        else:
+            super().shutdown_write()
+        self._write_shut = True
+        self._small = -1  # every later send takes the path that refuses it
 
     async def __aenter__(self) -> Self:
         return self
@@ -219,21 +309,37 @@ class AsyncChannel(ChannelBase):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        """:meth:`aclose`; when leaving with an exception, just :meth:`close`
+        (buffered data is dropped rather than waited for)."""
+        if exc_type is None:
+            await self.aclose()
+        else:
+            self.close()
 
     # -- sending ------------------------------------------------------------
 
     async def send(self, data: Buffer, *, fds: Iterable[int] = _NO_FDS) -> None:
-        """Send one message; return once the kernel has taken all of it.
-
-        Same contract and errors as ``Channel.send``.
+        """Send one message. Same contract and errors as ``Channel.send``, except
+        that a small message may still be in the write-behind buffer when this
+        returns (see the class docstring): its bytes were copied, so the caller
+        may reuse *data* at once; an error writing it is raised later.
         """
         if (
             fds is _NO_FDS
             and type(data) is bytes
             and len(data) <= self._small
             and not self._send_lock.locked()
+            and self._write_error is None
         ):
+            wbuf = self._wbuf
+            if wbuf or self._burst:
+                wbuf += _pack(len(data))
+                wbuf += data
+                if self._flush_handle is None and not self._flushing:
+                    self._flush_handle = self._bind().call_soon(self._flush)
+                if len(wbuf) >= _HIGH_WATER:
+                    await self._drain_to(_LOW_WATER, sending=True)
+                return
             frame = _pack(len(data)) + data
             try:
                 sent = self._sock.send(frame, MSG_NOSIGNAL)
@@ -241,18 +347,26 @@ class AsyncChannel(ChannelBase):
                 sent = 0
             except OSError as exc:
                 raise self._send_error(exc, [data]) from exc
+            self._burst = True
             if sent == len(frame):
                 return
-            await self._send_locked([frame], [], sent)
+            wbuf += memoryview(frame)[sent:]
+            self._start_flushing()
             return
         bufs, anc = self._prepare(data, fds)
-        await self._send_locked(bufs, anc, 0)
+        async with self._send_lock:
+            # Buffered messages go first; then this one directly (descriptors
+            # travel with its first byte and no other message's).
+            await self._drain_to(0, sending=True)
+            await self._send_all(bufs, anc, 0)
 
     async def send_many(self, messages: Iterable[Buffer]) -> None:
-        """Send many messages, coalesced (see ``Channel.send_many``)."""
+        """Send many messages, coalesced (see ``Channel.send_many``); whatever
+        the write-behind buffer held goes first."""
         self._check_send()
         if self._stream:
             async with self._send_lock:
+                await self._drain_to(0, sending=True)
                 for bufs in encode_many(messages, self._max):
                     await self._send_all(bufs, [], 0)
             return
@@ -264,9 +378,93 @@ class AsyncChannel(ChannelBase):
                 bufs, anc = self._prepare(item, _NO_FDS)
                 await self._send_all(bufs, anc, 0)
 
-    async def _send_locked(self, bufs: list[Buffer], anc: list[Any], sent: int) -> None:
-        async with self._send_lock:
-            await self._send_all(bufs, anc, sent)
+    # -- the write-behind buffer ----------------------------------------------
+
+    def _check_write(self, sending: bool) -> None:
+        """Raise what a background write ran into (sticky); when *sending*,
+        also refuse a message after shutdown_write()."""
+        err = self._write_error
+        if err is not None:
+            raise OSError(err.errno, err.strerror)
+        if sending and self._write_shut:
+            raise BrokenPipeError(errno.EPIPE, "shutdown_write() was called: no more sending")
+
+    def _flush_now(self) -> None:
+        """One write of the buffer (no waiting); on failure remember the error
+        and drop the buffer. Wakes drainers whose mark is reached."""
+        wbuf = self._wbuf
+        if wbuf and self._write_error is None and not self._closed:
+            try:
+                sent = self._sock.send(wbuf, MSG_NOSIGNAL)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                err = self._send_error(exc, [])
+                self._write_error = (
+                    err if isinstance(err, OSError) else OSError(errno.EIO, str(err))
+                )
+                wbuf.clear()
+                sent = 0
+            if sent:
+                del wbuf[:sent]
+        if not wbuf and self._flushing:
+            # Nothing left to write: unregister now, so that a direct send that
+            # follows may wait for writability with its own callback.
+            self._flushing = False
+            if self._loop is not None and not self._loop.is_closed() and not self._closed:
+                self._loop.remove_writer(self._sock.fileno())
+        if not wbuf and self._eof_pending and self._write_error is None and not self._closed:
+            self._eof_pending = False
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                self._write_error = exc
+        if self._drain_waiters:
+            size = len(wbuf)
+            failed = self._write_error is not None
+            keep = []
+            for mark, fut in self._drain_waiters:
+                if size <= mark or failed:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    keep.append((mark, fut))
+            self._drain_waiters = keep
+
+    def _flush(self) -> None:
+        """The event loop's turn: write what accumulated; keep writing as the
+        socket becomes writable."""
+        self._flush_handle = None
+        self._burst = False
+        self._flush_now()
+        if self._wbuf and not self._closed:
+            self._start_flushing()
+
+    def _start_flushing(self) -> None:
+        if not self._flushing:
+            self._bind().add_writer(self._sock.fileno(), self._flush)
+            self._flushing = True
+
+    async def _drain_to(self, mark: int, sending: bool = False) -> None:
+        """Wait until at most *mark* bytes are buffered; raise a write error."""
+        while True:
+            self._check_write(sending)
+            if len(self._wbuf) <= mark:
+                return
+            self._check_open()
+            self._flush_now()
+            if self._write_error is not None or len(self._wbuf) <= mark:
+                continue
+            loop = self._bind()
+            self._start_flushing()
+            fut: asyncio.Future[None] = loop.create_future()
+            entry = (mark, fut)
+            self._drain_waiters.append(entry)
+            try:
+                await fut
+            finally:
+                if entry in self._drain_waiters:
+                    self._drain_waiters.remove(entry)
 
     async def _send_all(self, bufs: list[Buffer], anc: list[Any], sent: int) -> None:
         """Send *bufs* (of which *sent* bytes already went); caller holds the lock."""
