@@ -640,10 +640,16 @@ class Channel(ChannelBase):
             BrokenPipeError: the peer has closed (never SIGPIPE).
         """
         if fds is _NO_FDS and type(data) is bytes and len(data) <= self._small:
+            frame = _pack(len(data)) + data
+            # send(), not sendall(): less work per call, and a send that a signal
+            # handler's exception cuts short after part of the frame must leave
+            # the channel refusing further sends (_sendmsg_all does that).
             try:
-                self._sock.sendall(_pack(len(data)) + data, MSG_NOSIGNAL)
+                sent = self._sock.send(frame, MSG_NOSIGNAL)
             except OSError as exc:
                 raise self._send_error(exc, [data]) from exc
+            if sent != len(frame):
+                self._sendmsg_all([memoryview(frame)[sent:]], [], partial=True)
             return
         bufs, anc = self._prepare(data, fds)
         self._sendmsg_all(bufs, anc)
@@ -671,9 +677,10 @@ class Channel(ChannelBase):
             bufs, anc = self._prepare(item, _NO_FDS)
             self._sendmsg_all(bufs, anc)
 
-    def _sendmsg_all(self, bufs: list[Buffer], anc: list[Any]) -> None:
+    def _sendmsg_all(self, bufs: list[Buffer], anc: list[Any], partial: bool = False) -> None:
+        """Send all of *bufs* (*anc* with the first call); *partial*: part of
+        this message already went."""
         sock = self._sock
-        partial = False
         try:
             while True:
                 sent = sock.sendmsg(bufs, anc, MSG_NOSIGNAL)
