@@ -185,6 +185,31 @@ def test_context_exit_kills_a_child_that_ignores_eof_and_reaps_it(no_fd_leak: No
         os.waitpid(child.pid, os.WNOHANG)
 
 
+def test_context_exit_is_bounded_when_a_live_child_never_reads(no_fd_leak: None) -> None:
+    async def main() -> AsyncChild:
+        async with await spawn_async(["sleep", "60"], fd=3) as child:
+            child.exit_timeout = 0.5
+            # Fill the kernel's buffer: the child never takes any of it. (Zero bytes
+            # frame as empty messages; the child reads nothing anyway.)
+            filled = 0
+            with pytest.raises(BlockingIOError):
+                while True:
+                    filled += child.socket.send(bytes(65536))
+            assert filled > 0
+            # The kernel takes no more, so these stay in the write-behind buffer
+            # (under its high-water mark: send() returns at once).
+            for _ in range(100):
+                await child.channel.send(bytes(1000))
+        return child
+
+    # Unbounded, the flush on exit would wait for the child forever.
+    child = asyncio.run(asyncio.wait_for(main(), 10))
+    assert child.returncode == -signal.SIGKILL
+    assert child.channel.closed
+    with pytest.raises(ChildProcessError):
+        os.waitpid(child.pid, os.WNOHANG)
+
+
 def test_terminate(no_fd_leak: None) -> None:
     async def main() -> None:
         async with await spawn_async(["sleep", "30"], fd=3) as child:

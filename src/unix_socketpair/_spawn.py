@@ -668,11 +668,14 @@ class AsyncChild:
     """The asyncio twin of :class:`Child`; returned by :func:`spawn_async`.
 
     Owns the parent's end (:attr:`socket`, non-blocking; or :attr:`channel`) and the
-    process. ``async with`` closes the parent's end, waits up to :attr:`exit_timeout`
-    seconds for the child, then kills it, and always reaps it.
+    process. ``async with`` closes the parent's end (after writing what the channel's
+    write-behind buffer holds, for at most :attr:`exit_timeout` seconds), waits up to
+    :attr:`exit_timeout` seconds for the child, then kills it, and always reaps it: leaving
+    the block takes at most about twice :attr:`exit_timeout`.
     """
 
-    #: Seconds ``__aexit__`` waits for the child after closing the socket, before SIGKILL.
+    #: Seconds ``__aexit__`` waits for the child after closing the socket, before SIGKILL
+    #: (and the longest :meth:`aclose` spends writing buffered messages first).
     exit_timeout: float = 5.0
 
     def __init__(self, process: asyncio.subprocess.Process, sock: socket.socket) -> None:
@@ -726,9 +729,25 @@ class AsyncChild:
                 self._process.kill()
 
     async def aclose(self) -> None:
-        """Close the parent's end (idempotent); the child sees end-of-file. Does not wait."""
-        if self._channel is not None:
-            await self._channel.aclose()
+        """Close the parent's end (idempotent); the child sees end-of-file.
+
+        Messages still in the channel's write-behind buffer are written first, for at
+        most :attr:`exit_timeout` seconds: a child that is alive but not reading cannot
+        hold this up longer; what it has not taken by then is dropped. Does not wait
+        for the child.
+
+        Raises:
+            BrokenPipeError: (after closing) buffered messages could not be written
+                because the child closed its end (see ``AsyncChannel.aclose``).
+        """
+        channel = self._channel
+        if channel is not None:
+            try:
+                await asyncio.wait_for(channel.aclose(), self.exit_timeout)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                channel.close()
         self._socket.close()
 
     async def __aenter__(self) -> AsyncChild:
