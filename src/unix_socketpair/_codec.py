@@ -75,9 +75,10 @@ _BATCH_BYTES: Final = 256 * 1024
 _DEFAULT_CAPACITY: Final = 256 * 1024
 _MIN_FREE: Final = 64 * 1024
 _RETAIN_CAPACITY: Final = 4 * 1024 * 1024 + HEADER_SIZE
-# iter_ready() copies at most this much out at once (a large partial message is
-# left in place rather than copied again on every call).
-_CHUNK_LIMIT: Final = 1024 * 1024
+# iter_ready() copies at most this much out at once, and a message over
+# _ALONE_SIZE on its own (straight from the buffer, once).
+_CHUNK_LIMIT: Final = 256 * 1024
+_ALONE_SIZE: Final = 64 * 1024
 # Growth step for a large message whose bytes are still arriving.
 _GROW_STEP: Final = 1024 * 1024
 
@@ -462,8 +463,8 @@ class StreamDecoder:
         """Yield every whole message already buffered (payloads; descriptors
         that came with them are closed), then return (more input is needed).
 
-        Faster than calling :meth:`next_message` repeatedly: the buffered bytes
-        are copied out once and each payload is sliced from that copy. The
+        Faster than calling :meth:`next_message` repeatedly: small messages are
+        copied out together once and each payload is sliced from that copy. The
         decoder's position moves past each message as it is yielded, so
         stopping early (or mixing in other calls) loses nothing.
 
@@ -471,34 +472,38 @@ class StreamDecoder:
         """
         while True:
             r = self._rpos
-            held = self._wpos - r
-            if self._groups or self._broken is not None or held > _CHUNK_LIMIT or held < 4:
-                msg = self.next_message()
-                if msg is NEED_DATA:
-                    return
-                yield msg  # type: ignore[misc]
-                continue
-            chunk = self._view[r : self._wpos].tobytes()
-            base = self._base
-            limit = self._max
-            pos = 0
-            yielded = False
-            while held - pos >= HEADER_SIZE:
-                size = _unpack_from(chunk, pos)[0]
-                end = pos + HEADER_SIZE + size
-                if end > held or size > limit:
-                    break
-                self._rpos = r + end
-                yield chunk[pos + HEADER_SIZE : end]
-                yielded = True
-                if self._rpos != r + end or self._base != base:
-                    break  # someone else consumed or the buffer moved: start over
-                pos = end
-            if not yielded:
-                msg = self.next_message()
-                if msg is NEED_DATA:
-                    return
-                yield msg  # type: ignore[misc]
+            w = self._wpos
+            if w - r >= HEADER_SIZE and not self._groups and self._broken is None:
+                size = _unpack_from(self._buf, r)[0]
+                end = r + HEADER_SIZE + size
+                if end <= w and size <= self._max:
+                    if size > _ALONE_SIZE:
+                        # Copied once, alone: slicing it out of a chunk would copy twice.
+                        self._rpos = end
+                        yield self._view[r + HEADER_SIZE : end].tobytes()
+                        continue
+                    # The first message is whole (nothing is copied before that, so a
+                    # large message still arriving is not copied again on every read).
+                    held = min(w - r, _CHUNK_LIMIT)
+                    chunk = self._view[r : r + held].tobytes()
+                    base = self._base
+                    limit = self._max
+                    pos = 0
+                    while held - pos >= HEADER_SIZE:
+                        size = _unpack_from(chunk, pos)[0]
+                        end = pos + HEADER_SIZE + size
+                        if end > held or size > limit:
+                            break
+                        self._rpos = r + end
+                        yield chunk[pos + HEADER_SIZE : end]
+                        if self._rpos != r + end or self._base != base:
+                            break  # someone else consumed or the buffer moved: start over
+                        pos = end
+                    continue
+            msg = self.next_message()
+            if msg is NEED_DATA:
+                return
+            yield msg  # type: ignore[misc]
 
     def next_message_with_fds(self) -> tuple[bytes, list[int]] | _NeedData:
         """Like :meth:`next_message`, but return ``(payload, fds)``; the caller
