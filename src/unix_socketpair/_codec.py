@@ -69,10 +69,14 @@ _JOIN_LIMIT: Final = 16 * 1024
 # send_many() flushes its coalesced buffer at about this size.
 _BATCH_BYTES: Final = 256 * 1024
 
-# Receive buffer: default capacity, the free space wanted before a read (so one
-# recvmsg can take many small messages), and the capacity above which the
-# buffer is given back once it is empty (after one very large message).
-_DEFAULT_CAPACITY: Final = 256 * 1024
+# Receive buffer: it starts at _START_CAPACITY (an idle channel, e.g. one per
+# child, costs little) and doubles up to _STEADY_CAPACITY whenever a read fills
+# it to the end (data comes faster than one buffer per read). Before a read,
+# at least min(_MIN_FREE, capacity / 2) is free, so one recvmsg can take many
+# small messages. Above _RETAIN_CAPACITY (after one very large message) the
+# buffer is given back once it is empty.
+_START_CAPACITY: Final = 16 * 1024
+_STEADY_CAPACITY: Final = 256 * 1024
 _MIN_FREE: Final = 64 * 1024
 _RETAIN_CAPACITY: Final = 4 * 1024 * 1024 + HEADER_SIZE
 # iter_ready() copies at most this much out at once, and a message over
@@ -261,7 +265,7 @@ class StreamDecoder:
     ) -> None:
         self._max = min(max_message_size, MAX_WIRE_LENGTH)
         self._max_fds = max_fds
-        self._buf: bytearray | mmap.mmap = bytearray(_DEFAULT_CAPACITY)
+        self._buf: bytearray | mmap.mmap = bytearray(_START_CAPACITY)
         self._view = memoryview(self._buf)
         self._rpos = 0  # first unconsumed byte
         self._wpos = 0  # end of the received bytes
@@ -279,21 +283,25 @@ class StreamDecoder:
     def get_buffer(self) -> memoryview:
         """Writable free space at the end of the buffer, for one read.
 
-        At least 64 KiB, and enough for the rest of a message whose header is
-        in (so a large message is read in place, compacting at most once).
-        Valid only until the next call on the decoder.
+        At least half the buffer's capacity (the capacity grows while reads
+        fill it, up to 256 KiB), and enough for the rest of a message whose
+        header is in (so a large message is read in place, compacting at most
+        once). Valid only until the next call on the decoder.
         """
         r = self._rpos
         w = self._wpos
+        cap = len(self._buf)
         if r == w:
             # Everything consumed (the usual case): the whole buffer is free.
             if r:
                 self._base += r
                 self._rpos = self._wpos = 0
-            if len(self._buf) > _RETAIN_CAPACITY and self._direct is None:
-                self._replace(_DEFAULT_CAPACITY)
+            if w == cap and cap < _STEADY_CAPACITY:
+                self._replace(2 * cap)  # reads fill it: read more at once
+            elif cap > _RETAIN_CAPACITY and self._direct is None:
+                self._replace(_STEADY_CAPACITY)
             return self._view
-        want = _MIN_FREE
+        default = want = min(_MIN_FREE, cap >> 1)
         held = w - r
         if held >= HEADER_SIZE:
             size = _unpack_from(self._buf, r)[0]
@@ -307,7 +315,11 @@ class StreamDecoder:
                     # aside 60 MiB, and a truncated large message costs about
                     # twice what arrived at the peak of a copy, no more.
                     want = max(want, min(rest, max(held // 2, _GROW_STEP)))
-        cap = len(self._buf)
+        if w == cap and cap < _STEADY_CAPACITY and want == default:
+            # The last read filled the buffer to its end: read more at once.
+            self._replace(2 * cap)
+            cap = len(self._buf)
+            w = self._wpos
         if cap - w < want:
             if held + want <= cap and held <= r:
                 # Slide the partial message to the front (the regions do not overlap).
@@ -319,7 +331,7 @@ class StreamDecoder:
                 # Exactly what a known large message needs; otherwise (complete
                 # messages nobody has taken yet) grow geometrically.
                 new_cap = held + want
-                if want == _MIN_FREE:
+                if want == default:
                     new_cap = max(new_cap, 2 * cap)
                 self._replace(new_cap)
                 w = self._wpos

@@ -42,5 +42,6 @@ def test_an_idle_channel_commits_little_memory(kind: str) -> None:
     assert done.returncode == 0, done.stderr
     per_channel = json.loads(done.stdout)["per_channel_kib"]
     figure(f"memory.idle_channel[{kind}]", f"{per_channel:.0f} KiB resident per channel")
-    # The stream decoder's 256 KiB buffer is the yardstick: a few times that at most.
-    assert per_channel < 1024
+    # The stream decoder starts with 16 KiB and grows only while reads fill it;
+    # a packet channel's buffer is a mapping that costs nothing until written.
+    assert per_channel < 128
