@@ -3,7 +3,8 @@
 Public surface only; the implementation lives in private modules.
 """
 
-from ._aio import AsyncChannel
+from typing import TYPE_CHECKING
+
 from ._ancillary import Credentials
 from ._channel import Channel
 from ._errors import (
@@ -18,6 +19,25 @@ from ._errors import (
 from ._pair import SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, socketpair
 from ._spawn import AsyncChild, Child, spawn, spawn_async
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._aio import AsyncChannel
+
+
+def __getattr__(name: str) -> object:
+    # AsyncChannel is imported on first use, so that `import unix_socketpair` (and the
+    # command-line tool) does not pay for importing asyncio (~0.1 s) unless it is used.
+    if name == "AsyncChannel":
+        from ._aio import AsyncChannel
+
+        globals()[name] = AsyncChannel  # later look-ups find it directly
+        return AsyncChannel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "SOCK_DGRAM",

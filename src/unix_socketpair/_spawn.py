@@ -65,7 +65,6 @@ and the parent's copy of the child's end is closed before ``spawn`` returns or r
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import os
@@ -83,6 +82,8 @@ from ._ancillary import enable_passcred
 from ._pair import SOCK_STREAM, check_type, close_quietly, socketpair
 
 if TYPE_CHECKING:  # imported on first use of ``.channel``
+    import asyncio
+
     from ._aio import AsyncChannel
     from ._channel import Channel
 
@@ -377,6 +378,8 @@ def _read_report(fd: int) -> bytes:
 
 
 async def _aread_report(fd: int) -> bytes:
+    import asyncio  # here, not at the top: importing the package stays asyncio-free
+
     loop = asyncio.get_running_loop()
     os.set_blocking(fd, False)
     done: asyncio.Future[None] = loop.create_future()
@@ -740,6 +743,8 @@ class AsyncChild:
             BrokenPipeError: (after closing) buffered messages could not be written
                 because the child closed its end (see ``AsyncChannel.aclose``).
         """
+        import asyncio  # here, not at the top: importing the package stays asyncio-free
+
         channel = self._channel
         if channel is not None:
             try:
@@ -759,6 +764,8 @@ class AsyncChild:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        import asyncio  # here, not at the top: importing the package stays asyncio-free
+
         try:
             await self.aclose()
             await asyncio.wait_for(self._process.wait(), self.exit_timeout)
@@ -796,6 +803,8 @@ async def spawn_async(
     """
     sock_type = check_type(type)
     argv, target, extra, child_env = _prepare(args, fd, fd_map, env)
+    import asyncio  # here, not at the top: importing the package stays asyncio-free
+
     sock, child_fd = _new_pair(sock_type, target)
     try:
         sock.setblocking(False)
