@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ EXPECTED_ROWS = {
         "naive",
         "asyncio",
         "channel",
+        "floor-send",
         "channel-many",
         "async-channel",
         "async-channel-many",
@@ -43,7 +45,16 @@ EXPECTED_ROWS = {
         "raw-stream",
         "c",
     ],
-    "rtt": ["socket", "channel", "pipe", "asyncio", "async-channel", "c"],
+    "rtt": [
+        "socket",
+        "channel",
+        "floor-recvmsg",
+        "floor-recvmsg-passcred",
+        "pipe",
+        "asyncio",
+        "async-channel",
+        "c",
+    ],
     "scale": ["spawn-async", "asyncio-subprocess"],
 }
 
@@ -94,6 +105,43 @@ def test_quick_run_reports_every_row(quick_run: tuple[str, dict[str, Any]]) -> N
     for key in ("nproc", "cpu", "kernel", "python"):
         assert report["machine"][key], key
     assert all(check["target"] for check in report["targets"])
+
+
+# The rows that bound a target: (case, key) -> the target whose "floors" name them.
+FLOORS = {
+    ("framed-64b", "floor-send"): "64 B send / recv vs Pipe",
+    ("rtt", "floor-recvmsg"): "round trip Channel vs socket (time ratio ≤ 1.15)",
+    ("rtt", "floor-recvmsg-passcred"): "round trip Channel vs socket (time ratio ≤ 1.15)",
+}
+
+
+def test_quick_run_reports_the_floors_beside_their_targets(
+    quick_run: tuple[str, dict[str, Any]],
+) -> None:
+    stdout, report = quick_run
+    rows = {(case["id"], row["key"]): row for case in report["cases"] for row in case["rows"]}
+    checks = {check["target"]: check for check in report["targets"]}
+    named = {
+        floor["key"]: check["target"]
+        for check in report["targets"]
+        for floor in check.get("floors", [])
+    }
+    assert named == {key: target for (_, key), target in FLOORS.items()}
+    for (case_id, key), target in FLOORS.items():
+        row = rows[case_id, key]
+        # Plain sockets: measured wherever the platform has the option they need.
+        if key.endswith("passcred") and not hasattr(socket, "SO_PASSCRED"):
+            assert row["status"] == "unavailable", row
+        else:
+            assert row["status"] == "ok", row
+        (floor,) = [f for f in checks[target]["floors"] if f["key"] == key]
+        (line,) = [line for line in stdout.splitlines() if f"] {target}: " in line]
+        if row["status"] != "ok":
+            assert floor["achieved"] is None
+            assert f"{floor['label']}, the floor: —" in line
+            continue
+        assert floor["achieved"] > 0
+        assert f"{floor['label']}, the floor: {floor['achieved']:.2f}" in line
 
 
 def test_quick_run_measures_the_limit_when_cc_is_there(

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
+from .._ancillary import ANCBUFSIZE
 from ._harness import Case, Clock, Sample, Unavailable, Variant
 from ._limits import CPrograms
 
@@ -30,6 +31,9 @@ MiB = 1024 * 1024
 STREAM_CHUNKS = (4 * KiB, 64 * KiB, 1 * MiB)
 _HEADER = struct.Struct(">I")
 _MP = multiprocessing.get_context("fork")
+_MSG_NOSIGNAL = int(getattr(socket, "MSG_NOSIGNAL", 0))
+_MSG_CMSG_CLOEXEC = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+_SO_PASSCRED: int | None = getattr(socket, "SO_PASSCRED", None)
 _T = TypeVar("_T")
 
 
@@ -157,6 +161,11 @@ def _need_channel() -> None:
 
 def _need_async_channel() -> None:
     _project("AsyncChannel")
+
+
+def _need_passcred() -> None:
+    if _SO_PASSCRED is None:
+        raise Unavailable("this platform has no SO_PASSCRED")
 
 
 def _need_uvloop() -> None:
@@ -432,6 +441,46 @@ def _framed_channel(size: int, n: int, *, into: bool = False) -> Sample:
     return _two_process(child, parent, [b], [a])
 
 
+def _framed_floor_send(size: int, n: int) -> Sample:
+    """The floor of any sender making one system call per message, and no parsing.
+
+    The child makes one ``send(header + payload)`` per message (what
+    ``Channel.send`` does; ``Pipe.send_bytes`` makes one ``os.write``); the
+    parent ``recv_into``s one reused 256 KiB buffer until exactly *n* frames'
+    worth of bytes are in, then checks that nothing follows. Counts *size*
+    bytes per message, as the other framed variants do.
+    """
+    a, b = socket.socketpair()
+    payload = _payload(size)
+    frame_size = _HEADER.size + size
+    expected = n * frame_size
+
+    def child(wait_go: Callable[[], None]) -> None:
+        header = _HEADER.pack(size)
+        send, flags = b.send, _MSG_NOSIGNAL
+        wait_go()
+        for _ in range(n):
+            # A small send on a blocking socket is all or nothing; never count wrong.
+            if send(header + payload, flags) != frame_size:
+                raise RuntimeError("a small frame was sent in part")
+        b.close()
+
+    def parent(race: _Race) -> int:
+        buf = bytearray(256 * KiB)
+        recv_into, total = a.recv_into, 0
+        race.start_and_go()
+        while total < expected:
+            received = recv_into(buf)
+            if not received:
+                raise EOFError(f"peer closed after {total} of {expected} bytes")
+            total += received
+        race.stop()
+        _expect(total + len(a.recv(1)), expected, "bytes")
+        return size * n
+
+    return _two_process(child, parent, [b], [a])
+
+
 def _batch(size: int) -> int:
     """Messages per ``send_many`` call: about 64 KiB of them, at least 4."""
     return max(4, 64 * KiB // (size + 4))
@@ -594,6 +643,84 @@ def _rtt_channel(n: int) -> Sample:
             race.stop()
         finally:
             channel.close()
+        return n
+
+    return _two_process(child, parent, [b], [a])
+
+
+# A 1-byte message as the stream framing carries it: what the channel rows exchange.
+_FRAME_1 = b"\x00\x00\x00\x01x"
+
+
+def _recv_rest(sock: socket.socket, view: memoryview, got: int) -> None:
+    """Complete a frame of ``len(view)`` bytes of which *got* are in (the rare path)."""
+    while got < len(view):
+        received = sock.recvmsg_into((view[got:],), ANCBUFSIZE, _MSG_CMSG_CLOEXEC)[0]
+        if not received:
+            raise EOFError(f"peer closed after {got} of {len(view)} bytes of a frame")
+        got += received
+
+
+def _rtt_floor_recvmsg(n: int, *, passcred: bool = False) -> Sample:
+    """The floor of any framed reader that can receive descriptors.
+
+    Both sides ``send`` the 5-byte frame of a 1-byte message and read it with
+    ``recvmsg_into`` with control room for the most descriptors plus a
+    credentials record (a reader using ``recv`` would let the kernel silently
+    destroy descriptors sent to it), until the 5 bytes are in; nothing is
+    parsed. With *passcred*, ``SO_PASSCRED`` is on at both ends, as on every
+    channel, so each read also carries the kernel's credentials record.
+    """
+    a, b = socket.socketpair()
+    if passcred and _SO_PASSCRED is not None:
+        try:
+            for end in (a, b):
+                end.setsockopt(socket.SOL_SOCKET, _SO_PASSCRED, 1)
+        except BaseException:
+            a.close()
+            b.close()
+            raise
+    size = len(_FRAME_1)
+
+    def child(wait_go: Callable[[], None]) -> None:
+        buf = bytearray(size)
+        view = memoryview(buf)
+        bufs, recvmsg_into, send = (view,), b.recvmsg_into, b.send
+        wait_go()
+        while True:
+            got = recvmsg_into(bufs, ANCBUFSIZE, _MSG_CMSG_CLOEXEC)[0]
+            if got != size:
+                if not got:
+                    break
+                _recv_rest(b, view, got)
+            if send(buf, _MSG_NOSIGNAL) != size:
+                raise RuntimeError("a small frame was sent in part")
+        view.release()
+        b.close()
+
+    def parent(race: _Race) -> int:
+        buf = bytearray(size)
+        view = memoryview(buf)
+        bufs, recvmsg_into, send = (view,), a.recvmsg_into, a.send
+
+        def exchange(count: int) -> None:
+            for _ in range(count):
+                if send(_FRAME_1, _MSG_NOSIGNAL) != size:
+                    raise RuntimeError("a small frame was sent in part")
+                got = recvmsg_into(bufs, ANCBUFSIZE, _MSG_CMSG_CLOEXEC)[0]
+                if got != size:
+                    _recv_rest(a, view, got)
+
+        try:
+            race.go()
+            exchange(_WARMUP)
+            race.start()
+            exchange(n)
+            race.stop()
+        finally:
+            view.release()
+        if buf != _FRAME_1:
+            raise RuntimeError(f"the echo was {bytes(buf)!r}, not {_FRAME_1!r}")
         return n
 
     return _two_process(child, parent, [b], [a])
@@ -804,6 +931,18 @@ def _framed_case(c: CPrograms, size: int, first: int) -> Case:
             "channel",
             _need_channel,
         ),
+    ]
+    if not large:
+        # Right under the row it bounds: Channel.send makes one system call per message too.
+        variants.append(
+            Variant(
+                "socket send(frame) per message / recv_into (floor)",
+                _framed(_framed_floor_send, size),
+                first,
+                key="floor-send",
+            )
+        )
+    variants += [
         Variant(
             "Channel send_many / iteration",
             _framed(_framed_channel_many, size),
@@ -882,6 +1021,19 @@ def _rtt_case(c: CPrograms, first: int) -> Case:
             Variant("socket send / recv", _rtt_socket, first, key="socket"),
             Variant(
                 "Channel send / recv", _rtt_channel, first, "project", "channel", _need_channel
+            ),
+            Variant(
+                "socket send(frame) / recvmsg_into, fd room (floor)",
+                _rtt_floor_recvmsg,
+                first,
+                key="floor-recvmsg",
+            ),
+            Variant(
+                "socket send(frame) / recvmsg_into, fd room, SO_PASSCRED (floor)",
+                partial(_rtt_floor_recvmsg, passcred=True),
+                first,
+                key="floor-recvmsg-passcred",
+                available=_need_passcred,
             ),
             Variant("multiprocessing.Pipe", _rtt_pipe, first, "pipe", "pipe"),
             Variant("asyncio streams write / readexactly", _rtt_asyncio, first, key="asyncio"),
