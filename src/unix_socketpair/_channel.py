@@ -68,6 +68,7 @@ _SOL_SOCKET = int(socket.SOL_SOCKET)
 _LINUX = sys.platform.startswith("linux")
 # Linux returns a packet's real length when MSG_TRUNC is passed to recvmsg.
 _PACKET_RECV_FLAGS = _MSG_CMSG_CLOEXEC | (_MSG_TRUNC if _LINUX else 0)
+_MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
 _JOIN_LIMIT = 16 * 1024
 # recv_into() reads a payload straight into the caller's buffer from this size on;
 # below it, reading ahead into the decoder (and copying) saves system calls.
@@ -76,6 +77,7 @@ _NO_FDS: tuple[int, ...] = ()
 # Iteration switches to StreamDecoder.iter_ready() after a read of more than this.
 _BULK_READ = 4096
 _ENV = "SOCKETPAIR_FD"
+_MAX_SPIN = 1000
 
 
 def _packet_capacity() -> int:
@@ -191,8 +193,10 @@ class ChannelBase:
         "_pending",
         "_pkt_broken",
         "_pkt_view",
+        "_rflags",
         "_small",
         "_sock",
+        "_spin",
         "_stream",
         "_type",
     )
@@ -214,6 +218,9 @@ class ChannelBase:
         self._stream = self._type == SOCK_STREAM
         self._max = max_message_size
         self._max_fds = max_fds
+        # Reads wait in the kernel at once (Channel may set up spinning).
+        self._spin = 0
+        self._rflags = _MSG_CMSG_CLOEXEC
         # send()'s fast path: a bytes message up to this size goes out joined to
         # its header with one system call (-1: no fast path, see _break_send).
         self._small = min(_JOIN_LIMIT, max_message_size) if self._type == SOCK_STREAM else -1
@@ -450,20 +457,37 @@ class ChannelBase:
         """One read from a stream socket into the decoder; return the byte count
         (0 at end of file). May raise BlockingIOError, having changed nothing."""
         dec = self._dec
+        bufs = (dec.get_buffer(),)
         try:
-            n, anc, flags, _ = self._sock.recvmsg_into(
-                (dec.get_buffer(),), ANCBUFSIZE, _MSG_CMSG_CLOEXEC
-            )
+            n, anc, flags, _ = self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags)
         except OSError as exc:
-            n, anc, flags = self._recv_failed(exc)
+            n, anc, flags = self._recv_failed(exc, bufs)
         if anc or flags & _MSG_CTRUNC:
             dec.buffer_updated(n, self._take_fds(anc, flags) or None)
         else:
             dec.buffer_updated(n)
         return n
 
-    def _recv_failed(self, exc: OSError) -> tuple[int, list[Any], int]:
-        """What a failed stream read means: end of file, or an error to raise."""
+    def _recv_failed(
+        self, exc: OSError, bufs: tuple[memoryview, ...], flags: int = _MSG_CMSG_CLOEXEC
+    ) -> tuple[int, list[Any], int]:
+        """What a failed read into *bufs* means: ``(nbytes, ancillary, flags)``
+        of a read retried after waiting, end of file, or an error to raise.
+
+        A spinning blocking channel reads without waiting first (``MSG_DONTWAIT``):
+        when that finds nothing, it tries ``spin - 1`` more times, then waits.
+        """
+        if isinstance(exc, BlockingIOError) and self._spin:
+            recvmsg_into = self._sock.recvmsg_into
+            try:
+                for _ in range(self._spin - 1):
+                    try:
+                        return recvmsg_into(bufs, ANCBUFSIZE, flags | _MSG_DONTWAIT)[:3]
+                    except BlockingIOError:
+                        pass
+                return recvmsg_into(bufs, ANCBUFSIZE, flags)[:3]
+            except OSError as again:
+                exc = again
         if isinstance(exc, ConnectionResetError):
             # The peer closed while some of what we sent was still unread: for
             # the reading side that is simply the end of the stream.
@@ -509,10 +533,11 @@ class ChannelBase:
     def _direct_step(self, target: memoryview) -> tuple[int, list[int] | None]:
         """One read straight into *target* (the rest of a message's payload):
         ``(nbytes, the message's fds once it is complete else None)``."""
+        bufs = (target,)
         try:
-            n, anc, flags, _ = self._sock.recvmsg_into((target,), ANCBUFSIZE, _MSG_CMSG_CLOEXEC)
+            n, anc, flags, _ = self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags)
         except OSError as exc:
-            n, anc, flags = self._recv_failed(exc)
+            n, anc, flags = self._recv_failed(exc, bufs)
         fds = None
         if anc or flags & _MSG_CTRUNC:
             fds = self._take_fds(anc, flags) or None
@@ -530,7 +555,12 @@ class ChannelBase:
         self._check_open()
         bufs = (self._pkt_view,) if target is None else (target, self._pkt_view)
         try:
-            n, anc, flags, _ = self._sock.recvmsg_into(bufs, ANCBUFSIZE, _PACKET_RECV_FLAGS)
+            try:
+                n, anc, flags, _ = self._sock.recvmsg_into(
+                    bufs, ANCBUFSIZE, _PACKET_RECV_FLAGS | (self._rflags & _MSG_DONTWAIT)
+                )
+            except BlockingIOError as exc:
+                n, anc, flags = self._recv_failed(exc, bufs, _PACKET_RECV_FLAGS)
         except ConnectionResetError:
             n, anc, flags = 0, [], 0
         except OSError as exc:
@@ -596,11 +626,22 @@ class ChannelBase:
 class Channel(ChannelBase):
     """A framed, bidirectional message channel over one ``AF_UNIX`` socket.
 
-    ``Channel(sock_or_fd, *, max_message_size=64 MiB, max_fds=253)`` adopts a
-    ``socket.socket`` or a raw descriptor of an ``AF_UNIX`` ``SOCK_STREAM``,
-    ``SOCK_SEQPACKET`` or ``SOCK_DGRAM`` socket and **owns it**: :meth:`close`
-    closes it. The socket is switched to blocking mode. If the constructor
-    raises, nothing was closed and the caller still owns what it passed.
+    ``Channel(sock_or_fd, *, max_message_size=64 MiB, max_fds=253, spin=0)``
+    adopts a ``socket.socket`` or a raw descriptor of an ``AF_UNIX``
+    ``SOCK_STREAM``, ``SOCK_SEQPACKET`` or ``SOCK_DGRAM`` socket and **owns
+    it**: :meth:`close` closes it. The socket is switched to blocking mode. If
+    the constructor raises, nothing was closed and the caller still owns what
+    it passed.
+
+    *spin* (0 to 1000, default 0): a receive that finds nothing queued tries
+    that many times in all without sleeping (non-blocking reads, a microsecond
+    or two each) before it sleeps in the kernel. When the peer runs on another
+    CPU and answers at once, its answer is then read without the cost of
+    waking a sleeping process, most of a round trip's latency on a virtual
+    machine (docs/performance.md: 0.6-0.7x of plain socket send/recv with
+    ``spin=3``). When both processes share one CPU, spinning only delays the
+    peer (2-3x slower round trips): use it only with processes pinned to
+    different CPUs. Each wait costs up to *spin* extra system calls.
 
     On ``SOCK_STREAM`` each message is framed with a 4-byte big-endian length;
     on the packet types each message is one packet. ``docs/protocol.md`` has
@@ -611,6 +652,21 @@ class Channel(ChannelBase):
     """
 
     __slots__ = ()
+
+    def __init__(
+        self,
+        sock_or_fd: socket.socket | int,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_fds: int = SCM_MAX_FD,
+        spin: int = 0,
+    ) -> None:
+        spin = _check_limit("spin", spin, 0, _MAX_SPIN)
+        super().__init__(sock_or_fd, max_message_size=max_message_size, max_fds=max_fds)
+        # A spinning channel makes its first read attempt without waiting; when
+        # that finds nothing, _recv_failed() tries spin - 1 more times, then waits.
+        self._spin = spin
+        self._rflags = _MSG_CMSG_CLOEXEC | (_MSG_DONTWAIT if spin else 0)
 
     def __enter__(self) -> Self:
         return self
@@ -715,12 +771,11 @@ class Channel(ChannelBase):
             while msg is NEED_DATA:
                 # _fill() inlined: this is the path of a reader that waits for
                 # each message (ping-pong), where every Python call shows.
+                bufs = (dec.get_buffer(),)
                 try:
-                    n, anc, flags, _ = self._sock.recvmsg_into(
-                        (dec.get_buffer(),), ANCBUFSIZE, _MSG_CMSG_CLOEXEC
-                    )
+                    n, anc, flags, _ = self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags)
                 except OSError as exc:
-                    n, anc, flags = self._recv_failed(exc)
+                    n, anc, flags = self._recv_failed(exc, bufs)
                 if (
                     anc
                     and len(anc) == 1
@@ -817,6 +872,7 @@ class Channel(ChannelBase):
         get_buffer = dec.get_buffer
         ready = dec.iter_ready
         recvmsg_into = self._sock.recvmsg_into
+        rflags = self._rflags
         try:
             msg = next_message()
             while True:
@@ -826,10 +882,11 @@ class Channel(ChannelBase):
                     continue
                 # One read (as in recv()); many messages in it are sliced out of
                 # one copy by iter_ready().
+                bufs = (get_buffer(),)
                 try:
-                    n, anc, flags, _ = recvmsg_into((get_buffer(),), ANCBUFSIZE, _MSG_CMSG_CLOEXEC)
+                    n, anc, flags, _ = recvmsg_into(bufs, ANCBUFSIZE, rflags)
                 except OSError as exc:
-                    n, anc, flags = self._recv_failed(exc)
+                    n, anc, flags = self._recv_failed(exc, bufs)
                 if anc or flags & _MSG_CTRUNC:
                     if len(anc) == 1 and anc[0][1] == SCM_CREDENTIALS and not flags & _MSG_CTRUNC:
                         self._creds = anc[0][2]  # the usual read: the sender, no fds
