@@ -456,12 +456,12 @@ def _framed_floor_send(size: int, n: int) -> Sample:
     expected = n * frame_size
 
     def child(wait_go: Callable[[], None]) -> None:
-        header = _HEADER.pack(size)
+        header, data, length = _HEADER.pack(size), payload, frame_size
         send, flags = b.send, _MSG_NOSIGNAL
         wait_go()
         for _ in range(n):
             # A small send on a blocking socket is all or nothing; never count wrong.
-            if send(header + payload, flags) != frame_size:
+            if send(header + data, flags) != length:
                 raise RuntimeError("a small frame was sent in part")
         b.close()
 
@@ -686,14 +686,15 @@ def _rtt_floor_recvmsg(n: int, *, passcred: bool = False) -> Sample:
         buf = bytearray(size)
         view = memoryview(buf)
         bufs, recvmsg_into, send = (view,), b.recvmsg_into, b.send
+        room, rflags, sflags, length = ANCBUFSIZE, _MSG_CMSG_CLOEXEC, _MSG_NOSIGNAL, size
         wait_go()
         while True:
-            got = recvmsg_into(bufs, ANCBUFSIZE, _MSG_CMSG_CLOEXEC)[0]
-            if got != size:
+            got = recvmsg_into(bufs, room, rflags)[0]
+            if got != length:
                 if not got:
                     break
                 _recv_rest(b, view, got)
-            if send(buf, _MSG_NOSIGNAL) != size:
+            if send(buf, sflags) != length:
                 raise RuntimeError("a small frame was sent in part")
         view.release()
         b.close()
@@ -702,25 +703,29 @@ def _rtt_floor_recvmsg(n: int, *, passcred: bool = False) -> Sample:
         buf = bytearray(size)
         view = memoryview(buf)
         bufs, recvmsg_into, send = (view,), a.recvmsg_into, a.send
-
-        def exchange(count: int) -> None:
-            for _ in range(count):
-                if send(_FRAME_1, _MSG_NOSIGNAL) != size:
-                    raise RuntimeError("a small frame was sent in part")
-                got = recvmsg_into(bufs, ANCBUFSIZE, _MSG_CMSG_CLOEXEC)[0]
-                if got != size:
-                    _recv_rest(a, view, got)
-
+        frame, room, rflags, sflags, length = (
+            _FRAME_1, ANCBUFSIZE, _MSG_CMSG_CLOEXEC, _MSG_NOSIGNAL, size
+        )  # fmt: skip
         try:
             race.go()
-            exchange(_WARMUP)
+            for _ in range(_WARMUP):
+                if send(frame, sflags) != length:
+                    raise RuntimeError("a small frame was sent in part")
+                got = recvmsg_into(bufs, room, rflags)[0]
+                if got != length:
+                    _recv_rest(a, view, got)
             race.start()
-            exchange(n)
+            for _ in range(n):
+                if send(frame, sflags) != length:
+                    raise RuntimeError("a small frame was sent in part")
+                got = recvmsg_into(bufs, room, rflags)[0]
+                if got != length:
+                    _recv_rest(a, view, got)
             race.stop()
         finally:
             view.release()
-        if buf != _FRAME_1:
-            raise RuntimeError(f"the echo was {bytes(buf)!r}, not {_FRAME_1!r}")
+        if buf != frame:
+            raise RuntimeError(f"the echo was {bytes(buf)!r}, not {frame!r}")
         return n
 
     return _two_process(child, parent, [b], [a])
