@@ -171,3 +171,81 @@ def test_a_receive_tries_spin_times_then_sleeps(spin: int) -> None:
     assert len(waits) == 1, calls
     resumed = [line for line in between.splitlines() if "recvmsg resumed>" in line]
     assert any(line.rstrip().endswith("= 8") for line in resumed + waits), between
+
+
+# Five-plus waits in a row, each one sleeping for sure (the sender waits for
+# that), then data already queued; markers between them split the trace.
+_ADAPTIVE = textwrap.dedent(
+    """
+    import os, sys, threading
+    from unix_socketpair import Channel
+    from unix_socketpair import _channel
+    _channel._PROBE_READS = 3
+    a, b = Channel.pair(spin=3)
+    main = threading.get_native_id()
+    go = threading.Semaphore(0)
+
+    def sender():
+        path = f"/proc/self/task/{main}/syscall"
+        while go.acquire() and not stop:
+            while True:
+                with open(path) as f:
+                    fields = f.read().split()
+                if fields[0] != "running" and int(fields[1], 16) == a.fileno():
+                    break
+                os.sched_yield()
+            b.send(b"late")
+
+    stop = False
+    t = threading.Thread(target=sender)
+    t.start()
+    b.send(b"first")
+    os.write(2, b"FIRST\\n")
+    assert a.recv() == b"first"
+    for i in range(8):
+        os.write(2, b"WAIT\\n")
+        go.release()
+        assert a.recv() == b"late"
+    stop = True
+    go.release()
+    t.join()
+    b.send(b"queued")
+    os.write(2, b"QUEUED\\n")
+    assert a.recv() == b"queued"
+    os.write(2, b"END\\n")
+    a.close()
+    b.close()
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="strace and /proc: Linux")
+def test_spinning_stops_after_failed_waits_and_is_tried_again() -> None:
+    """Data already queued is read by the first (non-blocking) try and costs no
+    credit. Credit 4: waits 1-4 try 3 times each and find nothing, so waits 5
+    and 6 sleep at once; after _PROBE_READS (3 here) reads the 7th spins again,
+    fails, and the 8th sleeps at once, as does the read of queued data after it."""
+    strace = require("strace")
+    proc = subprocess.run(
+        [strace, "-f", "-e", "trace=recvmsg,write", sys.executable, "-c", _ADAPTIVE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    segments = proc.stderr.split('write(2, "')[1:]
+    tries, waits, first = [], [], []
+    for segment in segments:
+        calls = [line for line in segment.splitlines() if "recvmsg(" in line]
+        if segment.startswith("FIRST"):
+            first = calls
+        elif segment.startswith(("WAIT", "QUEUED")):
+            tries.append(sum("MSG_DONTWAIT" in line and "EAGAIN" in line for line in calls))
+            waits.append(sum("MSG_DONTWAIT" not in line for line in calls))
+    assert len(first) == 1, proc.stderr
+    assert "MSG_DONTWAIT" in first[0], first
+    assert first[0].rstrip().endswith("= 9"), first
+    assert tries == [3, 3, 3, 3, 0, 0, 3, 0, 0], proc.stderr
+    # Each of these ends in exactly one read without MSG_DONTWAIT (which sleeps
+    # for the 8 waits and returns at once for the queued message).
+    assert waits == [1] * 9, proc.stderr

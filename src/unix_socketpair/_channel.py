@@ -78,6 +78,28 @@ _NO_FDS: tuple[int, ...] = ()
 _BULK_READ = 4096
 _ENV = "SOCKETPAIR_FD"
 _MAX_SPIN = 1000
+# Adaptive spinning (see Channel and _recv_failed): waits in a row whose tries
+# all found nothing before a channel stops spinning, and reads after which it
+# tries again.
+_SPIN_CREDIT = 4
+_PROBE_READS = 256
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no sched_getaffinity on macOS
+        return os.cpu_count() or 1
+
+
+# Measured (docs/performance.md, 2-CPU VM, 1-byte round trips, Channel's time
+# over plain socket send/recv's): waking a sleeping process costs more than a
+# whole round trip's CPU. With the two processes on different CPUs, 10 tries
+# (a window of ~15 us, longer than the peer's turnaround) took it from 1.7x
+# to 0.9x; 3 tries were too short a window to pay (1.6x) and adaptive
+# spinning gave up. On one shared CPU the tries fail and stop after 4 waits:
+# 1.54x with or without. On one usable CPU there is no point at all.
+DEFAULT_SPIN: int = 10 if _usable_cpus() > 1 else 0
 
 
 def _packet_capacity() -> int:
@@ -185,6 +207,7 @@ class ChannelBase:
         "__weakref__",
         "_broken_send",
         "_closed",
+        "_credit",
         "_creds",
         "_dec",
         "_max",
@@ -193,6 +216,7 @@ class ChannelBase:
         "_pending",
         "_pkt_broken",
         "_pkt_view",
+        "_probe",
         "_rflags",
         "_small",
         "_sock",
@@ -220,6 +244,8 @@ class ChannelBase:
         self._max_fds = max_fds
         # Reads wait in the kernel at once (Channel may set up spinning).
         self._spin = 0
+        self._credit = 0
+        self._probe = 0
         self._rflags = _MSG_CMSG_CLOEXEC
         # send()'s fast path: a bytes message up to this size goes out joined to
         # its header with one system call (-1: no fast path, see _break_send).
@@ -458,6 +484,8 @@ class ChannelBase:
         (0 at end of file). May raise BlockingIOError, having changed nothing."""
         dec = self._dec
         bufs = (dec.get_buffer(),)
+        if self._probe:
+            self._probe_tick()
         try:
             n, anc, flags, _ = self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags)
         except OSError as exc:
@@ -476,15 +504,22 @@ class ChannelBase:
 
         A spinning blocking channel reads without waiting first (``MSG_DONTWAIT``):
         when that finds nothing, it tries ``spin - 1`` more times, then waits.
+        Spinning adapts: a try that finds data renews the credit; waits whose
+        tries all found nothing use it up, and the channel then waits at once
+        (no failed tries at all, which cost most when the peer shares our CPU
+        and cannot run while we try) until _PROBE_READS reads later.
         """
         if isinstance(exc, BlockingIOError) and self._spin:
             recvmsg_into = self._sock.recvmsg_into
             try:
                 for _ in range(self._spin - 1):
                     try:
-                        return recvmsg_into(bufs, ANCBUFSIZE, flags | _MSG_DONTWAIT)[:3]
+                        result = recvmsg_into(bufs, ANCBUFSIZE, flags | _MSG_DONTWAIT)
                     except BlockingIOError:
-                        pass
+                        continue
+                    self._credit = _SPIN_CREDIT
+                    return result[:3]
+                self._spin_failed()
                 return recvmsg_into(bufs, ANCBUFSIZE, flags)[:3]
             except OSError as again:
                 exc = again
@@ -495,6 +530,21 @@ class ChannelBase:
         if self._closed or exc.errno == errno.EBADF:
             raise OSError(errno.EBADF, "the channel is closed") from exc
         raise exc
+
+    def _spin_failed(self) -> None:
+        """Every try of a wait found nothing: spend credit; none left, stop spinning."""
+        self._credit -= 1
+        if self._credit <= 0:
+            self._rflags = _MSG_CMSG_CLOEXEC
+            self._probe = _PROBE_READS
+
+    def _probe_tick(self) -> None:
+        """Count a read made without spinning; after _PROBE_READS, spin again (once,
+        unless it pays)."""
+        self._probe -= 1
+        if not self._probe:
+            self._credit = 1
+            self._rflags = _MSG_CMSG_CLOEXEC | _MSG_DONTWAIT
 
     def _take_fds(self, anc: list[tuple[int, int, bytes]], flags: int) -> list[int]:
         """The descriptors of one read (the caller owns them); remembers the
@@ -534,6 +584,8 @@ class ChannelBase:
         """One read straight into *target* (the rest of a message's payload):
         ``(nbytes, the message's fds once it is complete else None)``."""
         bufs = (target,)
+        if self._probe:
+            self._probe_tick()
         try:
             n, anc, flags, _ = self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags)
         except OSError as exc:
@@ -554,6 +606,8 @@ class ChannelBase:
             raise ProtocolError(f"the channel is unusable: {self._pkt_broken}")
         self._check_open()
         bufs = (self._pkt_view,) if target is None else (target, self._pkt_view)
+        if self._probe:
+            self._probe_tick()
         try:
             try:
                 n, anc, flags, _ = self._sock.recvmsg_into(
@@ -626,22 +680,23 @@ class ChannelBase:
 class Channel(ChannelBase):
     """A framed, bidirectional message channel over one ``AF_UNIX`` socket.
 
-    ``Channel(sock_or_fd, *, max_message_size=64 MiB, max_fds=253, spin=0)``
+    ``Channel(sock_or_fd, *, max_message_size=64 MiB, max_fds=253, spin=10)``
     adopts a ``socket.socket`` or a raw descriptor of an ``AF_UNIX``
     ``SOCK_STREAM``, ``SOCK_SEQPACKET`` or ``SOCK_DGRAM`` socket and **owns
     it**: :meth:`close` closes it. The socket is switched to blocking mode. If
     the constructor raises, nothing was closed and the caller still owns what
     it passed.
 
-    *spin* (0 to 1000, default 0): a receive that finds nothing queued tries
-    that many times in all without sleeping (non-blocking reads, a microsecond
-    or two each) before it sleeps in the kernel. When the peer runs on another
-    CPU and answers at once, its answer is then read without the cost of
-    waking a sleeping process, most of a round trip's latency on a virtual
-    machine (docs/performance.md: 0.6-0.7x of plain socket send/recv with
-    ``spin=3``). When both processes share one CPU, spinning only delays the
-    peer (2-3x slower round trips): use it only with processes pinned to
-    different CPUs. Each wait costs up to *spin* extra system calls.
+    *spin* (0 to 1000): a receive that finds nothing queued tries that many
+    times in all without sleeping (non-blocking reads, a microsecond or two
+    each) before it sleeps in the kernel. A peer on another CPU that answers
+    at once is then read without the cost of waking a sleeping process, which
+    is most of a round trip's latency (halved in docs/performance.md).
+    Spinning adapts: after 4 waits in a row whose tries all found nothing
+    (a slow peer, or one sharing our CPU, which cannot run while we try) the
+    channel sleeps at once, and tries spinning again 256 reads later. The
+    default is 10 when this process may run on more than one CPU, else 0:
+    never spin.
 
     On ``SOCK_STREAM`` each message is framed with a 4-byte big-endian length;
     on the packet types each message is one packet. ``docs/protocol.md`` has
@@ -659,13 +714,14 @@ class Channel(ChannelBase):
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_fds: int = SCM_MAX_FD,
-        spin: int = 0,
+        spin: int = DEFAULT_SPIN,
     ) -> None:
         spin = _check_limit("spin", spin, 0, _MAX_SPIN)
         super().__init__(sock_or_fd, max_message_size=max_message_size, max_fds=max_fds)
         # A spinning channel makes its first read attempt without waiting; when
         # that finds nothing, _recv_failed() tries spin - 1 more times, then waits.
         self._spin = spin
+        self._credit = _SPIN_CREDIT
         self._rflags = _MSG_CMSG_CLOEXEC | (_MSG_DONTWAIT if spin else 0)
 
     def __enter__(self) -> Self:
@@ -772,6 +828,8 @@ class Channel(ChannelBase):
                 # _fill() inlined: this is the path of a reader that waits for
                 # each message (ping-pong), where every Python call shows.
                 bufs = (dec.get_buffer(),)
+                if self._probe:
+                    self._probe_tick()
                 try:
                     n, anc, flags, _ = self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags)
                 except OSError as exc:
@@ -872,7 +930,6 @@ class Channel(ChannelBase):
         get_buffer = dec.get_buffer
         ready = dec.iter_ready
         recvmsg_into = self._sock.recvmsg_into
-        rflags = self._rflags
         try:
             msg = next_message()
             while True:
@@ -883,8 +940,10 @@ class Channel(ChannelBase):
                 # One read (as in recv()); many messages in it are sliced out of
                 # one copy by iter_ready().
                 bufs = (get_buffer(),)
+                if self._probe:
+                    self._probe_tick()
                 try:
-                    n, anc, flags, _ = recvmsg_into(bufs, ANCBUFSIZE, rflags)
+                    n, anc, flags, _ = recvmsg_into(bufs, ANCBUFSIZE, self._rflags)
                 except OSError as exc:
                     n, anc, flags = self._recv_failed(exc, bufs)
                 if anc or flags & _MSG_CTRUNC:
