@@ -48,6 +48,7 @@ EXPECTED_ROWS = {
     "rtt": [
         "socket",
         "channel",
+        "channel-spin0",
         "floor-recvmsg",
         "floor-recvmsg-passcred",
         "pipe",

@@ -159,6 +159,12 @@ def _need_channel() -> None:
     _project("Channel")
 
 
+def _need_channel_spin() -> None:
+    _need_channel()
+    if "spin" not in inspect.signature(_project("Channel")).parameters:
+        raise Unavailable("this version's Channel has no spin option")
+
+
 def _need_async_channel() -> None:
     _project("AsyncChannel")
 
@@ -617,19 +623,19 @@ def _rtt_socket(n: int) -> Sample:
     return _two_process(child, parent, [b], [a])
 
 
-def _rtt_channel(n: int) -> Sample:
+def _rtt_channel(n: int, **options: Any) -> Sample:
     channel_class = _project("Channel")
     a, b = socket.socketpair()
 
     def child(wait_go: Callable[[], None]) -> None:
-        channel = channel_class(b)
+        channel = channel_class(b, **options)
         wait_go()
         for message in channel:
             channel.send(message)
         channel.close()
 
     def parent(race: _Race) -> int:
-        channel = channel_class(a)
+        channel = channel_class(a, **options)
         try:
             send, recv = channel.send, channel.recv
             race.go()
@@ -1026,6 +1032,14 @@ def _rtt_case(c: CPrograms, first: int) -> Case:
             Variant("socket send / recv", _rtt_socket, first, key="socket"),
             Variant(
                 "Channel send / recv", _rtt_channel, first, "project", "channel", _need_channel
+            ),
+            Variant(
+                "Channel send / recv, spin=0 (always sleep at once)",
+                partial(_rtt_channel, spin=0),
+                first,
+                "project",
+                "channel-spin0",
+                _need_channel_spin,
             ),
             Variant(
                 "socket send(frame) / recvmsg_into, fd room (floor)",
