@@ -26,6 +26,7 @@ EXPECTED_ROWS = {
         "asyncio",
         "channel",
         "floor-send",
+        "channel-buffered",
         "channel-many",
         "async-channel",
         "async-channel-many",
@@ -143,6 +144,35 @@ def test_quick_run_reports_the_floors_beside_their_targets(
             continue
         assert floor["achieved"] > 0
         assert f"{floor['label']}, the floor: {floor['achieved']:.2f}" in line
+
+
+# Rows of the same API with a non-default option, shown beside a target.
+OPTIONS = {
+    ("framed-64b", "channel-buffered"): "64 B send / recv vs Pipe",
+    ("rtt", "channel-spin0"): "round trip Channel vs socket (time ratio ≤ 1.15)",
+}
+
+
+def test_quick_run_reports_the_option_rows_beside_their_targets(
+    quick_run: tuple[str, dict[str, Any]],
+) -> None:
+    stdout, report = quick_run
+    rows = {(case["id"], row["key"]): row for case in report["cases"] for row in case["rows"]}
+    checks = {check["target"]: check for check in report["targets"]}
+    named = {
+        option["key"]: check["target"]
+        for check in report["targets"]
+        for option in check.get("options", [])
+    }
+    assert named == {key: target for (_, key), target in OPTIONS.items()}
+    for (case_id, key), target in OPTIONS.items():
+        assert rows[case_id, key]["status"] == "ok", rows[case_id, key]
+        (option,) = [o for o in checks[target]["options"] if o["key"] == key]
+        assert option["achieved"] > 0
+        # Never part of whether the target is met: that is the default row's.
+        assert checks[target]["met"] == (checks[target]["achieved"] >= checks[target]["minimum"])
+        (line,) = [line for line in stdout.splitlines() if f"] {target}: " in line]
+        assert f"{option['label']}: {option['achieved']:.2f}" in line
 
 
 def test_quick_run_measures_the_limit_when_cc_is_there(

@@ -159,10 +159,10 @@ def _need_channel() -> None:
     _project("Channel")
 
 
-def _need_channel_spin() -> None:
+def _need_channel_option(name: str) -> None:
     _need_channel()
-    if "spin" not in inspect.signature(_project("Channel")).parameters:
-        raise Unavailable("this version's Channel has no spin option")
+    if name not in inspect.signature(_project("Channel")).parameters:
+        raise Unavailable(f"this version's Channel has no {name} option")
 
 
 def _need_async_channel() -> None:
@@ -411,13 +411,13 @@ def _framed_asyncio(size: int, n: int) -> Sample:
     return _two_process(child, parent, [b], [a])
 
 
-def _framed_channel(size: int, n: int, *, into: bool = False) -> Sample:
+def _framed_channel(size: int, n: int, *, into: bool = False, **options: Any) -> Sample:
     channel_class = _project("Channel")
     a, b = socket.socketpair()
     payload = _payload(size)
 
     def child(wait_go: Callable[[], None]) -> None:
-        channel = channel_class(b)
+        channel = channel_class(b, **options)
         wait_go()
         send = channel.send
         for _ in range(n):
@@ -953,6 +953,18 @@ def _framed_case(c: CPrograms, size: int, first: int) -> Case:
                 key="floor-send",
             )
         )
+        # The sender holds small messages and sends them 64 KiB at a time
+        # (close() sends the rest before the child exits).
+        variants.append(
+            Variant(
+                "Channel(write_buffer=64 KiB) send / recv",
+                _framed(_framed_channel, size, write_buffer=64 * KiB),
+                first,
+                "project",
+                "channel-buffered",
+                partial(_need_channel_option, "write_buffer"),
+            )
+        )
     variants += [
         Variant(
             "Channel send_many / iteration",
@@ -1039,7 +1051,7 @@ def _rtt_case(c: CPrograms, first: int) -> Case:
                 first,
                 "project",
                 "channel-spin0",
-                _need_channel_spin,
+                partial(_need_channel_option, "spin"),
             ),
             Variant(
                 "socket send(frame) / recvmsg_into, fd room (floor)",
