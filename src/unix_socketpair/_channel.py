@@ -62,6 +62,13 @@ _T = TypeVar("_T", bound="ChannelBase")
 # Plain ints, not the socket module's IntFlag members: an enum operation on
 # every read costs more than the system call's Python overhead.
 MSG_NOSIGNAL: int = int(getattr(socket, "MSG_NOSIGNAL", 0))
+# macOS has no MSG_NOSIGNAL; its per-socket equivalent is SO_NOSIGPIPE (0x1022 in
+# <sys/socket.h>), which the socket module does not export. Untested here.
+_SO_NOSIGPIPE: int | None = (
+    None
+    if MSG_NOSIGNAL
+    else getattr(socket, "SO_NOSIGPIPE", 0x1022 if sys.platform == "darwin" else None)
+)
 _MSG_CMSG_CLOEXEC: int = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _MSG_TRUNC = int(socket.MSG_TRUNC)
@@ -264,6 +271,9 @@ class ChannelBase:
         # the sender's real credentials (a socketpair's SO_PEERCRED only names
         # its creator).
         self._passcred = enable_passcred(sock)
+        if _SO_NOSIGPIPE is not None:
+            # Where writes cannot say MSG_NOSIGNAL, the socket says it once.
+            sock.setsockopt(socket.SOL_SOCKET, _SO_NOSIGPIPE, 1)
         if self._stream:
             self._dec = StreamDecoder(max_message_size, max_fds)
             self._pkt_view = memoryview(b"")
