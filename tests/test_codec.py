@@ -128,6 +128,62 @@ def test_iter_ready_matches_next_message_and_stops_losslessly() -> None:
     assert list(decoder.iter_ready()) == payloads[-1:]
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    payloads=st.lists(st.binary(max_size=300), max_size=60),
+    cuts=st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=30),
+    stop_after=st.integers(min_value=0, max_value=60),
+)
+def test_iter_messages_reads_through_fill_until_end_of_file(
+    payloads: list[bytes], cuts: list[int], stop_after: int
+) -> None:
+    """Any split of the stream, any point to stop at: the messages come out
+    whole and in order, stopping loses nothing, end of file just ends."""
+    data = frame(*payloads)
+    pieces = []
+    pos = 0
+    for cut in itertools.cycle(cuts):
+        if pos >= len(data):
+            break
+        pieces.append(data[pos : pos + cut])
+        pos += cut
+    pieces.append(b"")  # end of file
+    feed = iter(pieces)
+    decoder = StreamDecoder()
+    calls = []
+
+    def fill() -> None:
+        piece = next(feed)
+        calls.append(len(piece))
+        decoder.receive_data(piece)
+
+    got = []
+    for message in decoder.iter_messages(fill):
+        got.append(message)
+        if len(got) == stop_after:
+            break
+    got.extend(decoder.iter_messages(fill))  # a second iteration goes on from there
+    assert got == payloads
+    assert calls == [len(p) for p in pieces]  # fill only when no whole message was in
+    with pytest.raises(ChannelClosed):
+        decoder.next_message()
+
+
+def test_iter_messages_raises_what_broken_framing_and_fill_raise() -> None:
+    decoder = StreamDecoder()
+    feed = iter([frame(b"ok") + HEADER.pack(10) + b"abc", b""])
+    messages = decoder.iter_messages(lambda: decoder.receive_data(next(feed)))
+    assert next(messages) == b"ok"
+    with pytest.raises(ProtocolError, match="3 of its 10 payload"):
+        next(messages)
+
+    def failing() -> None:
+        raise ConnectionError("the read failed")
+
+    with pytest.raises(ConnectionError, match="the read failed"):
+        next(StreamDecoder().iter_messages(failing))
+
+
 @pytest.mark.parametrize(
     ("data", "words"),
     [

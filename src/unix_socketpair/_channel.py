@@ -82,8 +82,6 @@ _JOIN_LIMIT = 16 * 1024
 # below it, reading ahead into the decoder (and copying) saves system calls.
 _DIRECT_THRESHOLD = 64 * 1024
 _NO_FDS: tuple[int, ...] = ()
-# Iteration switches to StreamDecoder.iter_ready() after a read of more than this.
-_BULK_READ = 4096
 _ENV = "SOCKETPAIR_FD"
 _MAX_SPIN = 1000
 _MAX_WRITE_BUFFER = 64 * 1024 * 1024
@@ -1076,48 +1074,20 @@ class Channel(ChannelBase):
             raise
 
     def __iter__(self) -> Iterator[bytes]:
-        """Yield each message until the peer closes (then simply stop)."""
-        if not self._stream:
-            while True:
-                try:
-                    yield self.recv()
-                except ChannelClosed:
-                    return
-        dec = self._dec
-        next_message = dec.next_message
-        received = dec.received
-        get_buffer = dec.get_buffer
-        ready = dec.iter_ready
-        recvmsg_into = self._sock.recvmsg_into
-        try:
-            msg = next_message()
-            while True:
-                if msg is not NEED_DATA:
-                    yield msg  # type: ignore[misc]
-                    msg = next_message()
-                    continue
-                # One read (as in recv()); many messages in it are sliced out of
-                # one copy by iter_ready().
-                bufs = (get_buffer(),)
-                if self._held:
-                    self._flush_held()
-                if self._probe:
-                    self._probe_tick()
-                try:
-                    n, anc, flags, _ = recvmsg_into(bufs, ANCBUFSIZE, self._rflags)
-                except OSError as exc:
-                    n, anc, flags = self._recv_failed(exc, bufs)
-                if anc or flags & _MSG_CTRUNC:
-                    if len(anc) == 1 and anc[0][1] == SCM_CREDENTIALS and not flags & _MSG_CTRUNC:
-                        self._creds = anc[0][2]  # the usual read: the sender, no fds
-                    elif self._take_fds_into(n, anc, flags):
-                        msg = next_message()
-                        continue
-                if n > _BULK_READ:
-                    dec.buffer_updated(n)
-                    yield from ready()
-                    msg = next_message()
-                else:
-                    msg = received(n)
-        except ChannelClosed:
-            return
+        """Yield each message until the peer closes (then simply stop).
+
+        Stopping early loses nothing: a later ``recv`` or iteration goes on from
+        the next message.
+        """
+        if self._stream:
+            # One read (_fill, as in recv()) whenever no whole message is in;
+            # the many messages of one read are sliced out of one copy.
+            return self._dec.iter_messages(self._fill)
+        return self._iter_packets()
+
+    def _iter_packets(self) -> Iterator[bytes]:
+        while True:
+            try:
+                yield self.recv()
+            except ChannelClosed:
+                return

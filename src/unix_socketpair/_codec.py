@@ -30,7 +30,7 @@ import errno
 import mmap
 import struct
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Final
 
 from ._ancillary import SCM_MAX_FD, close_fds
@@ -482,15 +482,34 @@ class StreamDecoder:
 
         Raises: as :meth:`next_message` (``ChannelClosed`` at end of file).
         """
+        return self._iterate(None)
+
+    def iter_messages(self, fill: Callable[[], object]) -> Iterator[bytes]:
+        """Yield every message until a clean end of file, then return.
+
+        Whenever no whole message is buffered, call *fill*, which must feed the
+        decoder once (:meth:`get_buffer` and :meth:`buffer_updated`, or
+        :meth:`receive_data`; end of file included) or raise. The I/O stays
+        outside: this is :meth:`iter_ready` and :meth:`next_message` in one
+        generator, without a generator per layer on the path of every message.
+
+        Raises: :class:`ProtocolError` as :meth:`next_message`; whatever *fill*
+        raises.
+        """
+        return self._iterate(fill)
+
+    def _iterate(self, fill: Callable[[], object] | None) -> Iterator[bytes]:
+        unpack_from = _unpack_from
         while True:
             r = self._rpos
             w = self._wpos
             if w - r >= HEADER_SIZE and not self._groups and self._broken is None:
-                size = _unpack_from(self._buf, r)[0]
+                size = unpack_from(self._buf, r)[0]
                 end = r + HEADER_SIZE + size
                 if end <= w and size <= self._max:
-                    if size > _ALONE_SIZE:
-                        # Copied once, alone: slicing it out of a chunk would copy twice.
+                    if end == w or size > _ALONE_SIZE:
+                        # The only message buffered (one copy, not two), or a
+                        # large one (slicing it out of a chunk would copy twice).
                         self._rpos = end
                         yield self._view[r + HEADER_SIZE : end].tobytes()
                         continue
@@ -500,7 +519,6 @@ class StreamDecoder:
                     chunk = self._view[r : r + held].tobytes()
                     base = self._base
                     limit = self._max
-                    unpack_from = _unpack_from
                     # The hot loop of iteration over small messages: locals and
                     # literal 4s (HEADER_SIZE) only, ~20% faster per message.
                     end = 0
@@ -515,9 +533,18 @@ class StreamDecoder:
                         if self._rpos != consumed or self._base != base:
                             break  # someone else consumed or the buffer moved: start over
                     continue
-            msg = self.next_message()
-            if msg is NEED_DATA:
-                return
+            if fill is None:
+                msg = self.next_message()
+                if msg is NEED_DATA:
+                    return
+            else:
+                try:
+                    msg = self.next_message()
+                except ChannelClosed:
+                    return
+                if msg is NEED_DATA:
+                    fill()
+                    continue
             yield msg  # type: ignore[misc]
 
     def next_message_with_fds(self) -> tuple[bytes, list[int]] | _NeedData:
