@@ -19,7 +19,7 @@ from ._helpers import CHILDREN, figure, knob
 MIB_TOTAL = knob("USP_EINTR_MIB", 100, 100)
 
 
-@pytest.mark.parametrize("mode", ["blocking", "asyncio", "uvloop"])
+@pytest.mark.parametrize("mode", ["blocking", "blocking-write-buffer", "asyncio", "uvloop"])
 def test_timer_signal_every_millisecond_loses_nothing(mode: str) -> None:
     if mode == "uvloop":
         pytest.importorskip("uvloop")

@@ -46,6 +46,19 @@ CHILD = textwrap.dedent(
         with a:
             attempt(f"send_fds[{tname}]", lambda: a.send(b"fd", fds=[w]))
 
+    # A write buffer: the failure comes from the flush, the close, or a read's flush.
+    a, b = Channel.pair(write_buffer=4096)
+    b.close()
+    a.send(b"held")
+    attempt("write_buffer_flush", a.flush)
+    a.send(b"held")
+    attempt("write_buffer_close", a.close)
+    a, b = Channel.pair(write_buffer=4096)
+    b.close()
+    with a:
+        a.send(b"x" * 100)  # held
+        attempt("write_buffer_full", lambda: a.send(b"x" * 5000))  # fills it: all go
+
     async def async_case():
         a, b = AsyncChannel.pair()
         b.close()
@@ -69,6 +82,6 @@ def test_writes_to_a_closed_peer_raise_and_the_process_lives() -> None:
     assert done.returncode == 0, f"status {done.returncode} (-13 is SIGPIPE)\n{done.stderr}"
     assert lines[-2:] == ["alive", ""]
     results = dict(line.split() for line in lines[:-2])
-    assert len(results) == 10
+    assert len(results) == 13
     for case, outcome in results.items():
         assert outcome == "BrokenPipeError", f"{case}: {outcome}"

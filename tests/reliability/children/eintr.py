@@ -1,10 +1,10 @@
 """Transfer through a channel pair while a timer signal fires every millisecond.
 
-Run as ``python eintr.py blocking|asyncio|uvloop MIB``. A ``SIGALRM`` handler (installed with
-``signal.signal``, so blocking system calls really are interrupted: no ``SA_RESTART``)
-counts the signals. At least MIB MiB and at least 200 signals go through, in messages of
-varied sizes cut from a seeded random block; sender and receiver each hash what they
-saw. Prints one JSON line.
+Run as ``python eintr.py blocking|blocking-write-buffer|asyncio|uvloop MIB``. A
+``SIGALRM`` handler (installed with ``signal.signal``, so blocking system calls really are
+interrupted: no ``SA_RESTART``) counts the signals. At least MIB MiB and at least 200
+signals go through, in messages of varied sizes cut from a seeded random block; sender and
+receiver each hash what they saw. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def messages(total: int) -> list[tuple[int, int]]:
 BLOCK = memoryview(random.Random(2).randbytes(2 * MIB))
 
 
-def run_blocking(total: int) -> dict[str, object]:
-    sender, receiver = Channel.pair()
+def run_blocking(total: int, write_buffer: int = 0) -> dict[str, object]:
+    sender, receiver = Channel.pair(write_buffer=write_buffer)
     sent_digest = hashlib.sha256()
     rounds = 0
 
@@ -137,6 +137,9 @@ def main() -> None:
     try:
         if mode == "blocking":
             report = run_blocking(mib * MIB)
+        elif mode == "blocking-write-buffer":
+            # Small messages held and flushed 64 KiB at a time, large ones after them.
+            report = run_blocking(mib * MIB, write_buffer=64 * 1024)
         elif mode == "uvloop":
             import uvloop
 
