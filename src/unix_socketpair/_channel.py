@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import mmap
 import os
+import select
 import socket
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from types import TracebackType
@@ -203,6 +206,36 @@ def _fd_from_env() -> int:
     if fd < 0:
         raise ValueError(f"{_ENV}={raw!r} is negative")
     return fd
+
+
+class _Deadline:
+    """When a receive with a timeout must give up, and how to wait until then."""
+
+    __slots__ = ("at", "timeout")
+
+    def __init__(self, timeout: object) -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(
+                f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
+            )
+        if not timeout >= 0:  # NaN too
+            raise ValueError(f"timeout must be >= 0 seconds, not {timeout}")
+        self.timeout = float(timeout)
+        self.at = time.monotonic() + self.timeout
+
+    def wait_readable(self, sock: socket.socket, partial: int) -> None:
+        """Return once *sock* is readable; raise TimeoutError if the deadline
+        passes first (*partial*: bytes of the next message already in)."""
+        remaining = self.at - time.monotonic()
+        if remaining > 0:
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            if poller.poll(math.ceil(remaining * 1000)):
+                return
+        kept = f"; the {partial} bytes of it that did stay queued" if partial else ""
+        raise TimeoutError(
+            errno.ETIMEDOUT, f"no whole message arrived within {self.timeout:g} s{kept}"
+        )
 
 
 class ChannelBase:
@@ -497,24 +530,47 @@ class ChannelBase:
             return BrokenPipeError(errno.EPIPE, "the peer has closed the channel")
         return exc
 
-    def _fill(self) -> int:
+    def _fill(self, deadline: _Deadline | None = None) -> int:
         """One read from a stream socket into the decoder; return the byte count
-        (0 at end of file). May raise BlockingIOError, having changed nothing."""
+        (0 at end of file). May raise BlockingIOError, having changed nothing;
+        with a *deadline*, TimeoutError once it passes, having changed nothing."""
         dec = self._dec
         bufs = (dec.get_buffer(),)
         if self._held:
             self._flush_held()
-        if self._probe:
-            self._probe_tick()
-        try:
-            n, anc, flags, _ = self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags)
-        except OSError as exc:
-            n, anc, flags = self._recv_failed(exc, bufs)
+        if deadline is not None:
+            n, anc, flags = self._read_within(bufs, _MSG_CMSG_CLOEXEC, deadline)
+        else:
+            if self._probe:
+                self._probe_tick()
+            try:
+                n, anc, flags, _ = self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags)
+            except OSError as exc:
+                n, anc, flags = self._recv_failed(exc, bufs)
         if anc or flags & _MSG_CTRUNC:
             dec.buffer_updated(n, self._take_fds(anc, flags) or None)
         else:
             dec.buffer_updated(n)
         return n
+
+    def _read_within(
+        self, bufs: tuple[memoryview, ...], flags: int, deadline: _Deadline
+    ) -> tuple[int, list[Any], int]:
+        """One read into *bufs* that waits no later than *deadline* (never spins:
+        it waits in ``poll``). Raises TimeoutError having read nothing."""
+        recvmsg_into = self._sock.recvmsg_into
+        while True:
+            try:
+                return recvmsg_into(bufs, ANCBUFSIZE, flags | _MSG_DONTWAIT)[:3]
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                return self._recv_failed(exc, bufs, flags)
+            deadline.wait_readable(self._sock, self._partial())
+
+    def _partial(self) -> int:
+        """Bytes of a message not yet whole (stream channels)."""
+        return self._dec.buffered() if self._stream else 0
 
     def _recv_failed(
         self, exc: OSError, bufs: tuple[memoryview, ...], flags: int = _MSG_CMSG_CLOEXEC
@@ -621,20 +677,26 @@ class ChannelBase:
         """After next_size(): should the payload go straight into the caller's buffer?"""
         return size >= _DIRECT_THRESHOLD and self._dec.buffered() < HEADER_SIZE + size
 
-    def _packet_step(self, target: memoryview | None) -> tuple[int, list[int]]:
+    def _packet_step(
+        self, target: memoryview | None, deadline: _Deadline | None = None
+    ) -> tuple[int, list[int]]:
         """Receive one packet: into *target* first (if given), the rest into the
-        packet buffer. Returns ``(size, fds)``; raises ChannelClosed at EOF."""
+        packet buffer. Returns ``(size, fds)``; raises ChannelClosed at EOF, and
+        TimeoutError once *deadline* (if given) passes with no packet."""
         if self._pkt_broken is not None:
             raise ProtocolError(f"the channel is unusable: {self._pkt_broken}")
         self._check_open()
         bufs = (self._pkt_view,) if target is None else (target, self._pkt_view)
-        if self._probe:
+        if self._probe and deadline is None:
             self._probe_tick()
         try:
             try:
-                n, anc, flags, _ = self._sock.recvmsg_into(
-                    bufs, ANCBUFSIZE, _PACKET_RECV_FLAGS | (self._rflags & _MSG_DONTWAIT)
-                )
+                if deadline is not None:
+                    n, anc, flags = self._read_within(bufs, _PACKET_RECV_FLAGS, deadline)
+                else:
+                    n, anc, flags, _ = self._sock.recvmsg_into(
+                        bufs, ANCBUFSIZE, _PACKET_RECV_FLAGS | (self._rflags & _MSG_DONTWAIT)
+                    )
             except BlockingIOError as exc:
                 n, anc, flags = self._recv_failed(exc, bufs, _PACKET_RECV_FLAGS)
         except ConnectionResetError:
@@ -661,7 +723,9 @@ class ChannelBase:
             raise ProtocolError(reason + "; the channel is unusable")
         return n, fds
 
-    def _packet_into(self, target: memoryview) -> tuple[int, list[int]]:
+    def _packet_into(
+        self, target: memoryview, deadline: _Deadline | None = None
+    ) -> tuple[int, list[int]]:
         """Deliver a pending packet into *target*, or receive one (see recv_into)."""
         pending = self._pending
         if pending is not None:
@@ -672,7 +736,7 @@ class ChannelBase:
             target[:size] = payload
             self._pending = None
             return size, fds
-        size, fds = self._packet_step(target)
+        size, fds = self._packet_step(target, deadline)
         limit = len(target)
         if size > limit:
             # Keep the whole packet queued: caller's part plus the overflow.
@@ -681,12 +745,12 @@ class ChannelBase:
             raise self._too_small(size, limit)
         return size, fds
 
-    def _packet_message(self) -> tuple[bytes, list[int]]:
+    def _packet_message(self, deadline: _Deadline | None = None) -> tuple[bytes, list[int]]:
         pending = self._pending
         if pending is not None:
             self._pending = None
             return pending
-        size, fds = self._packet_step(None)
+        size, fds = self._packet_step(None, deadline)
         return self._pkt_view[:size].tobytes(), fds
 
     @staticmethod
@@ -965,17 +1029,28 @@ class Channel(ChannelBase):
 
     # -- receiving ----------------------------------------------------------
 
-    def recv(self) -> bytes:
+    def recv(self, timeout: float | None = None) -> bytes:
         """Return the next message (a new ``bytes``), waiting for it.
 
         Descriptors that came with it are closed: use :meth:`recv_with_fds`
         to take them.
 
+        *timeout* (seconds, ``None``: wait as long as it takes) bounds the wait
+        for the whole message; 0 takes only a message that is already there.
+        When it passes, ``TimeoutError`` is raised and nothing is lost: the part
+        of a message that did arrive stays queued for the next receive.
+
         Raises:
             ChannelClosed: the peer closed at a message boundary.
             ProtocolError: broken framing; the channel is unusable.
             FdError: descriptors truncated or over ``max_fds`` (all closed).
+            TimeoutError: *timeout* passed first.
+            TypeError, ValueError: *timeout* is not a number >= 0.
         """
+        if timeout is not None:
+            payload, fds = self._recv_within(_Deadline(timeout))
+            close_fds(fds)
+            return payload
         if self._stream:
             dec = self._dec
             msg = dec.next_message()
@@ -1010,13 +1085,16 @@ class Channel(ChannelBase):
         close_fds(fds)
         return payload
 
-    def recv_with_fds(self) -> tuple[bytes, list[int]]:
+    def recv_with_fds(self, timeout: float | None = None) -> tuple[bytes, list[int]]:
         """Return the next message and the descriptors sent with it.
 
         The caller owns the descriptors (close-on-exec) and must close them.
+        *timeout*: as :meth:`recv`.
 
         Raises: as :meth:`recv`.
         """
+        if timeout is not None:
+            return self._recv_within(_Deadline(timeout))
         self._check_open()
         if self._stream:
             dec = self._dec
@@ -1027,11 +1105,26 @@ class Channel(ChannelBase):
             return result  # type: ignore[return-value]
         return self._packet_message()
 
-    def recv_into(self, buffer: Buffer) -> int:
+    def _recv_within(self, deadline: _Deadline) -> tuple[bytes, list[int]]:
+        """The next message and its descriptors, waiting no later than *deadline*."""
+        self._check_open()
+        if not self._stream:
+            return self._packet_message(deadline)
+        dec = self._dec
+        result = dec.next_message_with_fds()
+        while result is NEED_DATA:
+            self._fill(deadline)
+            result = dec.next_message_with_fds()
+        return result  # type: ignore[return-value]
+
+    def recv_into(self, buffer: Buffer, timeout: float | None = None) -> int:
         """Receive the next message into *buffer*; return its size.
 
         Zero-copy for large messages: the payload is read straight into
-        *buffer*. Descriptors that came with the message are closed.
+        *buffer* (not with a *timeout*, which is as for :meth:`recv`: a
+        message cut short by it must stay queued, so it is read into the
+        channel's own buffer first). Descriptors that came with the message are
+        closed.
 
         Raises:
             TypeError: *buffer* is not a writable bytes-like object.
@@ -1041,23 +1134,26 @@ class Channel(ChannelBase):
             others: as :meth:`recv`.
         """
         target = _writable(buffer)
+        deadline = None if timeout is None else _Deadline(timeout)
         self._check_open()
         if not self._stream:
-            size, fds = self._packet_into(target)
+            size, fds = self._packet_into(target, deadline)
             close_fds(fds)
             return size
         dec = self._dec
         while True:
             next_size = dec.next_size()
             if next_size is NEED_DATA:
-                self._fill()
+                self._fill(deadline)
                 continue
             size = int(next_size)  # type: ignore[arg-type]
             if size > len(target):
                 raise self._too_small(size, len(target))
-            if dec.buffered() >= HEADER_SIZE + size or self._wants_direct(size):
+            if dec.buffered() >= HEADER_SIZE + size or (
+                deadline is None and self._wants_direct(size)
+            ):
                 break
-            self._fill()
+            self._fill(deadline)
         size, copied = dec.read_into(target)
         if copied == size:
             close_fds(dec.take_fds_for_buffered(size))
