@@ -233,9 +233,8 @@ class _Deadline:
             if poller.poll(math.ceil(remaining * 1000)):
                 return
         kept = f"; the {partial} bytes of it that did stay queued" if partial else ""
-        raise TimeoutError(
-            errno.ETIMEDOUT, f"no whole message arrived within {self.timeout:g} s{kept}"
-        )
+        # No errno, as the socket module's own timeouts.
+        raise TimeoutError(f"no whole message arrived within {self.timeout:g} s{kept}")
 
 
 class ChannelBase:
