@@ -487,18 +487,20 @@ def test_frames_child_exiting_inside_a_message_is_reported() -> None:
 # ------------------------------------------------------------------------------ signals
 
 
-# Runs the tool with SIGINT at its default action even if this test run ignores it (as
-# background jobs do): a tool started with SIGINT ignored rightly leaves it ignored.
-_SIGINT_DEFAULT = (
+# Runs the tool with the signals it forwards at their default action even if this test
+# run ignores them (background jobs ignore SIGINT and SIGQUIT, nohup SIGHUP): a tool
+# started with a signal ignored rightly leaves it ignored.
+_SIGNALS_DEFAULT = (
     "import os, signal, sys\n"
-    "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+    "for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):\n"
+    "    signal.signal(signum, signal.SIG_DFL)\n"
     "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
 )
 
 
 def _start_with_pid_reporting_child(*mode: str, child_code: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [PY, "-c", _SIGINT_DEFAULT, *cli(*mode, "--", PY, "-c", child_code)[1:]],
+        [PY, "-c", _SIGNALS_DEFAULT, *cli(*mode, "--", PY, "-c", child_code)[1:]],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
