@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: fd counting, required tools, compiling C children."""
+"""Helpers shared by the tests: fd counting, required tools, compiling C children,
+a peer thread."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +79,26 @@ def run_python(
         timeout=timeout,
         **kwargs,
     )
+
+
+def in_thread(target: Callable[[], object]) -> Callable[[], None]:
+    """Run *target* in a thread; return a join() that re-raises its failure
+    (and fails if the thread is still running a minute later)."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+
+    def join() -> None:
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the thread hung"
+        if failure:
+            raise failure[0]
+
+    return join

@@ -109,70 +109,60 @@ def test_quick_run_reports_every_row(quick_run: tuple[str, dict[str, Any]]) -> N
     assert all(check["target"] for check in report["targets"])
 
 
-# The rows that bound a target: (case, key) -> the target whose "floors" name them.
-FLOORS = {
-    ("framed-64b", "floor-send"): "64 B send / recv vs Pipe",
-    ("rtt", "floor-recvmsg"): "round trip Channel vs socket (time ratio ≤ 1.15)",
-    ("rtt", "floor-recvmsg-passcred"): "round trip Channel vs socket (time ratio ≤ 1.15)",
+# Rows shown beside a target, by the field of the target check that names them:
+# "floors" (rows that do only what any implementation must) and "options" (the same
+# API with a non-default option); (case, key) -> the target, and how its line shows one.
+BESIDE = {
+    "floors": (
+        {
+            ("framed-64b", "floor-send"): "64 B send / recv vs Pipe",
+            ("rtt", "floor-recvmsg"): "round trip Channel vs socket (time ratio ≤ 1.15)",
+            ("rtt", "floor-recvmsg-passcred"): "round trip Channel vs socket (time ratio ≤ 1.15)",
+        },
+        "{label}, the floor: {value}",
+    ),
+    "options": (
+        {
+            ("framed-64b", "channel-buffered"): "64 B send / recv vs Pipe",
+            ("rtt", "channel-spin0"): "round trip Channel vs socket (time ratio ≤ 1.15)",
+        },
+        "{label}: {value}",
+    ),
 }
 
 
-def test_quick_run_reports_the_floors_beside_their_targets(
-    quick_run: tuple[str, dict[str, Any]],
+@pytest.mark.parametrize("field", sorted(BESIDE))
+def test_quick_run_reports_rows_beside_their_targets(
+    field: str, quick_run: tuple[str, dict[str, Any]]
 ) -> None:
+    expected, shown = BESIDE[field]
     stdout, report = quick_run
     rows = {(case["id"], row["key"]): row for case in report["cases"] for row in case["rows"]}
     checks = {check["target"]: check for check in report["targets"]}
     named = {
-        floor["key"]: check["target"]
+        entry["key"]: check["target"]
         for check in report["targets"]
-        for floor in check.get("floors", [])
+        for entry in check.get(field, [])
     }
-    assert named == {key: target for (_, key), target in FLOORS.items()}
-    for (case_id, key), target in FLOORS.items():
+    assert named == {key: target for (_, key), target in expected.items()}
+    for (case_id, key), target in expected.items():
         row = rows[case_id, key]
-        # Plain sockets: measured wherever the platform has the option they need.
+        # Measured wherever the platform has the socket option the row needs.
         if key.endswith("passcred") and not hasattr(socket, "SO_PASSCRED"):
             assert row["status"] == "unavailable", row
         else:
             assert row["status"] == "ok", row
-        (floor,) = [f for f in checks[target]["floors"] if f["key"] == key]
+        (entry,) = [e for e in checks[target][field] if e["key"] == key]
+        # Never part of whether the target is met: that is the default row's alone.
+        check = checks[target]
+        assert check["met"] == (check["achieved"] >= check["minimum"])
         (line,) = [line for line in stdout.splitlines() if f"] {target}: " in line]
         if row["status"] != "ok":
-            assert floor["achieved"] is None
-            assert f"{floor['label']}, the floor: —" in line
+            assert entry["achieved"] is None
+            assert shown.format(label=entry["label"], value="—") in line
             continue
-        assert floor["achieved"] > 0
-        assert f"{floor['label']}, the floor: {floor['achieved']:.2f}" in line
-
-
-# Rows of the same API with a non-default option, shown beside a target.
-OPTIONS = {
-    ("framed-64b", "channel-buffered"): "64 B send / recv vs Pipe",
-    ("rtt", "channel-spin0"): "round trip Channel vs socket (time ratio ≤ 1.15)",
-}
-
-
-def test_quick_run_reports_the_option_rows_beside_their_targets(
-    quick_run: tuple[str, dict[str, Any]],
-) -> None:
-    stdout, report = quick_run
-    rows = {(case["id"], row["key"]): row for case in report["cases"] for row in case["rows"]}
-    checks = {check["target"]: check for check in report["targets"]}
-    named = {
-        option["key"]: check["target"]
-        for check in report["targets"]
-        for option in check.get("options", [])
-    }
-    assert named == {key: target for (_, key), target in OPTIONS.items()}
-    for (case_id, key), target in OPTIONS.items():
-        assert rows[case_id, key]["status"] == "ok", rows[case_id, key]
-        (option,) = [o for o in checks[target]["options"] if o["key"] == key]
-        assert option["achieved"] > 0
-        # Never part of whether the target is met: that is the default row's.
-        assert checks[target]["met"] == (checks[target]["achieved"] >= checks[target]["minimum"])
-        (line,) = [line for line in stdout.splitlines() if f"] {target}: " in line]
-        assert f"{option['label']}: {option['achieved']:.2f}" in line
+        assert entry["achieved"] > 0
+        assert shown.format(label=entry["label"], value=f"{entry['achieved']:.2f}") in line
 
 
 def test_quick_run_measures_the_limit_when_cc_is_there(

@@ -12,11 +12,10 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 
 import pytest
-from support import EXAMPLES, open_fds, run_python
+from support import EXAMPLES, in_thread, open_fds, run_python
 
 from unix_socketpair import (
     SOCK_DGRAM,
@@ -55,28 +54,6 @@ def closed(fd: int) -> bool:
     except OSError:
         return True
     return False
-
-
-def in_thread(target: Callable[[], object]) -> Callable[[], None]:
-    """Run *target* in a thread; return a join() that re-raises its failure."""
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            target()
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-
-    def join() -> None:
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "sender thread hung"
-        if failure:
-            raise failure[0]
-
-    return join
 
 
 # -- round trips ----------------------------------------------------------------

@@ -116,22 +116,30 @@ def test_spinning_channels_carry_everything(sock_type: int, spin: int, no_fd_lea
 # The main thread blocks in recv(); a second thread sends only once the main
 # thread sleeps in a system call on the channel's descriptor (/proc/.../syscall
 # names the call's first argument: the fd), so the trace shows every attempt.
-_TRACED = textwrap.dedent(
+_WHEN_MAIN_SLEEPS = textwrap.dedent(
     """
-    import sys, threading, os
-    from unix_socketpair import Channel
-    spin = int(sys.argv[1])
-    a, b = Channel.pair(spin=spin)
-    main = threading.get_native_id()
+    import os, sys, threading
+    MAIN = threading.get_native_id()
 
-    def sender():
-        path = f"/proc/self/task/{main}/syscall"
+    def when_main_sleeps_on(fd):
+        # Return once the main thread sleeps in a system call on *fd*.
+        path = f"/proc/self/task/{MAIN}/syscall"
         while True:
             with open(path) as f:
                 fields = f.read().split()
-            if fields[0] != "running" and int(fields[1], 16) == a.fileno():
-                break
+            if fields[0] != "running" and int(fields[1], 16) == fd:
+                return
             os.sched_yield()
+    """
+)
+_TRACED = _WHEN_MAIN_SLEEPS + textwrap.dedent(
+    """
+    from unix_socketpair import Channel
+    spin = int(sys.argv[1])
+    a, b = Channel.pair(spin=spin)
+
+    def sender():
+        when_main_sleeps_on(a.fileno())
         b.send(b"late")
 
     t = threading.Thread(target=sender)
@@ -175,25 +183,17 @@ def test_a_receive_tries_spin_times_then_sleeps(spin: int) -> None:
 
 # Five-plus waits in a row, each one sleeping for sure (the sender waits for
 # that), then data already queued; markers between them split the trace.
-_ADAPTIVE = textwrap.dedent(
+_ADAPTIVE = _WHEN_MAIN_SLEEPS + textwrap.dedent(
     """
-    import os, sys, threading
     from unix_socketpair import Channel
     from unix_socketpair import _channel
     _channel._PROBE_READS = 3
     a, b = Channel.pair(spin=3)
-    main = threading.get_native_id()
     go = threading.Semaphore(0)
 
     def sender():
-        path = f"/proc/self/task/{main}/syscall"
         while go.acquire() and not stop:
-            while True:
-                with open(path) as f:
-                    fields = f.read().split()
-                if fields[0] != "running" and int(fields[1], 16) == a.fileno():
-                    break
-                os.sched_yield()
+            when_main_sleeps_on(a.fileno())
             b.send(b"late")
 
     stop = False

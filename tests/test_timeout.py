@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 import os
 import struct
-import threading
 import time
-from collections.abc import Callable
 
 import pytest
+from support import in_thread
 
 from unix_socketpair import (
     SOCK_DGRAM,
@@ -21,31 +20,6 @@ from unix_socketpair import (
 
 HEADER = struct.Struct(">I")
 ALL_TYPES = [SOCK_STREAM, SOCK_SEQPACKET, SOCK_DGRAM]
-
-
-def later(action: Callable[[], object]) -> tuple[threading.Event, Callable[[], None]]:
-    """Run *action* in a thread once the returned event is set; return (event, join)."""
-    go = threading.Event()
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            if go.wait(timeout=60):
-                action()
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-
-    def join() -> None:
-        go.set()
-        thread.join(timeout=60)
-        assert not thread.is_alive()
-        if failure:
-            raise failure[0]
-
-    return go, join
 
 
 @pytest.mark.parametrize("sock_type", ALL_TYPES)
@@ -70,8 +44,7 @@ def test_nothing_arrives_then_a_message_does(sock_type: int, how: str, no_fd_lea
         assert time.monotonic() - start >= 0.05  # it did wait
         with pytest.raises(TimeoutError):
             receive(0)
-        go, join = later(lambda: a.send(b"late"))
-        go.set()
+        join = in_thread(lambda: a.send(b"late"))
         assert receive(30) == b"late"
         join()
         a.send(b"queued")
@@ -90,8 +63,7 @@ def test_a_message_cut_short_by_the_timeout_stays_queued(no_fd_leak: None) -> No
         buffer = bytearray(len(payload))
         with pytest.raises(TimeoutError):
             b.recv_into(buffer, timeout=0.01)
-        go, join = later(lambda: raw.sendall(frame[1000:]))
-        go.set()
+        join = in_thread(lambda: raw.sendall(frame[1000:]))
         assert b.recv_into(buffer, timeout=30) == len(payload)
         join()
         assert buffer == payload
@@ -121,8 +93,7 @@ def test_descriptors_wait_with_their_message(no_fd_leak: None) -> None:
 def test_end_of_file_while_waiting_is_channel_closed(sock_type: int, no_fd_leak: None) -> None:
     a, b = Channel.pair(sock_type)
     with b:
-        go, join = later(a.close)
-        go.set()
+        join = in_thread(a.close)
         with pytest.raises(ChannelClosed):
             b.recv(timeout=30)
         join()
@@ -135,8 +106,7 @@ def test_a_held_request_goes_before_the_wait(no_fd_leak: None) -> None:
         b.send(b.recv(timeout=30).upper())
         b.flush()
 
-    go, join = later(reply)
-    go.set()
+    join = in_thread(reply)
     with a, b:
         a.send(b"ping")  # held until a reads
         assert a.recv(timeout=30) == b"PING"

@@ -7,10 +7,9 @@ import gc
 import os
 import random
 import socket
-import threading
-from collections.abc import Callable
 
 import pytest
+from support import in_thread
 
 from unix_socketpair import (
     SOCK_DGRAM,
@@ -30,27 +29,6 @@ def queued(channel: Channel) -> int:
         return 0
     finally:
         sock.close()
-
-
-def in_thread(target: Callable[[], object]) -> Callable[[], None]:
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            target()
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-
-    def join() -> None:
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "thread hung"
-        if failure:
-            raise failure[0]
-
-    return join
 
 
 @pytest.mark.parametrize(

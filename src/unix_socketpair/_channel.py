@@ -535,22 +535,30 @@ class ChannelBase:
         with a *deadline*, TimeoutError once it passes, having changed nothing."""
         dec = self._dec
         bufs = (dec.get_buffer(),)
-        if self._held:
-            self._flush_held()
-        if deadline is not None:
-            n, anc, flags = self._read_within(bufs, _MSG_CMSG_CLOEXEC, deadline)
+        if deadline is None:
+            n, anc, flags = self._read(bufs)
         else:
-            if self._probe:
-                self._probe_tick()
-            try:
-                n, anc, flags, _ = self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags)
-            except OSError as exc:
-                n, anc, flags = self._recv_failed(exc, bufs)
+            if self._held:
+                self._flush_held()
+            n, anc, flags = self._read_within(bufs, _MSG_CMSG_CLOEXEC, deadline)
         if anc or flags & _MSG_CTRUNC:
             dec.buffer_updated(n, self._take_fds(anc, flags) or None)
         else:
             dec.buffer_updated(n)
         return n
+
+    def _read(self, bufs: tuple[memoryview, ...]) -> tuple[int, list[Any], int]:
+        """One stream read into *bufs* as the channel is set up: first send what
+        a write buffer holds, then spin (see _recv_failed) or wait.
+        (``recv()`` has this inlined: its path is where every call shows.)"""
+        if self._held:
+            self._flush_held()
+        if self._probe:
+            self._probe_tick()
+        try:
+            return self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags)[:3]
+        except OSError as exc:
+            return self._recv_failed(exc, bufs)
 
     def _read_within(
         self, bufs: tuple[memoryview, ...], flags: int, deadline: _Deadline
@@ -658,15 +666,7 @@ class ChannelBase:
     def _direct_step(self, target: memoryview) -> tuple[int, list[int] | None]:
         """One read straight into *target* (the rest of a message's payload):
         ``(nbytes, the message's fds once it is complete else None)``."""
-        bufs = (target,)
-        if self._held:
-            self._flush_held()
-        if self._probe:
-            self._probe_tick()
-        try:
-            n, anc, flags, _ = self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags)
-        except OSError as exc:
-            n, anc, flags = self._recv_failed(exc, bufs)
+        n, anc, flags = self._read((target,))
         fds = None
         if anc or flags & _MSG_CTRUNC:
             fds = self._take_fds(anc, flags) or None
@@ -1054,8 +1054,8 @@ class Channel(ChannelBase):
             dec = self._dec
             msg = dec.next_message()
             while msg is NEED_DATA:
-                # _fill() inlined: this is the path of a reader that waits for
-                # each message (ping-pong), where every Python call shows.
+                # _fill() and _read() inlined: this is the path of a reader that
+                # waits for each message (ping-pong), where every Python call shows.
                 bufs = (dec.get_buffer(),)
                 if self._held:
                     self._flush_held()

@@ -712,21 +712,21 @@ def _rtt_floor_recvmsg(n: int, *, passcred: bool = False) -> Sample:
         frame, room, rflags, sflags, length = (
             _FRAME_1, ANCBUFSIZE, _MSG_CMSG_CLOEXEC, _MSG_NOSIGNAL, size
         )  # fmt: skip
+
+        def exchange(count: int) -> None:
+            # One call per loop, not per round trip: the loop itself runs on locals.
+            for _ in range(count):
+                if send(frame, sflags) != length:
+                    raise RuntimeError("a small frame was sent in part")
+                got = recvmsg_into(bufs, room, rflags)[0]
+                if got != length:
+                    _recv_rest(a, view, got)
+
         try:
             race.go()
-            for _ in range(_WARMUP):
-                if send(frame, sflags) != length:
-                    raise RuntimeError("a small frame was sent in part")
-                got = recvmsg_into(bufs, room, rflags)[0]
-                if got != length:
-                    _recv_rest(a, view, got)
+            exchange(_WARMUP)
             race.start()
-            for _ in range(n):
-                if send(frame, sflags) != length:
-                    raise RuntimeError("a small frame was sent in part")
-                got = recvmsg_into(bufs, room, rflags)[0]
-                if got != length:
-                    _recv_rest(a, view, got)
+            exchange(n)
             race.stop()
         finally:
             view.release()
