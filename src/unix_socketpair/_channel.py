@@ -1047,7 +1047,7 @@ class Channel(ChannelBase):
             TypeError, ValueError: *timeout* is not a number >= 0.
         """
         if timeout is not None:
-            payload, fds = self._recv_within(_Deadline(timeout))
+            payload, fds = self._next_with_fds(_Deadline(timeout))
             close_fds(fds)
             return payload
         if self._stream:
@@ -1092,20 +1092,11 @@ class Channel(ChannelBase):
 
         Raises: as :meth:`recv`.
         """
-        if timeout is not None:
-            return self._recv_within(_Deadline(timeout))
-        self._check_open()
-        if self._stream:
-            dec = self._dec
-            result = dec.next_message_with_fds()
-            while result is NEED_DATA:
-                self._fill()
-                result = dec.next_message_with_fds()
-            return result  # type: ignore[return-value]
-        return self._packet_message()
+        return self._next_with_fds(None if timeout is None else _Deadline(timeout))
 
-    def _recv_within(self, deadline: _Deadline) -> tuple[bytes, list[int]]:
-        """The next message and its descriptors, waiting no later than *deadline*."""
+    def _next_with_fds(self, deadline: _Deadline | None) -> tuple[bytes, list[int]]:
+        """The next message and its descriptors, waiting no later than *deadline*
+        (None: as long as it takes)."""
         self._check_open()
         if not self._stream:
             return self._packet_message(deadline)
