@@ -146,6 +146,16 @@ def _ratio(case: Case | None, rows: dict[str, Row], key: str, reference: str) ->
     return ratio if case.higher_is_better else 1 / ratio  # for latency, "times faster"
 
 
+def _beside(
+    case: Case | None, rows: dict[str, Row], reference: str, entries: tuple[tuple[str, str], ...]
+) -> list[dict[str, Any]]:
+    """Rows (key, label) shown beside a target, with their ratio to its reference."""
+    return [
+        {"key": key, "label": label, "achieved": _ratio(case, rows, key, reference)}
+        for key, label in entries
+    ]
+
+
 def _check_targets(
     cases: Sequence[Case], results: dict[str, list[Row]], scale: Sequence[Row]
 ) -> list[dict[str, Any]]:
@@ -161,24 +171,10 @@ def _check_targets(
                 "minimum": target.minimum,
                 "achieved": ratio,
                 "met": None if ratio is None else ratio >= target.minimum,
-                # Not part of "met": what the least possible implementation achieves.
-                "floors": [
-                    {
-                        "key": key,
-                        "label": label,
-                        "achieved": _ratio(case, rows, key, target.reference),
-                    }
-                    for key, label in target.floors
-                ],
-                # Not part of "met" either: the same API with a non-default option.
-                "options": [
-                    {
-                        "key": key,
-                        "label": label,
-                        "achieved": _ratio(case, rows, key, target.reference),
-                    }
-                    for key, label in target.options
-                ],
+                # Neither is part of "met": what the least possible implementation
+                # achieves, and the same API with a non-default option.
+                "floors": _beside(case, rows, target.reference, target.floors),
+                "options": _beside(case, rows, target.reference, target.options),
             }
         )
     for row in scale:
