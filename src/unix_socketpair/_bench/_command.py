@@ -122,7 +122,7 @@ TARGETS = (
            "socket-detach", 0.95),
     Target("64 B send_many + iteration vs Pipe", "framed-64b", "channel-many", "pipe", 5.0),
     Target("64 B send / recv vs Pipe", "framed-64b", "channel", "pipe", 1.5,
-           (("floor-send", "one send per message"),),
+           (("floor-send", "a bare framing send per message"),),
            (("channel-buffered", "with write_buffer=64 KiB"),)),
     Target("64 B AsyncChannel vs asyncio readexactly", "framed-64b", "async-channel",
            "asyncio", 2.0),
