@@ -803,7 +803,7 @@ class Channel(ChannelBase):
     flush and the sender share a lock).
     """
 
-    __slots__ = ("_wlimit", "_wlock")
+    __slots__ = ("_hold_max", "_wlimit", "_wlock")
 
     def __init__(
         self,
@@ -837,6 +837,9 @@ class Channel(ChannelBase):
             self._held = bytearray()
             self._wlimit = write_buffer
             self._wlock = threading.Lock()
+            # Small messages are held, not sent: off send()'s fast path.
+            self._hold_max = self._small
+            self._small = -1
 
     @property
     def write_buffer(self) -> int:
@@ -938,20 +941,25 @@ class Channel(ChannelBase):
             TooManyFds: more than ``max_fds`` descriptors; nothing sent.
             BrokenPipeError: the peer has closed (never SIGPIPE).
         """
+        # The fast path: one system call per small bytes message, as little Python
+        # around it as possible (measured: within ~3-5% of an inline
+        # send(header + payload) loop). _small is -1 with a write buffer.
+        if fds is _NO_FDS and type(data) is bytes:
+            size = len(data)
+            if size <= self._small:
+                frame = _pack(size) + data
+                # send(), not sendall(): less work per call, and a send that a
+                # signal handler's exception cuts short after part of the frame
+                # must leave the channel refusing further sends (_sendmsg_all).
+                try:
+                    sent = self._sock.send(frame, MSG_NOSIGNAL)
+                except OSError as exc:
+                    raise self._send_error(exc, [data]) from exc
+                if sent != size + HEADER_SIZE:
+                    self._sendmsg_all([memoryview(frame)[sent:]], [], partial=True)
+                return
         if self._held is not None:
             self._send_held(data, fds)
-            return
-        if fds is _NO_FDS and type(data) is bytes and len(data) <= self._small:
-            frame = _pack(len(data)) + data
-            # send(), not sendall(): less work per call, and a send that a signal
-            # handler's exception cuts short after part of the frame must leave
-            # the channel refusing further sends (_sendmsg_all does that).
-            try:
-                sent = self._sock.send(frame, MSG_NOSIGNAL)
-            except OSError as exc:
-                raise self._send_error(exc, [data]) from exc
-            if sent != len(frame):
-                self._sendmsg_all([memoryview(frame)[sent:]], [], partial=True)
             return
         bufs, anc = self._prepare(data, fds)
         self._sendmsg_all(bufs, anc)
@@ -994,8 +1002,8 @@ class Channel(ChannelBase):
                     size = len(data)
                 else:
                     data, size = payload_of(data)
-                if size <= self._small:
-                    self._check_open()
+                if size <= self._hold_max:
+                    self._check_send()
                     held = self._held
                     assert held is not None
                     held += _pack(size)
