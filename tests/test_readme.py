@@ -1,62 +1,91 @@
-"""Every ```python block of the README runs, and prints what the README says it prints."""
+"""Every example of the README and of docs/*.md runs, and prints what the page says it prints.
+
+What counts as an example is defined in ``doc_examples``. Each one runs in a scratch directory,
+so none can lean on the checkout's files (an installed package has no ``examples/``).
+"""
 
 from __future__ import annotations
 
-import re
+import os
+import subprocess
 import sys
-from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-from support import ROOT, run_python
+from doc_examples import (
+    DOCS,
+    PAGES,
+    PythonExample,
+    Transcript,
+    output_matches,
+    printed_matches,
+    python_examples,
+    transcripts,
+)
+from support import ROOT, require, run_python
 
-README = ROOT / "README.md"
-_FENCE = re.compile(r"^```(\w*)\n(.*?)^```\n", re.MULTILINE | re.DOTALL)
-
-
-@dataclass
-class Example:
-    line: int
-    code: str
-    expected: str | None  # the ```text block that follows, if introduced with "prints"
-    numbers_vary: bool
-
-
-def _examples() -> list[Example]:
-    text = README.read_text()
-    blocks = list(_FENCE.finditer(text))
-    examples = []
-    for index, block in enumerate(blocks):
-        if block.group(1) != "python":
-            continue
-        expected = None
-        numbers_vary = False
-        if index + 1 < len(blocks) and blocks[index + 1].group(1) == "text":
-            between = text[block.end() : blocks[index + 1].start()].strip()
-            if between.startswith("prints"):
-                expected = blocks[index + 1].group(2)
-                numbers_vary = "numbers may vary" in between
-        line = text.count("\n", 0, block.start()) + 1
-        examples.append(Example(line, block.group(2), expected, numbers_vary))
-    return examples
+EXAMPLES = python_examples()
+# The README's transcripts are run by test_cli.py, with the command line's other tests.
+TRANSCRIPTS = transcripts([page for page in PAGES if page.parent == DOCS])
 
 
-EXAMPLES = _examples()
+def test_the_pages_have_examples() -> None:
+    count: dict[str, int] = {}
+    for example in EXAMPLES:
+        page = example.where.split(":")[0]
+        count[page] = count.get(page, 0) + 1
+    assert count["README.md"] >= 5
+    # Each example of the Node.js add-on's README has its twin.
+    assert count["docs/from-node.md"] >= 5
+    for page in ("spawn", "channel", "socketpair", "quickstart"):
+        assert count[f"docs/{page}.md"] >= 1, page
+    assert any(t.where.startswith("docs/cli.md") for t in TRANSCRIPTS)
 
 
-def test_the_readme_has_examples() -> None:
-    assert len(EXAMPLES) >= 5
-
-
-@pytest.mark.parametrize("example", EXAMPLES, ids=[f"README.md:{e.line}" for e in EXAMPLES])
-def test_readme_example_runs(example: Example) -> None:
-    proc = run_python(example.code, cwd=ROOT, timeout=90)
-    assert proc.returncode == 0, f"README.md:{example.line} failed:\n{proc.stderr}"
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.where for e in EXAMPLES])
+def test_python_example_runs(example: PythonExample, tmp_path: Path) -> None:
+    if '"node"' in example.code:
+        require("node")
+    if '"cc"' in example.code:
+        require("cc")
+    proc = run_python(example.code, cwd=tmp_path, timeout=90)
+    assert proc.returncode == 0, f"{example.where} failed:\n{proc.stderr}"
     if example.expected is not None:
-        if example.numbers_vary:
-            pattern = re.sub(r"\\d|\d+", r"\\d+", re.escape(example.expected))
-            assert re.fullmatch(pattern, proc.stdout), (proc.stdout, example.expected)
-        else:
-            assert proc.stdout == example.expected
+        assert printed_matches(example, proc.stdout), (proc.stdout, example.expected)
+
+
+@pytest.mark.parametrize("transcript", TRANSCRIPTS, ids=[t.where for t in TRANSCRIPTS])
+def test_console_transcript(transcript: Transcript, tmp_path: Path) -> None:
+    """The block's commands run in order, in one scratch directory, and print as shown."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    for command, expected in transcript.steps:
+        if "unix-socketpair demo" in command:
+            require("cc")
+            require("node")
+        proc = subprocess.run(
+            ["sh", "-c", command],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        output = proc.stdout.decode()
+        assert output_matches(expected, output), (
+            f"{transcript.where}: $ {command}\nexpected:\n{expected}\ngot:\n{output}"
+        )
+
+
+def test_output_matcher() -> None:
+    assert output_matches("a\n...\nz\n", "a\nb\nc\nz\n")
+    assert output_matches("pid ... ok\n", "pid 1234 ok\n")
+    assert not output_matches("a\nz\n", "a\nb\nz\n")
+    assert not output_matches("pid ... ok\n", "pid 1234 failed\n")
+    varying = PythonExample("x", "", "fds: [3, 4]\n", numbers_vary=True)
+    assert printed_matches(varying, "fds: [17, 18]\n")
+    assert not printed_matches(varying, "fds: [a, b]\n")
 
 
 def test_python_used_is_this_venvs() -> None:

@@ -156,7 +156,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     demo = sub.add_parser(
         "demo",
         help="a guided, self-checking tour (a few seconds)",
-        description="A guided, self-checking tour: the seed's examples, a C child, a\n"
+        description="A guided, self-checking tour: socket pairs made and wrapped, a C child, a\n"
         "Node.js child, tr on its stdio, and a file descriptor passed to a child.",
         epilog=_DEMO_EPILOG,
         formatter_class=raw,

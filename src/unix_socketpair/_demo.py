@@ -1,6 +1,6 @@
 """``unix-socketpair demo``: a guided, self-checking tour.
 
-Six steps: the Python twins of the seed's two examples, then real children in other
+Six steps: Python twins of the Node.js add-on's two examples, then real children in other
 languages over a socketpair (C compiled on the spot with ``cc``, Node.js, ``tr`` on its
 stdio), then a file descriptor passed to the C child. Each step prints what it did and
 what came back, and checks it. Every step runs under a watchdog that kills its children
@@ -113,7 +113,7 @@ int main(void) {
 }
 """
 
-# The Node.js child: wraps fd 3 in net.Socket, as the seed's README does, and answers each
+# The Node.js child: wraps fd 3 in net.Socket, as the Node.js add-on's README does, and answers each
 # framed message with the text reversed.
 NODE_CHILD = r"""
 const net = require('net');

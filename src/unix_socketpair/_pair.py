@@ -1,4 +1,4 @@
-"""``socketpair()``: the seed's contract, its flags and the platform fallbacks.
+"""``socketpair()``: the Node.js add-on's contract, its flags and the platform fallbacks.
 
 On Linux (and the BSDs) the two descriptors are created close-on-exec and
 non-blocking *atomically*, by one ``socketpair(2)`` call with
@@ -95,7 +95,7 @@ def socketpair(
             per descriptor: CPython always creates sockets close-on-exec).
 
     Returns:
-        ``(fd0, fd1)``. The caller owns both descriptors: wrap them
+        ``(fd0, fd1)``, both owned by the caller, who must wrap them
         (``socket.socket(fileno=fd)``) or close them with ``os.close()``.
         Passing one to a child? Close the parent's copy right after the spawn,
         or the parent never sees end-of-file when the child exits.
