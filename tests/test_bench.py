@@ -112,19 +112,24 @@ def test_quick_run_reports_every_row(quick_run: tuple[str, dict[str, Any]]) -> N
 # Rows shown beside a target, by the field of the target check that names them:
 # "floors" (rows that do only what any implementation must) and "options" (the same
 # API with a non-default option); (case, key) -> the target, and how its line shows one.
+SEND_PROMISE = (
+    "Channel.send / recv carries 64 B messages one at a time at least 1.5x as fast as "
+    "multiprocessing.Pipe"
+)
+RTT_PROMISE = "a Channel round trip takes at most 1.15x the time of a bare socket's send / recv"
 BESIDE = {
     "floors": (
         {
-            ("framed-64b", "floor-send"): "64 B send / recv vs Pipe",
-            ("rtt", "floor-recvmsg"): "round trip Channel vs socket (time ratio ≤ 1.15)",
-            ("rtt", "floor-recvmsg-passcred"): "round trip Channel vs socket (time ratio ≤ 1.15)",
+            ("framed-64b", "floor-send"): SEND_PROMISE,
+            ("rtt", "floor-recvmsg"): RTT_PROMISE,
+            ("rtt", "floor-recvmsg-passcred"): RTT_PROMISE,
         },
         "{label}, the floor: {value}",
     ),
     "options": (
         {
-            ("framed-64b", "channel-buffered"): "64 B send / recv vs Pipe",
-            ("rtt", "channel-spin0"): "round trip Channel vs socket (time ratio ≤ 1.15)",
+            ("framed-64b", "channel-buffered"): SEND_PROMISE,
+            ("rtt", "channel-spin0"): RTT_PROMISE,
         },
         "{label}: {value}",
     ),
@@ -156,13 +161,76 @@ def test_quick_run_reports_rows_beside_their_targets(
         # Never part of whether the target is met: that is the default row's alone.
         check = checks[target]
         assert check["met"] == (check["achieved"] >= check["minimum"])
-        (line,) = [line for line in stdout.splitlines() if f"] {target}: " in line]
+        lines = _promise_lines(stdout, target)
         if row["status"] != "ok":
             assert entry["achieved"] is None
-            assert shown.format(label=entry["label"], value="—") in line
+            assert shown.format(label=entry["label"], value="—") in lines
             continue
         assert entry["achieved"] > 0
-        assert shown.format(label=entry["label"], value=f"{entry['achieved']:.2f}") in line
+        assert shown.format(label=entry["label"], value=f"{entry['achieved']:.2f}") in lines
+
+
+def _promise_lines(stdout: str, promise: str) -> list[str]:
+    """The report's lines about *promise*: its status line, then its indented details."""
+    lines = stdout.splitlines()
+    (start,) = [i for i, line in enumerate(lines) if line.endswith(f"] {promise}")]
+    details = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("      "):
+            break
+        details.append(line.strip())
+    return [lines[start], *details]
+
+
+def test_quick_run_reports_every_promise_for_users(
+    quick_run: tuple[str, dict[str, Any]],
+) -> None:
+    stdout, report = quick_run
+    assert "issue" not in stdout.lower()
+    assert "met:" in stdout and "MISSED:" in stdout and "not measured:" in stdout
+    for check in report["targets"]:
+        status = {None: "not measured", True: "met", False: "MISSED"}[check["met"]]
+        assert check["status"] == status
+        lines = _promise_lines(stdout, check["target"])
+        assert lines[0] == f"  [{status}] {check['target']}"
+        assert lines[1].startswith("measured ") and ", promised " in lines[1]
+
+
+# A promise that no run can keep, one that every run keeps, and one about a case not run.
+_PROMISE_RUN = """
+import sys
+from unix_socketpair._bench import _command
+minimum = float(sys.argv[1])
+case = sys.argv[2]
+_command.TARGETS = (
+    _command.Target("a promise made for the test", case, "project", "socket-detach", minimum),
+)
+sys.exit(_command.main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("minimum", "case", "check", "status", "returncode"),
+    [
+        ("inf", "create", True, "MISSED", 3),
+        ("inf", "create", False, "MISSED", 0),
+        ("0", "create", True, "met", 0),
+        ("inf", "rtt", True, "not measured", 0),
+    ],
+)
+def test_check_fails_only_on_a_missed_promise(
+    tmp_path: Path, minimum: str, case: str, check: bool, status: str, returncode: int
+) -> None:
+    args = ["--quick", "--case", "create", "--rounds", "1", *(["--check"] if check else [])]
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROMISE_RUN, minimum, case, *args],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == returncode, proc.stdout + proc.stderr
+    assert f"  [{status}] a promise made for the test\n" in proc.stdout
 
 
 def test_quick_run_measures_the_limit_when_cc_is_there(
