@@ -43,4 +43,3 @@ napoleon_use_ivar = True  # "Attributes:" of an exception as fields, not duplica
 html_theme = "furo"
 html_title = f"unix-socketpair {__version__}"
 html_static_path: list[str] = []
-pygments_style = "sphinx"

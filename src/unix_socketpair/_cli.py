@@ -95,6 +95,7 @@ example:
 _BENCH_EPILOG = """\
 examples:
   unix-socketpair bench
+  unix-socketpair bench --check --case rtt   # exit status 3 if a promise is missed
   unix-socketpair bench --help"""
 
 

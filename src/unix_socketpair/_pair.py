@@ -100,6 +100,12 @@ def socketpair(
         Passing one to a child? Close the parent's copy right after the spawn,
         or the parent never sees end-of-file when the child exits.
 
+    Thread-safe: any number of threads may call it at once. Where the flags are
+    atomic (Linux, the BSDs), a child that another thread forks and executes
+    meanwhile never inherits the new descriptors; on macOS it can, in the
+    moment before ``fcntl()`` runs. It never blocks, so there is nothing to
+    cancel.
+
     Raises:
         TypeError: *type* is not an int, or an option is not a bool; raised
             before any system call.
