@@ -10,8 +10,11 @@ Two kinds of fenced block are examples:
   next ``$`` its output. ``...`` alone on a line stands for any number of lines, inside a line
   for any text.
 
-Blocks in other languages (C, JavaScript, Rust, shell fragments) and ```console blocks without
-``$`` (lists of commands to type) are not examples.
+- a ```c, ```js, ```rust or ```sh block of docs/children.md is a complete child program that
+  answers what it reads on fd 3 in upper case and exits when the parent closes its end.
+
+```console blocks without ``$`` are lists of commands to type; ```text blocks and blocks with
+no language (outputs, byte dumps) are not code. No other kind of block may appear.
 """
 
 from __future__ import annotations
@@ -34,6 +37,18 @@ class PythonExample:
     code: str
     expected: str | None  # the ```text block that follows, if introduced with "prints"
     numbers_vary: bool
+
+
+@dataclass
+class ChildProgram:
+    where: str
+    language: str  # "c", "js", "rust" or "sh"
+    source: str
+
+
+CHILD_LANGUAGES = ("c", "js", "rust", "sh")
+CHILDREN_PAGE = DOCS / "children.md"
+NOT_CODE = ("text", "")
 
 
 @dataclass
@@ -64,6 +79,21 @@ def python_examples(pages: list[Path] = PAGES) -> list[PythonExample]:
             where = _where(page, text, block.start())
             examples.append(PythonExample(where, block.group(2), expected, numbers_vary))
     return examples
+
+
+def child_programs() -> list[ChildProgram]:
+    text = CHILDREN_PAGE.read_text()
+    return [
+        ChildProgram(_where(CHILDREN_PAGE, text, block.start()), block.group(1), block.group(2))
+        for block in _FENCE.finditer(text)
+        if block.group(1) in CHILD_LANGUAGES
+    ]
+
+
+def block_kinds(page: Path) -> list[tuple[str, str]]:
+    """(where, language) of every fenced block of *page*."""
+    text = page.read_text()
+    return [(_where(page, text, b.start()), b.group(1)) for b in _FENCE.finditer(text)]
 
 
 def transcripts(pages: list[Path] = PAGES) -> list[Transcript]:

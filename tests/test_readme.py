@@ -7,16 +7,23 @@ so none can lean on the checkout's files (an installed package has no ``examples
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from doc_examples import (
+    CHILD_LANGUAGES,
+    CHILDREN_PAGE,
     DOCS,
+    NOT_CODE,
     PAGES,
+    ChildProgram,
     PythonExample,
     Transcript,
+    block_kinds,
+    child_programs,
     output_matches,
     printed_matches,
     python_examples,
@@ -24,7 +31,10 @@ from doc_examples import (
 )
 from support import ROOT, require, run_python
 
+from unix_socketpair import spawn
+
 EXAMPLES = python_examples()
+CHILDREN = child_programs()
 # The README's transcripts are run by test_cli.py, with the command line's other tests.
 TRANSCRIPTS = transcripts([page for page in PAGES if page.parent == DOCS])
 
@@ -76,6 +86,52 @@ def test_console_transcript(transcript: Transcript, tmp_path: Path) -> None:
         assert output_matches(expected, output), (
             f"{transcript.where}: $ {command}\nexpected:\n{expected}\ngot:\n{output}"
         )
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_every_code_block_is_run(page: Path) -> None:
+    """No code on a page escapes the tests: each block is of a kind they run."""
+    for where, language in block_kinds(page):
+        if page == CHILDREN_PAGE and language in CHILD_LANGUAGES:
+            continue
+        assert language in ("python", "console", *NOT_CODE), f"{where}: a ```{language} block"
+
+
+def _build_child(program: ChildProgram, tmp_path: Path) -> list[str]:
+    """The command that runs *program*, compiled first if its language needs it."""
+    suffix = {"c": ".c", "js": ".js", "rust": ".rs", "sh": ".sh"}[program.language]
+    source = tmp_path / f"upper{suffix}"
+    source.write_text(program.source)
+    binary = str(tmp_path / "upper")
+    if program.language == "c":
+        cc = require("cc")
+        subprocess.run([cc, "-O2", "-Wall", "-Werror", "-o", binary, str(source)], check=True)
+        return [binary]
+    if program.language == "rust":
+        rustc = require("rustc")
+        subprocess.run([rustc, "-O", "-D", "warnings", "-o", binary, str(source)], check=True)
+        return [binary]
+    if program.language == "js":
+        return [require("node"), str(source)]
+    return ["sh", str(source)]
+
+
+def test_every_language_of_the_children_page_has_a_child() -> None:
+    assert sorted(program.language for program in CHILDREN) == sorted(CHILD_LANGUAGES)
+
+
+@pytest.mark.parametrize("program", CHILDREN, ids=[p.where for p in CHILDREN])
+def test_child_program_answers_and_exits(program: ChildProgram, tmp_path: Path) -> None:
+    args = _build_child(program, tmp_path)
+    with spawn(args, fd=3, cwd=tmp_path) as child:
+        child.socket.sendall(b"hello from python\nsecond line\n")
+        child.socket.shutdown(socket.SHUT_WR)  # end of input: the child finishes and exits
+        child.socket.settimeout(30)
+        answer = b""
+        while chunk := child.socket.recv(4096):
+            answer += chunk
+        assert child.wait(timeout=30) == 0
+    assert answer == b"HELLO FROM PYTHON\nSECOND LINE\n"
 
 
 def test_output_matcher() -> None:
