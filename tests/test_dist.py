@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tarfile
 import venv
 import zipfile
 from collections.abc import Iterator
@@ -18,22 +19,25 @@ from support import ROOT, require
 import unix_socketpair
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
+def _build(kind: str, out: Path) -> Path:
     # No isolation: the build backend (setuptools) comes with the development tools, so
-    # nothing is downloaded. The build runs on a copy-free checkout; its scratch files go
-    # to setuptools' own build/ directory, which .gitignore covers.
+    # nothing is downloaded. Its scratch files go to build/ and src/*.egg-info, which
+    # .gitignore covers.
     proc = subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), "."],
+        [sys.executable, "-m", "build", f"--{kind}", "--no-isolation", "--outdir", str(out), "."],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=100,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    (built,) = out.glob("unix_socketpair-*.whl")
+    (built,) = out.glob("unix_socketpair-*.whl" if kind == "wheel" else "unix_socketpair-*.tar.gz")
     return built
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build("wheel", tmp_path_factory.mktemp("dist"))
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +95,26 @@ def test_wheel_metadata_has_the_one_version(wheel: Path) -> None:
     # What the package needs at run time ships inside it.
     assert "unix_socketpair/py.typed" in names
     assert any(n.startswith("unix_socketpair/_bench/c/") and n.endswith(".c") for n in names)
+
+
+def test_sdist_holds_the_whole_project(tmp_path: Path) -> None:
+    sdist = _build("sdist", tmp_path)
+    with tarfile.open(sdist) as archive:
+        top = f"unix_socketpair-{unix_socketpair.__version__}/"
+        names = {name.removeprefix(top) for name in archive.getnames()}
+    for needed in (
+        "CHANGELOG.md",
+        "Makefile",
+        "README.md",
+        "docs/conf.py",
+        "docs/reference.md",
+        "examples/echo_peer.c",
+        "tests/support.py",
+        "tests/conftest.py",
+        "src/unix_socketpair/_version.py",
+    ):
+        assert needed in names, needed
+    assert not any(name.startswith("docs/_build") or "__pycache__" in name for name in names)
 
 
 def test_installed_command_reports_its_version(installed: Path, tmp_path: Path) -> None:
