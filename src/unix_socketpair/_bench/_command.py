@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from .. import __version__
+from .. import ACCELERATED, __version__
 from . import _scale
 from ._cases import build_cases
+from ._framing_cases import implementation
 from ._harness import (
     Case,
     Progress,
@@ -70,7 +71,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="ID",
         help="run only this case (repeatable): create, stream-4kib, stream-64kib, "
-        "stream-1mib, framed-64b, framed-1mib, rtt, scale",
+        "stream-1mib, framed-64b, framed-1mib, rtt, batched-64b, framing-loops-64b, scale",
     )
 
 
@@ -96,6 +97,8 @@ def machine() -> dict[str, Any]:
         "kernel": f"{platform.system()} {platform.release()}",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "unix_socketpair": __version__,
+        "framing": implementation(),
+        "accelerated": ACCELERATED,
         "uvloop": uvloop_version,
     }
 
@@ -134,6 +137,10 @@ TARGETS = (
            1 / 1.15, (("floor-recvmsg", "recvmsg_into with fd room"),
                       ("floor-recvmsg-passcred", "the same with SO_PASSCRED")),
            (("channel-spin0", "with spin=0"),)),
+    Target("64 B send_many + recv_many vs Pipe, C accelerator", "batched-64b", "many-c",
+           "pipe", 20.0),
+    Target("64 B send_many + recv_many vs Pipe, pure Python", "batched-64b", "many-py",
+           "pipe", 5.0),
 )  # fmt: skip
 
 
@@ -409,6 +416,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
             f"machine: {info['nproc']} CPUs, {info['cpu']}, {info['kernel']}, "
             f"{info['python']}, uvloop {info['uvloop'] or 'not installed'}, "
             f"load average {info['loadavg_1min']:.2f} at the start\n"
+            f"framing: {info['framing']}\n"
             f"each row: median of {settings.rounds} interleaved samples of ~{settings.target}s "
             "(case 1: four times as many, four times shorter)",
             file=out,
