@@ -39,6 +39,9 @@ __all__ = ["ACCELERATED", "join_frames", "split_frames"]
 _HEADER = struct.Struct(">I")
 _HEADER_SIZE = 4
 _MAX_FRAME = 0xFFFFFFFF
+# split_frames copies the region to bytes first when its first frame is smaller than
+# this; a large frame is copied once, straight out of the buffer.
+_COPY_BELOW = 1024
 
 
 def py_split_frames(
@@ -73,17 +76,39 @@ def py_split_frames(
         )
     if max_count < 0:
         raise ValueError(f"split_frames: max_count must be >= 0, got {max_count}")
-    unpack_from = _HEADER.unpack_from
     out: list[bytes] = []
+    if max_count == 0 or end - pos < _HEADER_SIZE:
+        return out, pos
+    unpack_from = _HEADER.unpack_from
+    first = unpack_from(view, pos)[0]
+    if first > limit or pos + _HEADER_SIZE + first > end:
+        return out, pos  # checked before the copy below, which must not repeat for a partial frame
     append = out.append
-    while len(out) < max_count and end - pos >= _HEADER_SIZE:
-        size = unpack_from(view, pos)[0]
+    if first >= _COPY_BELOW:
+        while True:
+            size = unpack_from(view, pos)[0]
+            stop = pos + _HEADER_SIZE + size
+            if size > limit or stop > end:
+                break
+            append(view[pos + _HEADER_SIZE : stop].tobytes())
+            pos = stop
+            if len(out) == max_count or end - pos < _HEADER_SIZE:
+                break
+        return out, pos
+    # Small frames: one copy of the region, then bytes slices, which cost ~30% less
+    # per frame than memoryview slices turned into bytes.
+    data = view[pos:end].tobytes()
+    base, pos, end = pos, 0, end - pos
+    while True:
+        size = unpack_from(data, pos)[0]
         stop = pos + _HEADER_SIZE + size
         if size > limit or stop > end:
             break
-        append(view[pos + _HEADER_SIZE : stop].tobytes())
+        append(data[pos + _HEADER_SIZE : stop])
         pos = stop
-    return out, pos
+        if len(out) == max_count or end - pos < _HEADER_SIZE:
+            break
+    return out, base + pos
 
 
 def _byte_view(buf: Buffer) -> memoryview:

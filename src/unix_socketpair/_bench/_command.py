@@ -138,9 +138,9 @@ TARGETS = (
                       ("floor-recvmsg-passcred", "the same with SO_PASSCRED")),
            (("channel-spin0", "with spin=0"),)),
     Target("64 B send_many + recv_many vs Pipe, C accelerator", "batched-64b", "many-c",
-           "pipe", 20.0),
+           "pipe", 20.0, (("floor-c", "a socket with join_frames/split_frames alone"),)),
     Target("64 B send_many + recv_many vs Pipe, pure Python", "batched-64b", "many-py",
-           "pipe", 5.0),
+           "pipe", 5.0, (("floor-py", "a socket with join_frames/split_frames alone"),)),
 )  # fmt: skip
 
 

@@ -96,18 +96,59 @@ def _batched(size: int, n: int) -> Sample:
     return _two_process(child, parent, [b], [a])
 
 
-def _batched_in_fresh_interpreter(size: int, n: int, *, pure: bool) -> Sample:
-    """``_batched`` in a new interpreter that imports the project with or without C."""
+def _floor(size: int, n: int) -> Sample:
+    """The least a batched channel must do: ``join_frames`` + ``sendall`` in a child,
+    ``recv_into`` a reused buffer + ``split_frames`` here; no Channel."""
+    a, b = socket.socketpair()
+    payload = _payload(size)
+
+    def child(wait_go: Callable[[], None]) -> None:
+        batch = [payload] * _batch(size)
+        full, rest = divmod(n, len(batch))
+        data, tail = _framing.join_frames(batch), _framing.join_frames(batch[:rest])
+        wait_go()
+        for _ in range(full):
+            b.sendall(data)
+        b.sendall(tail)
+        b.close()
+
+    def parent(race: _Race) -> int:
+        split, recv_into = _framing.split_frames, a.recv_into
+        buf = bytearray(256 * 1024)
+        view = memoryview(buf)
+        pos = end = count = total = 0
+        race.start_and_go()
+        while count < n:
+            if end == len(buf):  # keep the partial frame at the start
+                view[: end - pos] = view[pos:end]
+                pos, end = 0, end - pos
+            received = recv_into(view[end:])
+            if not received:
+                raise EOFError("the sender closed early")
+            end += received
+            messages, pos = split(buf, pos, end, 1 << 20, 1 << 30)
+            count += len(messages)
+            total += sum(map(len, messages))
+        race.stop()
+        view.release()
+        return _expect(total, size * n, "bytes")
+
+    return _two_process(child, parent, [b], [a])
+
+
+def _in_fresh_interpreter(size: int, n: int, *, name: str, pure: bool) -> Sample:
+    """``name(size, n)`` of this module in a new interpreter that imports the project
+    with or without the C accelerator."""
     env = {key: value for key, value in os.environ.items() if key != _PURE_ENV}
     if pure:
         env[_PURE_ENV] = "1"
     code = (
         "import sys\n"
         "from unix_socketpair import _framing\n"
-        "from unix_socketpair._bench._framing_cases import _batched\n"
+        f"from unix_socketpair._bench._framing_cases import {name}\n"
         f"if _framing.ACCELERATED == {pure}:\n"
         "    sys.exit('not the implementation asked for')\n"
-        f"sample = _batched({size}, {n})\n"
+        f"sample = {name}({size}, {n})\n"
         "print(sample.seconds, sample.units)\n"
     )
     result = subprocess.run(
@@ -138,7 +179,7 @@ def _batched_case(c: CPrograms, size: int, first: int) -> Case:
             ),
             Variant(
                 f"Channel {how}, C accelerator",
-                _framed(_batched_in_fresh_interpreter, size, pure=False),
+                _framed(_in_fresh_interpreter, size, name="_batched", pure=False),
                 first,
                 "project",
                 "many-c",
@@ -146,10 +187,25 @@ def _batched_case(c: CPrograms, size: int, first: int) -> Case:
             ),
             Variant(
                 f"Channel {how}, pure Python",
-                _framed(_batched_in_fresh_interpreter, size, pure=True),
+                _framed(_in_fresh_interpreter, size, name="_batched", pure=True),
                 first,
                 "project",
                 "many-py",
+            ),
+            Variant(
+                "socket sendall(join_frames) / recv_into + split_frames, C (floor)",
+                _framed(_in_fresh_interpreter, size, name="_floor", pure=False),
+                first,
+                "other",
+                "floor-c",
+                _need_accelerator,
+            ),
+            Variant(
+                "socket sendall(join_frames) / recv_into + split_frames, Python (floor)",
+                _framed(_in_fresh_interpreter, size, name="_floor", pure=True),
+                first,
+                "other",
+                "floor-py",
             ),
             Variant(
                 "C buffered framing", _bind_c(c, "framed", size), first, "limit", "c", c.available
