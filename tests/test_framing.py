@@ -507,8 +507,10 @@ def outcome(f, *a):
         return (type(e), str(e))
 
 rng = random.Random(1)
+SIZES = [0, 1, 3, 4, 5, 64, 300, 1023, 1024, 2000]
 for _ in range(3000):
-    ps = [rng.randbytes(rng.choice([0, 1, 3, 4, 5, 64, 300, 1023, 1024, 2000])) for _ in range(rng.randrange(8))]
+    sizes = [rng.choice(SIZES) for _ in range(rng.randrange(8))]
+    ps = [rng.randbytes(size) for size in sizes]
     data = b"".join(struct.pack(">I", len(p)) + p for p in ps) + rng.randbytes(rng.randrange(9))
     if rng.random() < 0.3 and len(data) >= 4:
         i = rng.randrange(len(data) - 3)
