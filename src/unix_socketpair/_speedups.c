@@ -9,9 +9,10 @@
  * project supports 3.10; the extension is built from source for the
  * interpreter that installs it.
  *
- * Thread-safety: every function runs with the GIL held from start to end and
- * calls no Python code between reading its inputs and returning, except where
- * a comment says otherwise.
+ * Thread-safety: both functions hold the GIL from start to end. Python code
+ * can run inside them only where the comments say (an __index__ method, a
+ * buffer exporter, a garbage collection), and what it could change is checked
+ * again after it.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -97,6 +98,7 @@ split_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                      "split_frames() takes exactly 5 positional arguments (%zd given)", nargs);
         return NULL;
     }
+    /* Before the buffer is taken: __index__ methods may run Python code. */
     Py_ssize_t pos, end, limit, max_count;
     if (as_ssize(args[1], &pos) < 0 || as_ssize(args[2], &end) < 0 ||
         as_ssize(args[3], &limit) < 0 || as_ssize(args[4], &max_count) < 0) {
@@ -237,11 +239,11 @@ static PyMethodDef methods[] = {
     {"split_frames", (PyCFunction)(void (*)(void))split_frames, METH_FASTCALL,
      "split_frames(buf, pos, end, limit, max_count, /)\n--\n\n"
      "The payloads of the whole frames in buf[pos:end], and where they stop.\n"
-     "See unix_socketpair._framing.split_frames for the contract."},
+     "See unix_socketpair._framing.py_split_frames for the contract."},
     {"join_frames", join_frames, METH_O,
      "join_frames(messages, /)\n--\n\n"
      "Frame every message of messages (bytes) into one bytes object.\n"
-     "See unix_socketpair._framing.join_frames for the contract."},
+     "See unix_socketpair._framing.py_join_frames for the contract."},
     {NULL, NULL, 0, NULL},
 };
 
