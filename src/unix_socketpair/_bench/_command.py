@@ -141,6 +141,10 @@ TARGETS = (
            "pipe", 20.0, (("floor-c", "a socket with join_frames/split_frames alone"),)),
     Target("64 B send_many + recv_many vs Pipe, pure Python", "batched-64b", "many-py",
            "pipe", 5.0, (("floor-py", "a socket with join_frames/split_frames alone"),)),
+    Target("64 B frames split, C accelerator vs pure Python", "framing-loops-64b", "split-c",
+           "split-py", 5.0),
+    Target("64 B frames joined, C accelerator vs pure Python", "framing-loops-64b", "join-c",
+           "join-py", 5.0),
 )  # fmt: skip
 
 
