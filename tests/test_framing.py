@@ -623,3 +623,23 @@ def test_c_leaks_nothing_over_a_million_frames(c: ModuleType) -> None:
     assert grown_bytes < 32 * 1024, grown_bytes
     assert grown_blocks < 1000, grown_blocks
     assert grown_refs < 1000, grown_refs  # 0 unless this is a debug build of Python
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(0, len(STREAM) + 1, 100, 100), (5, 3, 100, 100), (0, len(STREAM), 100, -1)],
+)
+def test_split_releases_the_buffer_even_while_its_error_is_alive(
+    split: Callable[..., Any], args: tuple[int, ...]
+) -> None:
+    # The exception (and its traceback, with the frames of the call) is still alive
+    # here: the buffer must already be released, as it is in C, where it never lingers.
+    buf = bytearray(STREAM)
+    with pytest.raises(ValueError) as raised:
+        split(buf, *args)
+    buf.append(0)
+    strided = bytearray(8)
+    with pytest.raises(TypeError):
+        split(memoryview(strided)[::2], 0, 0, 0, 0)
+    strided.append(0)
+    assert raised.value.__traceback__ is not None

@@ -68,7 +68,15 @@ def py_split_frames(
             released memoryview or a closed ``mmap``.
     """
     pos, end, limit, max_count = index(pos), index(end), index(limit), index(max_count)
-    view = _byte_view(buf)
+    # Released on every way out, as in C: a caller that keeps the exception (and
+    # with it this frame) must still be able to resize its bytearray.
+    with _byte_view(buf) as view:
+        return _split(view, pos, end, limit, max_count)
+
+
+def _split(
+    view: memoryview, pos: int, end: int, limit: int, max_count: int
+) -> tuple[list[bytes], int]:
     if not 0 <= pos <= end <= view.nbytes:
         raise ValueError(
             f"split_frames: need 0 <= pos <= end <= len(buf), "
@@ -113,21 +121,21 @@ def py_split_frames(
 
 def _byte_view(buf: Buffer) -> memoryview:
     """*buf* as a 1-D memoryview of unsigned bytes (what C's ``PyBUF_SIMPLE`` sees)."""
+    message = f"split_frames: buf must be a C-contiguous bytes-like object, got {type(buf)!r}"
     try:
         view = memoryview(buf)
     except (TypeError, BufferError):
-        view = None
-    if view is None or not view.c_contiguous:
-        raise TypeError(
-            f"split_frames: buf must be a C-contiguous bytes-like object, got {type(buf)!r}"
-        )
-    if view.ndim == 1 and view.format == "B":
+        raise TypeError(message) from None
+    if view.ndim == 1 and view.format == "B" and view.c_contiguous:
         return view
-    try:
-        return view.cast("B")
-    except ValueError:
-        # cast() refuses non-native formats (">I"); the bytes are all that matter.
-        return memoryview(view.tobytes())
+    with view:  # the view returned holds the buffer on its own
+        if not view.c_contiguous:
+            raise TypeError(message)
+        try:
+            return view.cast("B")
+        except ValueError:
+            # cast() refuses non-native formats (">I"); the bytes are all that matter.
+            return memoryview(view.tobytes())
 
 
 def py_join_frames(messages: list[bytes] | tuple[bytes, ...], /) -> bytes:
