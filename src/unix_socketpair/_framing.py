@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
+from itertools import repeat
 from operator import index
 from typing import TYPE_CHECKING
 
@@ -92,30 +92,34 @@ def _split(
     if first > limit or pos + _HEADER_SIZE + first > end:
         return out, pos  # checked before the copy below, which must not repeat for a partial frame
     append = out.append
+    # At most one frame per 4 bytes: the count bounds the loop, no test per frame.
+    most = min(max_count, (end - pos) // _HEADER_SIZE)
     if first >= _COPY_BELOW:
-        while True:
+        for _ in repeat(None, most):
+            if end - pos < _HEADER_SIZE:
+                break
             size = unpack_from(view, pos)[0]
-            stop = pos + _HEADER_SIZE + size
+            start = pos + _HEADER_SIZE
+            stop = start + size
             if size > limit or stop > end:
                 break
-            append(view[pos + _HEADER_SIZE : stop].tobytes())
+            append(view[start:stop].tobytes())
             pos = stop
-            if len(out) == max_count or end - pos < _HEADER_SIZE:
-                break
         return out, pos
-    # Small frames: one copy of the region, then bytes slices, which cost ~30% less
-    # per frame than memoryview slices turned into bytes.
+    # Small frames: one copy of the region, then bytes slices, which cost less per
+    # frame than memoryview slices turned into bytes (~250 vs ~400 ns at 64 B).
     data = view[pos:end].tobytes()
     base, pos, end = pos, 0, end - pos
-    while True:
+    for _ in repeat(None, most):
+        if end - pos < _HEADER_SIZE:
+            break
         size = unpack_from(data, pos)[0]
-        stop = pos + _HEADER_SIZE + size
+        start = pos + _HEADER_SIZE
+        stop = start + size
         if size > limit or stop > end:
             break
-        append(data[pos + _HEADER_SIZE : stop])
+        append(data[start:stop])
         pos = stop
-        if len(out) == max_count or end - pos < _HEADER_SIZE:
-            break
     return out, base + pos
 
 
@@ -153,19 +157,22 @@ def py_join_frames(messages: list[bytes] | tuple[bytes, ...], /) -> bytes:
     """
     if type(messages) is not list and type(messages) is not tuple:
         raise TypeError(f"join_frames: messages must be a list or a tuple, got {type(messages)!r}")
-    # Checked with C-level loops; a problem sends us to the item-by-item check,
-    # which reports the first bad item as the C version does.
+    # Checked with C-level loops only; a problem sends us to the item-by-item check,
+    # which reports the first bad item, as the C version does.
     if messages and set(map(type, messages)) != {bytes}:
         _check_items(messages)
     sizes = list(map(len, messages))
     if sizes and max(sizes) > _MAX_FRAME:
         _check_items(messages)
-    if sum(sizes) > sys.maxsize - _HEADER_SIZE * len(sizes):
-        raise OverflowError("join_frames: the frames would total more than sys.maxsize bytes")
     parts: list[bytes] = [b""] * (2 * len(messages))
     parts[0::2] = map(_HEADER.pack, sizes)
     parts[1::2] = messages
-    return b"".join(parts)
+    try:
+        return b"".join(parts)
+    except OverflowError:  # over sys.maxsize in all
+        raise OverflowError(
+            "join_frames: the frames would total more than sys.maxsize bytes"
+        ) from None
 
 
 def _check_items(messages: list[bytes] | tuple[bytes, ...]) -> None:
