@@ -73,8 +73,10 @@ def test_the_flag_says_which_implementation_is_in_use() -> None:
         assert not _framing.ACCELERATED
     elif IN_CI:
         # CI builds the accelerator: this run proves it was built and is used.
-        assert _framing.ACCELERATED, "CI=true and UNIX_SOCKETPAIR_PURE unset: the C accelerator "
-        "must be in use (was it built? see `pip install -v .`)"
+        assert _framing.ACCELERATED, (
+            "CI=true and UNIX_SOCKETPAIR_PURE unset: the C accelerator must be in use "
+            "(was it built? see `pip install -v .`)"
+        )
     else:
         assert (SPEEDUPS is not None) == _framing.ACCELERATED
     if _framing.ACCELERATED:
