@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 
+import unix_socketpair
+from unix_socketpair._bench import _command
+
 # Every case and the key of every row it must report: measured, or "unavailable"
 # with a reason (no cc, no uvloop, a library feature not in this version).
 EXPECTED_ROWS = {
@@ -57,6 +60,8 @@ EXPECTED_ROWS = {
         "async-channel",
         "c",
     ],
+    "batched-64b": ["pipe", "many-c", "many-py", "floor-c", "floor-py", "c"],
+    "framing-loops-64b": ["split-py", "split-c", "join-py", "join-c"],
     "scale": ["spawn-async", "asyncio-subprocess"],
 }
 
@@ -123,6 +128,8 @@ BESIDE = {
             ("framed-64b", "floor-send"): SEND_PROMISE,
             ("rtt", "floor-recvmsg"): RTT_PROMISE,
             ("rtt", "floor-recvmsg-passcred"): RTT_PROMISE,
+            ("batched-64b", "floor-c"): _command.BATCHED_C,
+            ("batched-64b", "floor-py"): _command.BATCHED_PY,
         },
         "{label}, the floor: {value}",
     ),
@@ -153,14 +160,20 @@ def test_quick_run_reports_rows_beside_their_targets(
     for (case_id, key), target in expected.items():
         row = rows[case_id, key]
         # Measured wherever the platform has the socket option the row needs.
-        if key.endswith("passcred") and not hasattr(socket, "SO_PASSCRED"):
+        # The C accelerator's rows, wherever it is in use.
+        no_passcred = key.endswith("passcred") and not hasattr(socket, "SO_PASSCRED")
+        no_accelerator = key.endswith("-c") and not report["machine"]["accelerated"]
+        if no_passcred or no_accelerator:
             assert row["status"] == "unavailable", row
         else:
             assert row["status"] == "ok", row
         (entry,) = [e for e in checks[target][field] if e["key"] == key]
         # Never part of whether the target is met: that is the default row's alone.
         check = checks[target]
-        assert check["met"] == (check["achieved"] >= check["minimum"])
+        if check["achieved"] is None:  # its own row is unavailable here (the C accelerator's)
+            assert check["met"] is None
+        else:
+            assert check["met"] == (check["achieved"] >= check["minimum"])
         lines = _promise_lines(stdout, target)
         if row["status"] != "ok":
             assert entry["achieved"] is None
@@ -238,7 +251,7 @@ def test_quick_run_measures_the_limit_when_cc_is_there(
 ) -> None:
     _, report = quick_run
     limit_rows = [row for case in report["cases"] for row in case["rows"] if row["kind"] == "limit"]
-    assert len(limit_rows) == 7
+    assert len(limit_rows) == 8
     if shutil.which("cc") is None:
         assert all("cc" in row["reason"] for row in limit_rows)
     else:
@@ -274,3 +287,25 @@ def test_unknown_case_is_refused(tmp_path: Path) -> None:
     result = _bench(tmp_path, "--case", "nonsense")
     assert result.returncode == 2
     assert "nonsense" in result.stderr
+
+
+def test_quick_run_says_which_framing_is_in_use(quick_run: tuple[str, dict[str, Any]]) -> None:
+    stdout, report = quick_run
+    machine = report["machine"]
+    # The harness ran with this process's environment (UNIX_SOCKETPAIR_PURE included).
+    assert machine["accelerated"] is unix_socketpair.ACCELERATED
+    assert f"\nframing: {machine['framing']}\n" in stdout
+    assert machine["framing"].startswith("C" if unix_socketpair.ACCELERATED else "pure Python")
+    rows = {
+        (case["id"], row["key"]): row["status"] for case in report["cases"] for row in case["rows"]
+    }
+    # The pure-Python rows run everywhere; the C rows only where the accelerator is in use.
+    for case_id, key in [
+        ("batched-64b", "many-py"),
+        ("batched-64b", "floor-py"),
+        ("framing-loops-64b", "split-py"),
+        ("framing-loops-64b", "join-py"),
+    ]:
+        assert rows[case_id, key] == "ok"
+        c_key = key.replace("-py", "-c")
+        assert rows[case_id, c_key] == ("ok" if unix_socketpair.ACCELERATED else "unavailable")

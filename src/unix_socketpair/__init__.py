@@ -16,6 +16,7 @@ from ._errors import (
     ProtocolError,
     TooManyFds,
 )
+from ._framing import ACCELERATED
 from ._pair import SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, socketpair
 from ._spawn import AsyncChild, Child, spawn, spawn_async
 from ._version import __version__
@@ -40,6 +41,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "ACCELERATED",
     "SOCK_DGRAM",
     "SOCK_SEQPACKET",
     "SOCK_STREAM",

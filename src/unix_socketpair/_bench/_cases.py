@@ -1080,4 +1080,7 @@ def build_cases(c: CPrograms, *, quick: bool) -> list[Case]:
     cases.append(_framed_case(c, 64, 20000 // shrink))
     cases.append(_framed_case(c, MiB, max(2, 16 // shrink)))
     cases.append(_rtt_case(c, 2000 // shrink))
+    from ._framing_cases import build_framing_cases  # it imports this module
+
+    cases += build_framing_cases(c, quick=quick)
     return cases
