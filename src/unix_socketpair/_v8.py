@@ -124,7 +124,6 @@ _UNSUPPORTED = {
 _DOUBLE = struct.Struct("<d")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MS = timedelta(milliseconds=1)
-_ONE_US = timedelta(microseconds=1)
 
 
 # ------------------------------------------------------------------------- serializing
@@ -282,11 +281,10 @@ class _Encoder:
                     f"to send it as a Date"
                 )
             self._register(value)
-            micros = (value - _EPOCH) // _ONE_US
-            # A Date holds whole milliseconds, truncated towards zero (TimeClip).
-            millis = -(-micros // 1000) if micros < 0 else micros // 1000
+            # A Date holds whole milliseconds: the one the instant falls in (as its
+            # calendar fields show it: 23:59:59.999999 is in 23:59:59.999).
             out += b"D"
-            out += _DOUBLE.pack(millis)
+            out += _DOUBLE.pack((value - _EPOCH) // _ONE_MS)
         else:
             raise TypeError(
                 f"cannot send a {type(value).__name__!r} in V8 format: supported are None, "
