@@ -510,3 +510,15 @@ def test_describe_handle() -> None:
             describe_handle(unix_dgram)
         with pytest.raises(TypeError, match="listening"):
             describe_handle(loose)
+
+
+def test_node_s_retransmission_format_is_unwrapped_and_acked_once(pipe: tuple[int, int]) -> None:
+    # What Node 20 writes when it retransmits a NACKed net.Socket (seen on the wire).
+    _r, w = pipe
+    first = {"cmd": "NODE_HANDLE", "type": "net.Socket", "msg": {"kind": "client"}}
+    b = NodeProtocol()
+    b.receive_data(encode_json({"cmd": "NODE_HANDLE", "type": "net.Native", "msg": first}), [w])
+    (message,) = messages(b)
+    assert message.value == {"kind": "client"} and message.handle_type == "net.Socket"
+    assert message.fd == w
+    assert [json.loads(x.data) for x in b.data_to_send()] == [{"cmd": "NODE_HANDLE_ACK"}]

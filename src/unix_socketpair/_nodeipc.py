@@ -541,6 +541,14 @@ class NodeProtocol:
             return
         self._answer("NODE_HANDLE_ACK")
         value = message.get("msg")
+        # Node retransmits a NACKed handle as {"cmd": "NODE_HANDLE", "type":
+        # "net.Native", "msg": <the first NODE_HANDLE message>}: one descriptor, one
+        # ACK (a second ACK would reach a Node sender with nothing pending), and the
+        # first message's value and type.
+        while type(value) is dict and value.get("cmd") == "NODE_HANDLE":
+            if value.get("type") in _RECEIVABLE:
+                handle_type = value["type"]
+            value = value.get("msg")
         if is_internal(value):
             close_quietly(fd)  # a handle for Node's own machinery (cluster): not ours
             return
