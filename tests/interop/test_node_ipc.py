@@ -282,3 +282,22 @@ def test_node_protocol_nacks_a_lost_descriptor_and_takes_node_s_retransmission(
     finally:
         peer.close()
     assert child.wait(timeout=30) == 0
+
+
+def test_a_second_ack_kills_a_node_sender() -> None:
+    # Why NodeProtocol answers each descriptor exactly once.
+    sock, child = start_node("json", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert child.stderr is not None
+    fds: list[int] = []
+    with sock:
+        send_raw(sock, encode_json({"op": "hold"}))
+        decoder = JsonLineDecoder()
+        (handle_message,) = _next_values(sock, decoder, fds)
+        assert handle_message["cmd"] == "NODE_HANDLE"
+        send_raw(sock, encode_json({"cmd": "NODE_HANDLE_ACK"}) * 2)
+        assert _next_values(sock, decoder, fds) == ["after"]
+        for fd in fds:
+            os.close(fd)
+        assert child.wait(timeout=30) == 1
+    assert "ERR_INTERNAL_ASSERTION" in child.stderr.read()
+    child.stderr.close()
