@@ -463,7 +463,7 @@ class NodeProtocol:
         self._decoder = decoder
         self._fds: deque[int] = deque()  # received, not yet claimed by a NODE_HANDLE
         self._inbox: deque[Message | BaseException | _Marker] = deque()
-        self._outbox: list[Write] = []
+        self._outbox: list[bytes | Write] = []  # bytes: a plain message; Write: a handle's
         self._held: deque[_Outgoing] = deque()
         self._pending: _Outgoing | None = None  # our handle awaiting its answer
         self._outcomes: dict[int, HandleRefused | None] = {}
@@ -555,7 +555,7 @@ class NodeProtocol:
         self._inbox.append(Message(value, fd, handle_type))
 
     def _answer(self, cmd: str) -> None:
-        self._outbox.append(Write(self._encode({"cmd": cmd})))
+        self._outbox.append(self._encode({"cmd": cmd}))
 
     def _end_of_file(self) -> None:
         self._eof = True
@@ -599,7 +599,7 @@ class NodeProtocol:
     def send(self, value: object, handle: Handle | None = None) -> int:
         """Queue *value* (with *handle*, whose descriptor the protocol then owns).
 
-        Returns a ticket for :meth:`outcome` (meaningful with a handle).
+        Returns a ticket for :meth:`outcome` with a handle, 0 without one.
 
         Raises (nothing queued, *handle* still the caller's):
             TypeError: *value* cannot be encoded in this mode; *handle* has a type
@@ -611,15 +611,19 @@ class NodeProtocol:
             raise RuntimeError("the protocol is closed")
         if handle is None:
             data = self._encode(value)
-        else:
-            if handle.type not in HANDLE_TYPES:
-                raise TypeError(f"handle type must be one of {HANDLE_TYPES}, not {handle.type!r}")
-            wrapper: dict[str, Any] = {"cmd": "NODE_HANDLE", "type": handle.type, "msg": value}
-            if handle.type == "dgram.Socket":
-                if handle.dgram_type not in ("udp4", "udp6"):
-                    raise TypeError("a dgram.Socket needs dgram_type udp4 or udp6")
-                wrapper["dgramType"] = handle.dgram_type
-            data = self._encode(wrapper)
+            if self._pending is None and not self._held:
+                self._outbox.append(data)  # the common case, kept short
+            else:
+                self._held.append(_Outgoing(data, None, 0))
+            return 0
+        if handle.type not in HANDLE_TYPES:
+            raise TypeError(f"handle type must be one of {HANDLE_TYPES}, not {handle.type!r}")
+        wrapper: dict[str, Any] = {"cmd": "NODE_HANDLE", "type": handle.type, "msg": value}
+        if handle.type == "dgram.Socket":
+            if handle.dgram_type not in ("udp4", "udp6"):
+                raise TypeError("a dgram.Socket needs dgram_type udp4 or udp6")
+            wrapper["dgramType"] = handle.dgram_type
+        data = self._encode(wrapper)
         self._tickets += 1
         outgoing = _Outgoing(data, handle, self._tickets)
         if self._pending is not None or self._held:
@@ -630,7 +634,7 @@ class NodeProtocol:
 
     def _emit(self, outgoing: _Outgoing) -> None:
         if outgoing.handle is None:
-            self._outbox.append(Write(outgoing.data))
+            self._outbox.append(outgoing.data)
         else:
             self._outbox.append(Write(outgoing.data, (outgoing.handle.fd,)))
             self._pending = outgoing
@@ -659,13 +663,14 @@ class NodeProtocol:
         chunks: list[Write] = []
         plain: list[bytes] = []
         fds: tuple[int, ...] = ()
-        for write in outbox:
-            if write.fds:
+        for item in outbox:
+            if type(item) is bytes:
+                plain.append(item)
+            else:
+                assert isinstance(item, Write)
                 if plain:
                     chunks.append(Write(b"".join(plain), fds))
-                plain, fds = [write.data], write.fds
-            else:
-                plain.append(write.data)
+                plain, fds = [item.data], item.fds
         chunks.append(Write(b"".join(plain), fds))
         return chunks
 
@@ -676,11 +681,14 @@ class NodeProtocol:
 
     def outcome(self, ticket: int) -> bool:
         """``True`` once the message of *ticket* was delivered (for a handle: ACKed),
-        ``False`` while it waits.
+        ``False`` while it waits. Ticket 0 (a message without a handle) is always
+        ``True``: such a message cannot be refused.
 
         Raises:
             HandleRefused: its handle was refused or the peer left first (once).
         """
+        if ticket == 0:
+            return True
         if ticket in self._outcomes:
             refused = self._outcomes.pop(ticket)
             if refused is not None:
