@@ -522,3 +522,49 @@ def test_node_s_retransmission_format_is_unwrapped_and_acked_once(pipe: tuple[in
     assert message.value == {"kind": "client"} and message.handle_type == "net.Socket"
     assert message.fd == w
     assert [json.loads(x.data) for x in b.data_to_send()] == [{"cmd": "NODE_HANDLE_ACK"}]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.sampled_from(["json", "advanced"]),
+    st.lists(st.tuples(st.integers(0, 1000), st.booleans()), max_size=12),
+    st.data(),
+)
+def test_any_mix_of_handles_arrives_in_order_with_its_descriptors(
+    mode: Any, plan: list[tuple[int, bool]], data: st.DataObject
+) -> None:
+    from support import open_fds
+
+    before = open_fds()
+    r, w = os.pipe()
+    a, b = NodeProtocol(mode), NodeProtocol(mode)
+    tickets = []
+    for value, with_handle in plan:
+        handle = Handle(os.dup(w), "net.Socket") if with_handle else None
+        tickets.append(a.send(value, handle))
+    got: list[Message] = []
+    while True:
+        writes = a.data_to_send()
+        if not writes:
+            break
+        for write in writes:
+            # The kernel may split a write anywhere; the descriptors come with its start.
+            cut = data.draw(st.integers(0, len(write.data)))
+            b.receive_data(write.data[:cut] or write.data, [os.dup(fd) for fd in write.fds])
+            if cut and cut < len(write.data):
+                b.receive_data(write.data[cut:])
+        got += messages(b)
+        for answer in b.data_to_send():
+            a.receive_data(answer.data)
+    assert [m.value for m in got] == [value for value, _ in plan]
+    for message, (_, with_handle) in zip(got, plan, strict=True):
+        assert (message.fd is not None) == with_handle
+        if message.fd is not None:
+            assert os.path.sameopenfile(message.fd, w)
+            os.close(message.fd)
+    assert all(a.outcome(ticket) for ticket in tickets) and not a.awaiting_answer
+    a.close()
+    b.close()
+    os.close(r)
+    os.close(w)
+    assert open_fds() == before

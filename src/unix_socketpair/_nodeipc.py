@@ -143,7 +143,8 @@ def encode_json(value: object) -> bytes:
     try:
         data = text.encode("utf-8")
     except UnicodeEncodeError:
-        # Only a lone surrogate inside a string can fail; JSON.stringify escapes it.
+        # Only surrogate code points (inside strings) fail: escape them, as
+        # JSON.stringify does for lone ones (JavaScript joins an escaped pair).
         data = _SURROGATE.sub(_escape_surrogate, text).encode("utf-8")
     return data + b"\n"
 
