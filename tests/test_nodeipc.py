@@ -34,6 +34,8 @@ from unix_socketpair._nodeipc import (
     encode_advanced,
     encode_json,
     is_internal,
+    node_environment,
+    take_node_environment,
 )
 from unix_socketpair._v8 import serialize
 
@@ -568,3 +570,27 @@ def test_any_mix_of_handles_arrives_in_order_with_its_descriptors(
     os.close(r)
     os.close(w)
     assert open_fds() == before
+
+
+def test_node_environment_round_trip() -> None:
+    environ = {"PATH": "/bin", **node_environment(3, "advanced")}
+    assert take_node_environment(environ) == (3, "advanced")
+    assert environ == {"PATH": "/bin"}  # removed, as Node removes them
+    assert take_node_environment({"NODE_CHANNEL_FD": "4"}) == (4, "json")
+
+
+@pytest.mark.parametrize(
+    ("environ", "match"),
+    [
+        ({}, "NODE_CHANNEL_FD is not set"),
+        ({"NODE_CHANNEL_FD": "x"}, "not a descriptor number"),
+        ({"NODE_CHANNEL_FD": "-1"}, "negative"),
+        ({"NODE_CHANNEL_FD": "3", "NODE_CHANNEL_SERIALIZATION_MODE": "v8"}, "'json' or"),
+    ],
+)
+def test_take_node_environment_errors(environ: dict[str, str], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        take_node_environment(environ)
+    assert environ == {}
+    with pytest.raises(ValueError, match="serialization"):
+        node_environment(3, "v8")  # type: ignore[arg-type]

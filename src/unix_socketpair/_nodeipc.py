@@ -32,7 +32,7 @@ import re
 import socket
 import struct
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from . import _v8
@@ -60,6 +60,8 @@ __all__ = [
     "encode_advanced",
     "encode_json",
     "is_internal",
+    "node_environment",
+    "take_node_environment",
 ]
 
 Serialization = Literal["json", "advanced"]
@@ -380,6 +382,48 @@ class _Outgoing:
         self.handle = handle
         self.ticket = ticket
         self.retransmissions = 0
+
+
+_FD_VARIABLE: Final = "NODE_CHANNEL_FD"
+_MODE_VARIABLE: Final = "NODE_CHANNEL_SERIALIZATION_MODE"
+
+
+def node_environment(fd: int, serialization: Serialization) -> dict[str, str]:
+    """The variables a Node child needs to find its channel at descriptor *fd*."""
+    if serialization not in ("json", "advanced"):
+        raise ValueError(f"serialization must be 'json' or 'advanced', not {serialization!r}")
+    return {_FD_VARIABLE: str(fd), _MODE_VARIABLE: serialization}
+
+
+def take_node_environment(environ: MutableMapping[str, str]) -> tuple[int, Serialization]:
+    """``(descriptor, serialization)`` of the channel a Node parent gave this process,
+    read from *environ* (``os.environ``) and removed from it, as Node removes them
+    from its own children's ``process.env`` (so grandchildren do not inherit them).
+
+    A missing ``NODE_CHANNEL_SERIALIZATION_MODE`` means ``'json'``, as in Node.
+
+    Raises:
+        ValueError: ``NODE_CHANNEL_FD`` is missing or not a descriptor number, or the
+            mode is neither ``json`` nor ``advanced`` (both variables are removed anyway).
+    """
+    raw_fd = environ.pop(_FD_VARIABLE, None)
+    mode = environ.pop(_MODE_VARIABLE, "json")
+    if raw_fd is None:
+        raise ValueError(
+            f"{_FD_VARIABLE} is not set: this process was not started with a Node IPC "
+            f"channel ('ipc' in the parent's stdio)"
+        )
+    try:
+        fd = int(raw_fd, 10)
+    except ValueError:
+        raise ValueError(f"{_FD_VARIABLE}={raw_fd!r} is not a descriptor number") from None
+    if fd < 0:
+        raise ValueError(f"{_FD_VARIABLE}={raw_fd!r} is negative")
+    if mode == "json":
+        return fd, "json"
+    if mode == "advanced":
+        return fd, "advanced"
+    raise ValueError(f"{_MODE_VARIABLE}={mode!r}: 'json' or 'advanced' expected")
 
 
 def describe_handle(sock: socket.socket) -> tuple[str, str | None]:

@@ -15,16 +15,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for t
 from interop.node_driver import NodePeer
 
 from unix_socketpair import ChannelClosed
+from unix_socketpair._nodeipc import take_node_environment
 
-# Node removes both variables from its own child's environment; so do we.
-fd = int(os.environ.pop("NODE_CHANNEL_FD"))
-mode = os.environ.pop("NODE_CHANNEL_SERIALIZATION_MODE")
-assert mode in ("json", "advanced"), mode
+fd, mode = take_node_environment(os.environ)
+assert "NODE_CHANNEL_FD" not in os.environ
 assert stat.S_ISSOCK(os.fstat(fd).st_mode), "NODE_CHANNEL_FD is not a socket"
 sock = socket.socket(fileno=fd)
 assert sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM
 
-peer = NodePeer(sock, mode)  # type: ignore[arg-type]
+peer = NodePeer(sock, mode)
 try:
     while True:
         message, handle = peer.recv_with_handle(timeout=30)

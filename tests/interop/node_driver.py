@@ -27,6 +27,7 @@ from unix_socketpair._nodeipc import (
     NodeProtocol,
     Serialization,
     describe_handle,
+    node_environment,
 )
 
 NODE_CHILD = Path(__file__).resolve().parent.parent / "children" / "node_ipc.js"
@@ -34,7 +35,7 @@ _FD_SPACE = socket.CMSG_SPACE(16 * array.array("i").itemsize)
 
 
 def start_node(
-    mode: str, script: Path = NODE_CHILD, **popen: Any
+    mode: Serialization, script: Path = NODE_CHILD, **popen: Any
 ) -> tuple[socket.socket, subprocess.Popen[str]]:
     """Start ``node script`` with its IPC channel on a new socketpair; return our end."""
     ours, theirs = socket.socketpair()
@@ -42,11 +43,7 @@ def start_node(
         child = subprocess.Popen(
             [require("node"), str(script)],
             pass_fds=[theirs.fileno()],
-            env={
-                **os.environ,
-                "NODE_CHANNEL_FD": str(theirs.fileno()),
-                "NODE_CHANNEL_SERIALIZATION_MODE": mode,
-            },
+            env={**os.environ, **node_environment(theirs.fileno(), mode)},
             text=True,
             **popen,
         )
