@@ -70,7 +70,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="ID",
         help="run only this case (repeatable): create, stream-4kib, stream-64kib, "
-        "stream-1mib, framed-64b, framed-1mib, rtt, scale",
+        "stream-1mib, framed-64b, framed-1mib, rtt, spawn, scale",
     )
 
 
@@ -134,6 +134,12 @@ TARGETS = (
            1 / 1.15, (("floor-recvmsg", "recvmsg_into with fd room"),
                       ("floor-recvmsg-passcred", "the same with SO_PASSCRED")),
            (("channel-spin0", "with spin=0"),)),
+    Target("spawn() with the fd number already taken costs at most 2x a plain Popen",
+           "spawn", "spawn-taken", "popen", 0.5),
+    Target("spawn() at a free fd number costs at most 1.5x a plain Popen", "spawn",
+           "spawn-free", "popen", 1 / 1.5),
+    Target("spawn(fd='stdio') costs at most 1.5x a plain Popen", "spawn", "spawn-stdio",
+           "popen", 1 / 1.5),
 )  # fmt: skip
 
 
