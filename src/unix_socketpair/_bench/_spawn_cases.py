@@ -30,6 +30,10 @@ def _program() -> str:
     return path
 
 
+def _need_program() -> None:
+    _program()
+
+
 def _need_free() -> None:
     _program()
     try:
@@ -101,12 +105,13 @@ def spawn_case(n: int) -> Case:
         "that number itself during the run.",
         "s/op",
         [
-            Variant("subprocess.Popen(close_fds=True)", _popen, n, key="popen", available=_program),
+            Variant("subprocess.Popen(close_fds=True)", _popen, n, key="popen",
+                    available=_need_program),
             Variant(f"spawn(fd={_TAKEN}), {_TAKEN} taken", _bind(_TAKEN, _TAKEN), n,
-                    "project", "spawn-taken", _program),
+                    "project", "spawn-taken", _need_program),
             Variant(f"spawn(fd={_FREE}), {_FREE} free", _bind(_FREE, None), n,
                     "project", "spawn-free", _need_free),
             Variant("spawn(fd='stdio')", _bind("stdio", None), n, "project", "spawn-stdio",
-                    _program),
+                    _need_program),
         ],
     )  # fmt: skip
