@@ -166,7 +166,7 @@ def main():
     if b"/" in program:
         paths = [program]
     else:
-        paths = [os.path.join(d, program) for d in os.get_exec_path(env)]
+        paths = [os.path.join(os.fsencode(d), program) for d in os.get_exec_path(env)]
     first, last = 0, errno.ENOENT
     for path in paths:
         try:
