@@ -352,6 +352,7 @@ class _Launch:
     stderr: _Stdio
     cwd: _Arg | None
     temps: list[int]
+    new_group: bool = False
     report: int = -1
 
     def popen_kwargs(self) -> dict[str, Any]:
@@ -364,7 +365,21 @@ class _Launch:
             "close_fds": True,
             "env": self.env,
             "cwd": self.cwd,
+            **_group_kwargs(self.new_group),
         }
+
+
+def _group_kwargs(new_group: bool) -> dict[str, Any]:
+    """Popen arguments that start the child in a process group of its own (or not).
+
+    ``process_group=0`` exists from Python 3.11; 3.10 can only start a new session, which
+    also detaches the child from the controlling terminal.
+    """
+    if not new_group:
+        return {}
+    if sys.version_info >= (3, 11):
+        return {"process_group": 0}
+    return {"start_new_session": True}
 
 
 def _close_all(fds: list[int]) -> None:
@@ -397,7 +412,16 @@ def _plan(
             stdio[number] = placements[number]
     high = {t: s for t, s in sorted(placements.items()) if t >= 3}
     launch = _Launch(
-        list(req.argv), None, tuple(high), req.env, stdio[0], stdio[1], stdio[2], req.cwd, temps
+        list(req.argv),
+        None,
+        tuple(high),
+        req.env,
+        stdio[0],
+        stdio[1],
+        stdio[2],
+        req.cwd,
+        temps,
+        req.new_group,
     )
     if not req.deathsig:
         for target, source in high.items():
@@ -517,6 +541,7 @@ class _Request:
     std: tuple[_Stdio, _Stdio, _Stdio]
     channel_options: dict[str, Any] | None = None
     deathsig: int = 0
+    new_group: bool = False
 
 
 def _check_channel_options(
@@ -544,6 +569,7 @@ def _prepare(
     std: tuple[_Stdio, _Stdio, _Stdio],
     channel_options: dict[str, Any] | None = None,
     deathsig: int = 0,
+    new_group: bool = False,
 ) -> _Request:
     argv = _check_args(args)
     target = _check_fd(fd)
@@ -551,7 +577,7 @@ def _prepare(
     if deathsig and not sys.platform.startswith("linux"):
         raise OSError(f"a parent-death signal needs Linux (PR_SET_PDEATHSIG), not {sys.platform}")
     return _Request(
-        argv, target, extra, _child_env(env, target), cwd, std, channel_options, deathsig
+        argv, target, extra, _child_env(env, target), cwd, std, channel_options, deathsig, new_group
     )
 
 
@@ -794,7 +820,7 @@ def spawn(
         Any exception a signal handler raises meanwhile: then, too, nothing is left open
             and any child already started is killed and reaped.
     """
-    return _spawn(args, fd, type, fd_map, env, cwd, (stdin, stdout, stderr), channel_options, 0)
+    return _spawn(args, fd, type, fd_map, env, cwd, (stdin, stdout, stderr), channel_options)
 
 
 def _spawn(
@@ -806,11 +832,13 @@ def _spawn(
     cwd: _Arg | None,
     std: tuple[_Stdio, _Stdio, _Stdio],
     channel_options: Mapping[str, Any] | None,
-    deathsig: int,
+    deathsig: int = 0,
+    new_group: bool = False,
 ) -> Child:
+    """:func:`spawn`, plus what only the command line asks for (see :func:`_spawn_on`)."""
     sock_type = check_type(type)
     options = _check_channel_options(channel_options, _CHANNEL_OPTIONS)
-    req = _prepare(args, fd, fd_map, env, cwd, std, options, deathsig)
+    req = _prepare(args, fd, fd_map, env, cwd, std, options, deathsig, new_group)
     signals = _Signals()
     signals.block()
     try:
@@ -852,9 +880,11 @@ def spawn_on(
     """Like :func:`spawn`, but give the child an existing socket (or any descriptor).
 
     *sock* is borrowed: the caller still owns it and closes its copy when the child
-    should be the only holder. Returns the ``Popen``; the caller reaps it.
+    should be the only holder. (To hand a :class:`Child`'s own socket on this way, close
+    it with ``child.socket.close()``: ``Child.close()`` shuts the socket down, for every
+    process that holds it.) Returns the ``Popen``; the caller reaps it.
     """
-    return _spawn_on(args, sock, fd, fd_map, env, cwd, (stdin, stdout, stderr), 0)
+    return _spawn_on(args, sock, fd, fd_map, env, cwd, (stdin, stdout, stderr))
 
 
 def _spawn_on(
@@ -865,10 +895,15 @@ def _spawn_on(
     env: Mapping[str, str] | None,
     cwd: _Arg | None,
     std: tuple[_Stdio, _Stdio, _Stdio],
-    deathsig: int,
+    deathsig: int = 0,
+    new_group: bool = False,
 ) -> subprocess.Popen[bytes]:
+    """:func:`spawn_on` plus two things only the command line asks for (Linux-only parts
+    say so): *deathsig*, the signal the child gets when the thread that started it exits
+    (``PR_SET_PDEATHSIG``, set by the exec helper between fork and exec; Linux only,
+    ``OSError`` elsewhere), and *new_group*, a process group of its own for the child."""
     source = _fileno(sock, "spawn_on() sock")
-    req = _prepare(args, fd, fd_map, env, cwd, std, None, deathsig)
+    req = _prepare(args, fd, fd_map, env, cwd, std, None, deathsig, new_group)
     signals = _Signals()
     signals.block()
     try:
