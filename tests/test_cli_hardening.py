@@ -173,19 +173,28 @@ def test_kill_after_has_a_default_and_never_disables_it() -> None:
 # ------------------------------------------------------- grandchildren are not waited for
 
 
-def test_a_grandchild_that_keeps_writing_does_not_keep_the_tool_relaying(tmp_path: Path) -> None:
-    # The child starts `yes` on its socket in the background and exits at once.
-    out = tmp_path / "out"
-    with open(out, "wb") as sink:
-        proc = subprocess.run(
-            cli("exec", "--", "sh", "-c", "yes >&3 & echo $! >&2"),
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.PIPE,
-            timeout=30,
-        )
-    assert proc.returncode == 0, proc.stderr
-    grandchild = int(proc.stderr.split()[0])
+def test_a_grandchild_that_keeps_writing_does_not_keep_the_tool_relaying() -> None:
+    # The child starts `yes` on its socket in the background and exits once told to (when
+    # `yes` is in full flow); our stdout drains slowly (a reader that takes 64 KiB per
+    # 5 ms: a load, not a clock).
+    with subprocess.Popen(
+        cli("exec", "--", "sh", "-c", "yes >&3 & echo $! >&2; read go <&3"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None and proc.stdin is not None
+        grandchild = int(read_line(proc.stderr, _deadline()))
+        assert read_line(proc.stdout, _deadline()) == b"y\n"
+        proc.stdin.write(b"go\n")
+        proc.stdin.close()
+        received = 0
+        deadline = _deadline()
+        while chunk := os.read(proc.stdout.fileno(), 65536):
+            received += len(chunk)
+            assert time.monotonic() < deadline, f"still relaying after {received} bytes"
+            time.sleep(0.005)
+        assert proc.wait(timeout=20) == 0
     deadline = _deadline()
     while not (gone(grandchild) or _zombie(grandchild)):  # its next write failed: EPIPE
         assert time.monotonic() < deadline, "the grandchild still writes into a dead socket"
@@ -231,10 +240,13 @@ def test_missing_interpreter_is_named(tmp_path: Path) -> None:
     script.chmod(0o755)
     proc = run("exec", "--", str(script))
     assert proc.returncode == 126
-    assert proc.stderr == (
-        f"unix-socketpair: {script}: bad interpreter: /nonexistent/interpreter: "
-        "No such file or directory\n"
-    ).encode()
+    assert (
+        proc.stderr
+        == (
+            f"unix-socketpair: {script}: bad interpreter: /nonexistent/interpreter: "
+            "No such file or directory\n"
+        ).encode()
+    )
 
 
 def test_frames_null_keeps_a_newline_inside_a_message() -> None:
