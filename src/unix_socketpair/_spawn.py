@@ -79,6 +79,7 @@ started by a ``Popen`` that is then interrupted is still killed and reaped.
 
 from __future__ import annotations
 
+import _signal as _c_signal  # type: ignore[import-not-found]
 import contextlib
 import fcntl
 import os
@@ -216,15 +217,26 @@ class _Signals:
     def block(self) -> None:
         """Block; a handler already due runs (and may raise) here, before this returns."""
         if self._main and self._old is None:
-            self._old = {int(n) for n in signal.pthread_sigmask(signal.SIG_BLOCK, self._ALL)}
+            self._old = _sigmask(signal.SIG_BLOCK, self._ALL)
             _run_due_handlers()
 
     def release(self) -> None:
         """Unblock; a handler pending meanwhile runs (and may raise) here."""
         old, self._old = self._old, None
         if old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            _sigmask(signal.SIG_SETMASK, old)
             _run_due_handlers()
+
+
+def _sigmask(how: int, mask: set[int]) -> set[int]:
+    """``pthread_sigmask`` returning plain numbers.
+
+    ``signal.pthread_sigmask`` turns every number of the returned mask into a
+    ``Signals`` member: ~100 µs for a full mask, measured, against ~2 µs for the call
+    itself; on every spawn, twice. ``_signal`` is the C module ``signal`` wraps.
+    """
+    result: set[int] = _c_signal.pthread_sigmask(how, mask)
+    return result
 
 
 def _run_due_handlers() -> None:
@@ -319,9 +331,17 @@ def _check_fd_map(fd_map: Mapping[int, int | _HasFileno] | None, taken: set[int]
     return result
 
 
-def _child_env(env: Mapping[str, str] | None, target: int | None) -> dict[str, str]:
-    result = dict(os.environ if env is None else env)
-    result[ENV_VAR] = "stdio" if target is None else str(target)
+def _child_env(env: Mapping[str, str] | None, target: int | None) -> dict[bytes, bytes]:
+    """The child's environment, as bytes (what ``Popen`` passes on without re-encoding).
+
+    Copying ``os.environ`` decodes and re-encodes every variable: measured at a tenth of
+    a ``Popen``'s cost for a typical environment; ``os.environb`` is copied as it is.
+    """
+    if env is None:
+        result = dict(os.environb)
+    else:
+        result = {os.fsencode(key): os.fsencode(value) for key, value in env.items()}
+    result[ENV_VAR.encode()] = b"stdio" if target is None else b"%d" % target
     return result
 
 
@@ -346,7 +366,7 @@ class _Launch:
     argv: list[_Arg]
     executable: str | None
     pass_fds: tuple[int, ...]
-    env: dict[str, str]
+    env: dict[bytes, bytes]
     stdin: _Stdio
     stdout: _Stdio
     stderr: _Stdio
@@ -536,7 +556,7 @@ class _Request:
     argv: list[_Arg]
     target: int | None
     extra: dict[int, int]
-    env: dict[str, str]
+    env: dict[bytes, bytes]
     cwd: _Arg | None
     std: tuple[_Stdio, _Stdio, _Stdio]
     channel_options: dict[str, Any] | None = None
