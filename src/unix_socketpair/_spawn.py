@@ -144,6 +144,8 @@ def main():
             fail(70, ctypes.get_errno())
         if os.getppid() != parent:
             os._exit(128 + deathsig)
+    if a[4] == b"1":
+        os.environb[b"LISTEN_PID"] = b"%d" % os.getpid()
     moves = [] if a[5] == b"-" else [tuple(map(int, m.split(b":"))) for m in a[5].split(b",")]
     program, argv = a[6], a[7:] or [a[6]]
     if moves:
@@ -443,7 +445,7 @@ def _plan(
         temps,
         req.new_group,
     )
-    if not req.deathsig:
+    if not (req.deathsig or req.listen):  # both need a step between fork and exec
         for target, source in high.items():
             if source == target:
                 continue
@@ -488,7 +490,7 @@ def _plan_helper(
         str(write_end),
         str(os.getpid()),
         str(req.deathsig),
-        "0",
+        "1" if req.listen else "0",
         ",".join(moves) or "-",
         req.argv[0],
         *req.argv,
@@ -538,8 +540,8 @@ async def _aread_report(fd: int) -> bytes:
         else:
             done.set_result(None)
 
-    loop.add_reader(fd, readable)
-    try:
+    try:  # add_reader inside: an exception right after it must not leave fd registered
+        loop.add_reader(fd, readable)
         await done
     finally:
         loop.remove_reader(fd)
@@ -562,6 +564,7 @@ class _Request:
     channel_options: dict[str, Any] | None = None
     deathsig: int = 0
     new_group: bool = False
+    listen: bool = False  # systemd socket activation: LISTEN_PID set between fork and exec
 
 
 def _check_channel_options(
@@ -590,15 +593,62 @@ def _prepare(
     channel_options: dict[str, Any] | None = None,
     deathsig: int = 0,
     new_group: bool = False,
+    listen_fds: bool = False,
+    fd_names: Mapping[int, str] | None = None,
 ) -> _Request:
     argv = _check_args(args)
     target = _check_fd(fd)
     extra = _check_fd_map(fd_map, {0, 1} if target is None else {target})
     if deathsig and not sys.platform.startswith("linux"):
         raise OSError(f"a parent-death signal needs Linux (PR_SET_PDEATHSIG), not {sys.platform}")
+    child_env = _child_env(env, target)
+    if listen_fds:
+        child_env.update(_listen_env(target, extra, fd_names))
+    elif fd_names is not None:
+        raise ValueError("fd_names goes with listen_fds=True")
     return _Request(
-        argv, target, extra, _child_env(env, target), cwd, std, channel_options, deathsig, new_group
+        argv, target, extra, child_env, cwd, std, channel_options, deathsig, new_group, listen_fds
     )
+
+
+#: The first descriptor of systemd's socket activation protocol (``SD_LISTEN_FDS_START``).
+_LISTEN_START = 3
+
+
+def _listen_env(
+    target: int | None, extra: Mapping[int, int], names: Mapping[int, str] | None
+) -> dict[bytes, bytes]:
+    """``LISTEN_FDS`` and ``LISTEN_FDNAMES`` for systemd socket activation.
+
+    The child's descriptors (the socket and every ``fd_map`` entry) must be exactly
+    3 ... 3+n-1, as ``sd_listen_fds()`` assumes. ``LISTEN_PID`` (the child's own pid) is
+    set by the exec helper between fork and exec.
+    """
+    if target is None:
+        raise ValueError("listen_fds needs the socket at a descriptor number, not fd='stdio'")
+    numbers = sorted({target, *extra})
+    for expected, number in enumerate(numbers, _LISTEN_START):
+        if number != expected:
+            raise ValueError(
+                f"listen_fds needs descriptors {_LISTEN_START}..{_LISTEN_START + len(numbers) - 1}"
+                f" with no gap: {expected} is missing (got {numbers})"
+            )
+    env = {b"LISTEN_FDS": b"%d" % len(numbers)}
+    if names is not None:
+        unknown = sorted(set(names) - set(numbers))
+        if unknown:
+            raise ValueError(f"fd_names names descriptors the child does not get: {unknown}")
+        for number, name in names.items():
+            if not isinstance(name, str):
+                raise TypeError(f"fd_names[{number}] must be a str, not {type(name).__name__}")
+            if not name or len(name) > 255 or ":" in name or not name.isprintable():
+                raise ValueError(
+                    f"fd_names[{number}] = {name!r}: a name is 1 to 255 printable characters"
+                    " without ':'"
+                )
+        joined = ":".join(names.get(number, "unknown") for number in numbers)
+        env[b"LISTEN_FDNAMES"] = os.fsencode(joined)
+    return env
 
 
 def _start(
@@ -805,6 +855,8 @@ def spawn(
     stdout: _Stdio = None,
     stderr: _Stdio = None,
     channel_options: Mapping[str, Any] | None = None,
+    listen_fds: bool = False,
+    fd_names: Mapping[int, str] | None = None,
 ) -> Child:
     """Start *args* with one end of a new socketpair at descriptor *fd* in the child.
 
@@ -825,6 +877,13 @@ def spawn(
             (``max_message_size``, ``max_fds``, ``spin``, ``write_buffer``). The channel is
             then made over the parent's end *before* the child starts, so a bad option
             raises here and no child is left behind.
+        listen_fds: systemd socket activation: the child gets ``LISTEN_FDS=<n>`` and
+            ``LISTEN_PID=<its own pid>`` (set between fork and exec by the exec helper), so
+            ``sd_listen_fds()`` finds its descriptors. They (the socket at *fd* and the
+            ``fd_map`` entries) must be exactly 3 ... 3+n-1, else ``ValueError``.
+        fd_names: with *listen_fds*, ``{child number: name}`` for ``LISTEN_FDNAMES``
+            (``sd_listen_fds_with_names()``); numbers left out are named ``unknown``. A
+            name is 1 to 255 printable characters without ``:``.
 
     The child inherits no other descriptor of ours. The parent's copy of the child's end
     is closed before this returns or raises. Thread-safe.
@@ -840,7 +899,18 @@ def spawn(
         Any exception a signal handler raises meanwhile: then, too, nothing is left open
             and any child already started is killed and reaped.
     """
-    return _spawn(args, fd, type, fd_map, env, cwd, (stdin, stdout, stderr), channel_options)
+    return _spawn(
+        args,
+        fd,
+        type,
+        fd_map,
+        env,
+        cwd,
+        (stdin, stdout, stderr),
+        channel_options,
+        listen_fds=listen_fds,
+        fd_names=fd_names,
+    )
 
 
 def _spawn(
@@ -854,11 +924,15 @@ def _spawn(
     channel_options: Mapping[str, Any] | None,
     deathsig: int = 0,
     new_group: bool = False,
+    listen_fds: bool = False,
+    fd_names: Mapping[int, str] | None = None,
 ) -> Child:
     """:func:`spawn`, plus what only the command line asks for (see :func:`_spawn_on`)."""
     sock_type = check_type(type)
     options = _check_channel_options(channel_options, _CHANNEL_OPTIONS)
-    req = _prepare(args, fd, fd_map, env, cwd, std, options, deathsig, new_group)
+    req = _prepare(
+        args, fd, fd_map, env, cwd, std, options, deathsig, new_group, listen_fds, fd_names
+    )
     signals = _Signals()
     signals.block()
     try:
@@ -1092,6 +1166,8 @@ async def spawn_async(
     stdout: _Stdio = None,
     stderr: _Stdio = None,
     channel_options: Mapping[str, Any] | None = None,
+    listen_fds: bool = False,
+    fd_names: Mapping[int, str] | None = None,
 ) -> AsyncChild:
     """The asyncio twin of :func:`spawn`: same arguments, same guarantees, same errors.
 
@@ -1108,7 +1184,9 @@ async def spawn_async(
 
     sock_type = check_type(type)
     options = _check_channel_options(channel_options, _ASYNC_CHANNEL_OPTIONS)
-    req = _prepare(args, fd, fd_map, env, cwd, (stdin, stdout, stderr), options)
+    req = _prepare(
+        args, fd, fd_map, env, cwd, (stdin, stdout, stderr), options, 0, False, listen_fds, fd_names
+    )
     signals = _Signals()
     signals.block()
     try:
