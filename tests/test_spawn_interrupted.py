@@ -34,11 +34,8 @@ def handler(signum, frame):
     # Only while spawn()/spawn_async() itself runs (it is on the stack): not in this
     # script's loop, and not in the event loop's own machinery while spawn_async() waits
     # (an exception there breaks the loop, not the spawn), nor in asyncio's own code
-    # that spawn_async() calls (asyncio is not written to survive one). Nor in CPython's
-    # Popen._execute_child: its `self.pid = _fork_exec(...)` loses the pid of a child
-    # already running if an exception lands right after the call, and its os.pipe()
-    # leaks both ends the same way: nothing a caller of Popen can recover from. Every
-    # other frame, ours and the rest of Popen's, is fair game.
+    # that spawn_async() calls (asyncio is not written to survive one). Every other
+    # frame, ours and Popen's, is fair game.
     if not armed or frame is None or frame.f_code in not_ours:
         return
     f = frame
@@ -86,7 +83,7 @@ async def run_async():
 
 import unix_socketpair._spawn as impl
 ours.update({impl.spawn.__code__, impl.spawn_async.__code__})
-not_ours.update({subprocess.Popen._execute_child.__code__, handler.__code__})
+not_ours.add(handler.__code__)
 ASYNCIO = os.path.dirname(asyncio.__file__) + os.sep
 held = os.open(os.devnull, os.O_RDONLY)  # keep fd 3 taken: the placement has work to do
 before = fds()

@@ -70,11 +70,12 @@ Every step releases what it took, on every path, the way trio's ``_open_process`
 it: one ``ExitStack`` that always runs (the child's end, claimed numbers, the report
 pipe) and one that runs only on failure (the parent's end, the started process: killed
 and reaped). A Python signal handler runs between two bytecodes of the main thread and
-may raise there; so in the main thread ``spawn`` holds signals off (``pthread_sigmask``)
-while it creates and registers descriptors, and lets them in only around ``Popen``
-(whose child must not inherit a blocked mask) and at the very end, inside the failure
-cleanup's reach. The ``Popen`` object registers itself before it forks, so a child
-started by a ``Popen`` that is then interrupted is still killed and reaped.
+may raise there; so in the main thread ``spawn`` defers the Python handlers
+(:class:`_Signals`) while it creates and registers descriptors and runs ``Popen``, and
+runs any that came due at the end, inside the failure cleanup's reach. ``spawn_async``
+lets them run while it awaits (the event loop must). The ``Popen`` object registers
+itself before it forks, so a child started by a ``Popen`` that is then interrupted is
+still killed and reaped.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ._ancillary import enable_passcred
@@ -195,60 +196,66 @@ def _helper_available() -> bool:
     return _helper_ok
 
 
+# SIGKILL and SIGSTOP cannot have handlers.
+_UNCATCHABLE = {signal.SIGKILL, signal.SIGSTOP}
+
+
 class _Signals:
-    """Hold signals off the main thread while descriptors are created and registered.
+    """Defer Python signal handlers while descriptors are created and registered.
 
     A Python signal handler runs in the main thread between two bytecodes and may raise
     there (``KeyboardInterrupt``, a timer's exception): between creating a descriptor and
-    registering it for cleanup, that would leak it. Blocked signals stay pending in the
-    kernel and their handlers run when :meth:`release` unblocks them. A signal that
-    arrived just before :meth:`block` has had its C handler run already; its Python
-    handler is run inside :meth:`block` (so it raises there, not later in the held
-    region). In other threads no Python handler runs: there this does nothing.
+    registering it for cleanup, that would leak it. Blocking the signals
+    (``pthread_sigmask``) is not enough: the kernel then delivers a process-directed
+    signal to another thread (asyncio's child watcher, any worker), whose C handler marks
+    it due, and the main thread runs the Python handler at its next check anyway. So
+    :meth:`hold` swaps every Python-level handler for one that only notes the signal, and
+    :meth:`release` puts them back and runs the noted ones, there (where the caller's
+    cleanup still reaches). The C handlers are untouched: ``set_wakeup_fd`` (asyncio's
+    ``add_signal_handler``) still sees every signal, once. Only the main thread runs
+    Python handlers and may change them; elsewhere this does nothing.
     """
 
-    # Synchronous faults must never be blocked (a blocked SIGSEGV kills the process).
-    _ALL: ClassVar[set[int]] = {int(n) for n in signal.valid_signals()} - {
-        getattr(signal, n) for n in ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL") if hasattr(signal, n)
-    }
+    _NUMBERS: ClassVar[tuple[int, ...]] = tuple(
+        int(n) for n in signal.valid_signals() if n not in _UNCATCHABLE
+    )
 
     def __init__(self) -> None:
-        self._old: set[int] | None = None
         self._main = threading.current_thread() is threading.main_thread()
+        self._saved: dict[int, Any] | None = None
+        self._due: list[int] = []
 
-    def block(self) -> None:
-        """Block; a handler already due runs (and may raise) here, before this returns."""
-        if self._main and self._old is None:
-            self._old = _sigmask(signal.SIG_BLOCK, self._ALL)
-            _run_due_handlers()
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        self._due.append(signum)
+
+    def hold(self) -> None:
+        """Defer the Python handlers (idempotent)."""
+        if not self._main or self._saved is not None:
+            return
+        saved = {}
+        for signum in self._NUMBERS:
+            handler = _c_signal.getsignal(signum)
+            if callable(handler):
+                saved[signum] = handler
+        self._saved = saved  # first: release() restores exactly what was swapped
+        for signum in saved:
+            _c_signal.signal(signum, self._note)
 
     def release(self) -> None:
-        """Unblock; a handler pending meanwhile runs (and may raise) here."""
-        old, self._old = self._old, None
-        if old is not None:
-            _sigmask(signal.SIG_SETMASK, old)
-            _run_due_handlers()
-
-
-def _sigmask(how: int, mask: set[int]) -> set[int]:
-    """``pthread_sigmask`` returning plain numbers.
-
-    ``signal.pthread_sigmask`` turns every number of the returned mask into a
-    ``Signals`` member: ~100 µs for a full mask, measured, against ~2 µs for the call
-    itself; on every spawn, twice. ``_signal`` is the C module ``signal`` wraps.
-    """
-    result: set[int] = _c_signal.pthread_sigmask(how, mask)
-    return result
-
-
-def _run_due_handlers() -> None:
-    """Give Python signal handlers that are due a chance to run at this very point.
-
-    The interpreter runs them where it checks for pending work: on a backward jump,
-    among other places. One loop iteration is such a check.
-    """
-    for _ in range(2):
-        pass
+        """Restore the handlers and run those whose signal came meanwhile (they may raise)."""
+        saved, self._saved = self._saved, None
+        if saved is None:
+            return
+        for signum, handler in saved.items():
+            _c_signal.signal(signum, handler)
+        due, self._due = self._due, []
+        for index, signum in enumerate(due):
+            try:
+                saved[signum](signum, sys._getframe(1))
+            except BaseException:
+                for later in due[index + 1 :]:  # not lost: delivered again, run later
+                    signal.raise_signal(later)
+                raise
 
 
 class _Popen(subprocess.Popen[bytes]):
@@ -660,8 +667,8 @@ def _start(
 ) -> subprocess.Popen[bytes]:
     """Start the child (blocking); the shared sync half of ``spawn`` and ``spawn_on``.
 
-    Called with signals held off; lets them in around ``Popen`` only. The process is
-    registered with *on_failure* (killed and reaped) before it exists.
+    Called with Python signal handlers deferred. The process is registered with
+    *on_failure* (killed and reaped) before it exists.
     """
     started: list[subprocess.Popen[bytes]] = []
     on_failure.callback(_reap_started, started)
@@ -669,11 +676,9 @@ def _start(
     always.callback(_close_all, temps)
     with _LOCK:
         launch = _plan(req, placements, temps, always)
-        try:
-            signals.release()  # the child must not inherit a blocked mask
-            process = _Popen(started, launch.argv, **launch.popen_kwargs())
-        finally:
-            signals.block()
+        # Handlers stay deferred across Popen too: CPython's _execute_child loses the pid
+        # of a running child if an exception lands right after its fork_exec call.
+        process = _Popen(started, launch.argv, **launch.popen_kwargs())
         _close_all(temps)  # the child has its copies; the report's write end must go too
     if launch.report >= 0:
         data = _read_report(launch.report)
@@ -934,7 +939,7 @@ def _spawn(
         args, fd, fd_map, env, cwd, std, options, deathsig, new_group, listen_fds, fd_names
     )
     signals = _Signals()
-    signals.block()
+    signals.hold()
     try:
         with contextlib.ExitStack() as on_failure:
             with contextlib.ExitStack() as always:
@@ -949,9 +954,9 @@ def _spawn(
                 process = _start(req, placements, signals, always, on_failure)
             child = Child(process, sock, channel)
             try:
-                signals.release()  # a handler pending meanwhile may raise here: cleaned up
+                signals.release()  # a deferred handler may raise here: cleaned up
             except BaseException:
-                signals.block()
+                signals.hold()
                 raise
             on_failure.pop_all()
     finally:
@@ -999,7 +1004,7 @@ def _spawn_on(
     source = _fileno(sock, "spawn_on() sock")
     req = _prepare(args, fd, fd_map, env, cwd, std, None, deathsig, new_group)
     signals = _Signals()
-    signals.block()
+    signals.hold()
     try:
         with contextlib.ExitStack() as on_failure:
             with contextlib.ExitStack() as always:
@@ -1009,7 +1014,7 @@ def _spawn_on(
             try:
                 signals.release()
             except BaseException:
-                signals.block()
+                signals.hold()
                 raise
             on_failure.pop_all()
     finally:
@@ -1188,7 +1193,7 @@ async def spawn_async(
         args, fd, fd_map, env, cwd, (stdin, stdout, stderr), options, 0, False, listen_fds, fd_names
     )
     signals = _Signals()
-    signals.block()
+    signals.hold()
     try:
         async with contextlib.AsyncExitStack() as on_failure:
             with contextlib.ExitStack() as always:
@@ -1208,12 +1213,12 @@ async def spawn_async(
                 # then places ours, which is just a little slower.
                 launch = _plan(req, placements, temps, always)
                 try:
-                    signals.release()  # the event loop runs with signals let in
+                    signals.release()  # the event loop runs with its handlers
                     process = await asyncio.create_subprocess_exec(
                         *launch.argv, **launch.popen_kwargs()
                     )
                 finally:
-                    signals.block()
+                    signals.hold()
                 on_failure.push_async_callback(_kill_and_reap, process)
                 _close_all(temps)
                 if launch.report >= 0:
@@ -1221,14 +1226,14 @@ async def spawn_async(
                         signals.release()
                         data = await _aread_report(launch.report)
                     finally:
-                        signals.block()
+                        signals.hold()
                     if data:
                         raise _report_error(data, req.argv[0])
             child = AsyncChild(process, sock, channel)
             try:
                 signals.release()
             except BaseException:
-                signals.block()
+                signals.hold()
                 raise
             on_failure.pop_all()
     finally:
