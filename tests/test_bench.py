@@ -57,6 +57,7 @@ EXPECTED_ROWS = {
         "async-channel",
         "c",
     ],
+    "spawn": ["popen", "spawn-taken", "spawn-free", "spawn-stdio"],
     "scale": ["spawn-async", "asyncio-subprocess"],
 }
 

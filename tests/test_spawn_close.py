@@ -28,8 +28,11 @@ def my_children() -> set[int]:
     """Live or unreaped children of this process (Linux /proc)."""
     pids: set[int] = set()
     for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/children") as f:
-            pids.update(int(p) for p in f.read().split())
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+        except FileNotFoundError:  # that thread has just ended
+            continue
     return pids
 
 
