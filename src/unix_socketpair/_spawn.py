@@ -940,28 +940,35 @@ def _spawn(
     )
     signals = _Signals()
     signals.hold()
+    on_failure = contextlib.ExitStack()
     try:
-        with contextlib.ExitStack() as on_failure:
-            with contextlib.ExitStack() as always:
-                sock, child_fd = _new_pair(sock_type, req.target, on_failure, always)
-                channel = None
-                if options is not None:
-                    from ._channel import Channel
+        with contextlib.ExitStack() as always:
+            sock, child_fd = _new_pair(sock_type, req.target, on_failure, always)
+            channel = None
+            if options is not None:
+                from ._channel import Channel
 
-                    channel = Channel(sock, **options)
-                    on_failure.callback(channel.close)
-                placements = _placements(req.target, child_fd, req.extra)
-                process = _start(req, placements, signals, always, on_failure)
-            child = Child(process, sock, channel)
-            try:
-                signals.release()  # a deferred handler may raise here: cleaned up
-            except BaseException:
-                signals.hold()
-                raise
-            on_failure.pop_all()
+                channel = Channel(sock, **options)
+                on_failure.callback(channel.close)
+            placements = _placements(req.target, child_fd, req.extra)
+            process = _start(req, placements, signals, always, on_failure)
+        child = Child(process, sock, channel)
+        # The last call: a deferred handler may raise in it, and is then cleaned up after.
+        # (Nothing may run between a successful return from it and ours.)
+        signals.release()
+    except BaseException:
+        _fail(signals, on_failure)
+        raise
+    return child
+
+
+def _fail(signals: _Signals, on_failure: contextlib.ExitStack) -> None:
+    """Run the failure cleanup with the handlers deferred, then the ones that came due."""
+    signals.hold()
+    try:
+        on_failure.close()
     finally:
         signals.release()
-    return child
 
 
 def spawn_on(
@@ -1005,20 +1012,16 @@ def _spawn_on(
     req = _prepare(args, fd, fd_map, env, cwd, std, None, deathsig, new_group)
     signals = _Signals()
     signals.hold()
+    on_failure = contextlib.ExitStack()
     try:
-        with contextlib.ExitStack() as on_failure:
-            with contextlib.ExitStack() as always:
-                process = _start(
-                    req, _placements(req.target, source, req.extra), signals, always, on_failure
-                )
-            try:
-                signals.release()
-            except BaseException:
-                signals.hold()
-                raise
-            on_failure.pop_all()
-    finally:
-        signals.release()
+        with contextlib.ExitStack() as always:
+            process = _start(
+                req, _placements(req.target, source, req.extra), signals, always, on_failure
+            )
+        signals.release()  # the last call (see _spawn)
+    except BaseException:
+        _fail(signals, on_failure)
+        raise
     return process
 
 
@@ -1194,50 +1197,50 @@ async def spawn_async(
     )
     signals = _Signals()
     signals.hold()
+    on_failure = contextlib.AsyncExitStack()
     try:
-        async with contextlib.AsyncExitStack() as on_failure:
-            with contextlib.ExitStack() as always:
-                sock, child_fd = _new_pair(sock_type, req.target, on_failure, always)
-                sock.setblocking(False)
-                channel = None
-                if options is not None:
-                    from ._aio import AsyncChannel
+        with contextlib.ExitStack() as always:
+            sock, child_fd = _new_pair(sock_type, req.target, on_failure, always)
+            sock.setblocking(False)
+            channel = None
+            if options is not None:
+                from ._aio import AsyncChannel
 
-                    channel = AsyncChannel(sock, **options)
-                    on_failure.callback(channel.close)
-                placements = _placements(req.target, child_fd, req.extra)
-                temps: list[int] = []
-                always.callback(_close_all, temps)
-                # No lock here: a threading lock held across an await could block the loop.
-                # Without it a concurrent spawn may hold a claimed number; the exec helper
-                # then places ours, which is just a little slower.
-                launch = _plan(req, placements, temps, always)
+                channel = AsyncChannel(sock, **options)
+                on_failure.callback(channel.close)
+            placements = _placements(req.target, child_fd, req.extra)
+            temps: list[int] = []
+            always.callback(_close_all, temps)
+            # No lock here: a threading lock held across an await could block the loop.
+            # Without it a concurrent spawn may hold a claimed number; the exec helper
+            # then places ours, which is just a little slower.
+            launch = _plan(req, placements, temps, always)
+            try:
+                signals.release()  # the event loop runs with its handlers
+                process = await asyncio.create_subprocess_exec(
+                    *launch.argv, **launch.popen_kwargs()
+                )
+            finally:
+                signals.hold()
+            on_failure.push_async_callback(_kill_and_reap, process)
+            _close_all(temps)
+            if launch.report >= 0:
                 try:
-                    signals.release()  # the event loop runs with its handlers
-                    process = await asyncio.create_subprocess_exec(
-                        *launch.argv, **launch.popen_kwargs()
-                    )
+                    signals.release()
+                    data = await _aread_report(launch.report)
                 finally:
                     signals.hold()
-                on_failure.push_async_callback(_kill_and_reap, process)
-                _close_all(temps)
-                if launch.report >= 0:
-                    try:
-                        signals.release()
-                        data = await _aread_report(launch.report)
-                    finally:
-                        signals.hold()
-                    if data:
-                        raise _report_error(data, req.argv[0])
-            child = AsyncChild(process, sock, channel)
-            try:
-                signals.release()
-            except BaseException:
-                signals.hold()
-                raise
-            on_failure.pop_all()
-    finally:
-        signals.release()
+                if data:
+                    raise _report_error(data, req.argv[0])
+        child = AsyncChild(process, sock, channel)
+        signals.release()  # the last call (see _spawn)
+    except BaseException:
+        signals.hold()
+        try:
+            await on_failure.aclose()
+        finally:
+            signals.release()
+        raise
     return child
 
 
