@@ -10,6 +10,9 @@ from __future__ import annotations
 import ctypes.util
 import os
 import re
+import signal
+import socket
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -118,3 +121,21 @@ def test_without_listen_fds_the_child_gets_no_listen_pid(no_fd_leak: None) -> No
     with spawn(["sh", "-c", 'echo "${LISTEN_PID-none}" >&3']) as child:
         child.socket.settimeout(20)
         assert child.socket.recv(100) == b"none\n"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_same_step_sets_the_parent_death_signal(no_fd_leak: None, exec_path: None) -> None:
+    # What the command line asks for: PR_SET_PDEATHSIG, read back with PR_GET_PDEATHSIG (2).
+    code = (
+        "import ctypes, os\n"
+        "value = ctypes.c_int()\n"
+        "ctypes.CDLL(None).prctl(2, ctypes.byref(value))\n"
+        "os.write(3, b'%d' % value.value)\n"
+    )
+    child = _spawn._spawn(
+        [sys.executable, "-c", code], 3, socket.SOCK_STREAM, None, None, None,
+        (None, None, None), None, deathsig=signal.SIGKILL,
+    )  # fmt: skip
+    with child:
+        child.socket.settimeout(20)
+        assert child.socket.recv(16) == b"%d" % signal.SIGKILL
