@@ -226,10 +226,15 @@ class _Signals:
         self._due: list[int] = []
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
-        self._due.append(signum)
+        if signum not in self._due:  # like the kernel: one pending signal of a kind
+            self._due.append(signum)
 
     def hold(self) -> None:
-        """Defer the Python handlers (idempotent)."""
+        """Defer the Python handlers (idempotent).
+
+        A handler may still run (and raise) while they are being swapped; the swap is
+        then completed before the exception leaves.
+        """
         if not self._main or self._saved is not None:
             return
         saved = {}
@@ -238,24 +243,30 @@ class _Signals:
             if callable(handler):
                 saved[signum] = handler
         self._saved = saved  # first: release() restores exactly what was swapped
-        for signum in saved:
-            _c_signal.signal(signum, self._note)
+        try:
+            for signum in saved:
+                _c_signal.signal(signum, self._note)
+        finally:
+            for signum in saved:
+                _c_signal.signal(signum, self._note)
 
     def release(self) -> None:
-        """Restore the handlers and run those whose signal came meanwhile (they may raise)."""
+        """Restore the handlers and run those whose signal came meanwhile (they may raise).
+
+        If one raises, the signals still due are kept for the next :meth:`release`.
+        """
         saved, self._saved = self._saved, None
         if saved is None:
             return
-        for signum, handler in saved.items():
-            _c_signal.signal(signum, handler)
-        due, self._due = self._due, []
-        for index, signum in enumerate(due):
-            try:
-                saved[signum](signum, sys._getframe(1))
-            except BaseException:
-                for later in due[index + 1 :]:  # not lost: delivered again, run later
-                    signal.raise_signal(later)
-                raise
+        try:
+            for signum, handler in saved.items():
+                _c_signal.signal(signum, handler)
+        finally:  # all of them, even if a restored handler ran and raised meanwhile
+            for signum, handler in saved.items():
+                _c_signal.signal(signum, handler)
+        while self._due:
+            signum = self._due.pop(0)
+            saved[signum](signum, sys._getframe(1))
 
 
 class _Popen(subprocess.Popen[bytes]):
