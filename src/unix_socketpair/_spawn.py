@@ -54,8 +54,10 @@ So the planner (:func:`_plan`, shared by ``spawn`` and ``spawn_async``) picks on
    ``E:<errno>`` to a close-on-exec report pipe; the parent reads it to end-of-file (EOF
    alone means the exec succeeded) and raises the ``OSError(errno, strerror, program)``
    ``Popen`` would. The pid is the program's pid after the exec. Measured with
-   ``unix-socketpair bench --case spawn``: one extra ``exec`` of a static-size C program,
-   within 2x of a plain ``Popen`` (the Python trampoline it replaces cost ~18x).
+   ``unix-socketpair bench --case spawn`` on a loaded 2-core VM: 1.8x to 2.3x a plain
+   ``Popen`` of ``true`` (the Python trampoline it replaces: ~18x). The floor is the
+   second ``exec`` itself: a static helper that does nothing costs ~0.8x a ``Popen`` of
+   ``true`` (built statically when the platform allows: cheaper than a dynamic one).
 
    Only when the helper could not be built (no C compiler at install time) the same
    argv goes to ``python -I -S -c`` :data:`_TRAMPOLINE`, which does the same in Python
