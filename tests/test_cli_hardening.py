@@ -312,3 +312,35 @@ def test_every_help_example_works_as_printed(example: str, tmp_path: Path) -> No
     assert proc.returncode == 0, (example, proc.stdout, proc.stderr)
     assert proc.stdout or proc.stderr, f"{example!r} printed nothing"
     assert b"Traceback" not in proc.stderr
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0]
+
+
+def _wait_state(pid: int, wanted: set[str]) -> None:
+    deadline = _deadline()
+    while _state(pid) not in wanted:
+        assert time.monotonic() < deadline, f"{pid} stays {_state(pid)}, not {wanted}"
+        time.sleep(0.01)  # polling a condition with a deadline
+
+
+def test_ctrl_z_stops_the_child_with_the_tool_and_continue_resumes_both() -> None:
+    code = "import os\nos.write(3, b'%d\\n' % os.getpid())\nwhile os.read(3, 1024): pass\n"
+    with subprocess.Popen(
+        cli("exec", "--", PY, "-c", code),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,  # as a shell's job: its own process group
+    ) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        child = int(read_line(proc.stdout, _deadline()))
+        os.killpg(proc.pid, signal.SIGTSTP)  # what the terminal sends on Ctrl-Z
+        _wait_state(proc.pid, {"T"})
+        _wait_state(child, {"T"})
+        os.killpg(proc.pid, signal.SIGCONT)  # what the shell sends on fg
+        _wait_state(proc.pid, {"S", "R"})
+        _wait_state(child, {"S", "R"})
+        proc.stdin.close()
+        assert proc.wait(timeout=20) == 0
