@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup demo test lint typecheck unit bench clean
 
-$(STAMP): pyproject.toml setup.py src/unix_socketpair/_speedups.c
+$(STAMP): pyproject.toml setup.py src/unix_socketpair/_speedups.c src/unix_socketpair/_exec_helper.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
@@ -56,4 +56,4 @@ dist: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist docs/_build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
-	rm -f src/unix_socketpair/*.so
+	rm -f src/unix_socketpair/*.so src/unix_socketpair/_exec_helper

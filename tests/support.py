@@ -47,6 +47,21 @@ def require(tool: str) -> str:
     return path
 
 
+def require_exec_helper() -> str:
+    """Return the path of spawn()'s C exec helper; skip without it, but fail under ``CI=true``.
+
+    It is compiled when the package is installed (``make setup``), if a C compiler exists.
+    """
+    from unix_socketpair._spawn import HELPER
+
+    if not os.access(HELPER, os.X_OK):
+        message = "spawn()'s exec helper was not built (no C compiler at install time?)"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: a missing helper is a failure)")
+        pytest.skip(message)
+    return HELPER
+
+
 _compiled: dict[Path, Path] = {}
 _build_dir = Path(tempfile.mkdtemp(prefix="usp-test-cc-"))
 

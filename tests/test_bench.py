@@ -60,6 +60,7 @@ EXPECTED_ROWS = {
         "async-channel",
         "c",
     ],
+    "spawn": ["popen", "spawn-taken", "spawn-free", "spawn-stdio"],
     "batched-64b": ["pipe", "many-c", "many-py", "floor-c", "floor-py", "c"],
     "framing-loops-64b": ["split-py", "split-c", "join-py", "join-c"],
     "scale": ["spawn-async", "asyncio-subprocess"],

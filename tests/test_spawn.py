@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import ROOT, compile_c, open_fds, require, run_python
+from support import ROOT, compile_c, open_fds, require, require_exec_helper, run_python
 
 from unix_socketpair import (
     SOCK_DGRAM,
@@ -25,6 +25,7 @@ from unix_socketpair import (
     Channel,
     ChannelClosed,
     Child,
+    _spawn,
     socketpair,
     spawn,
 )
@@ -92,9 +93,16 @@ def lowest_free_fd() -> int:
     return probe
 
 
-@pytest.fixture
-def foreign_fd() -> Iterator[int]:
-    """A descriptor of the parent that is *not* ours to move (here /dev/null)."""
+@pytest.fixture(params=["helper", "python"])
+def foreign_fd(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """A descriptor of the parent that is *not* ours to move (here /dev/null).
+
+    Each test that takes one runs twice: with the C exec helper that places descriptors
+    on taken numbers, and with its Python fallback (used where the helper was not built).
+    """
+    if request.param == "helper":
+        require_exec_helper()
+    monkeypatch.setattr(_spawn, "_helper_ok", request.param == "helper")
     fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     yield fd
     os.close(fd)
@@ -417,10 +425,10 @@ def test_python_child_at_a_taken_number(no_fd_leak: None, foreign_fd: int) -> No
 # --------------------------------------------------------------------------------- errors
 
 
-@pytest.fixture(params=["direct", "trampoline"])
+@pytest.fixture(params=["free", "taken"])
 def target(request: pytest.FixtureRequest, foreign_fd: int) -> int:
     """A free number (placed without a helper) or a taken one (placed by the trampoline)."""
-    return 64 if request.param == "direct" else foreign_fd
+    return 64 if request.param == "free" else foreign_fd
 
 
 def _popen_error(args: list[str]) -> OSError:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from support import ROOT, compile_c, open_fds, require
+from support import ROOT, compile_c, open_fds, require, require_exec_helper
 
-from unix_socketpair import AsyncChannel, AsyncChild, ChannelClosed, spawn_async
+from unix_socketpair import AsyncChannel, AsyncChild, ChannelClosed, _spawn, spawn_async
 
 CHILDREN = ROOT / "tests" / "children"
 EXAMPLES = ROOT / "examples"
@@ -59,17 +59,25 @@ async def report(sock: socket.socket) -> dict[int, tuple[int, int, int, int]]:
     return result
 
 
-@pytest.fixture
-def foreign_fd() -> Iterator[int]:
+@pytest.fixture(params=["helper", "python"])
+def foreign_fd(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """A descriptor of the parent that is *not* ours to move (here /dev/null).
+
+    Each test that takes one runs twice: with the C exec helper that places descriptors
+    on taken numbers, and with its Python fallback (used where the helper was not built).
+    """
+    if request.param == "helper":
+        require_exec_helper()
+    monkeypatch.setattr(_spawn, "_helper_ok", request.param == "helper")
     fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     yield fd
     os.close(fd)
 
 
-@pytest.fixture(params=["direct", "trampoline"])
+@pytest.fixture(params=["free", "taken"])
 def target(request: pytest.FixtureRequest, foreign_fd: int) -> int:
     """A free number (placed without a helper) or a taken one (placed by the trampoline)."""
-    return 64 if request.param == "direct" else foreign_fd
+    return 64 if request.param == "free" else foreign_fd
 
 
 def test_c_child_sees_only_its_socket(no_fd_leak: None, target: int) -> None:

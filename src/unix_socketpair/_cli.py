@@ -3,16 +3,19 @@
 Subcommands: ``demo`` (the guided tour), ``exec`` (one child, relayed to stdin/stdout),
 ``link`` (two children wired to each other) and ``bench`` (delegated to the benchmark
 module, imported only when asked for). Exit statuses follow the shell: 2 for bad usage,
-127 for a command that does not exist, 126 for one that cannot be executed, otherwise the
-child's status, 128+N when it was killed by signal N.
+127 for a command that does not exist, 126 for one that cannot be executed, 1 for an
+error of this tool itself, otherwise the child's status, 128+N when it was killed by
+signal N.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,12 +35,13 @@ _MAIN_EPILOG = """\
 examples:
   unix-socketpair demo
   printf 'hello\\n' | unix-socketpair exec --stdio -- tr a-z A-Z
-  unix-socketpair exec --frames -- node child.js
-  unix-socketpair link -- producer -- consumer
-  unix-socketpair COMMAND --help
+  printf 'one\\ntwo\\n' | unix-socketpair exec --frames -- sh -c 'od -An -c <&3'
+  unix-socketpair link -- sh -c 'echo ping; read r; echo "$r" >&2' -- sh -c 'read m; echo "pong $m"'
+  unix-socketpair exec --help
 
 exit status: 2 for bad usage, 127 if the command is not found, 126 if it cannot be run,
-otherwise the child's status (128+N if it was killed by signal N)."""
+1 for an error of this tool, otherwise the child's status (128+N if it was killed by
+signal N)."""
 
 _EXEC_EPILOG = """\
 The child's socket is at fd 3 (or --fd N); its environment has SOCKETPAIR_FD=3.
@@ -46,23 +50,34 @@ This tool reads stdin, so the child's own stdin is /dev/null (unless --stdio);
 the child's stderr (and, without --stdio, stdout) is this tool's.
 
 Relaying ends when the child has exited and everything it wrote has been written
-to stdout; when stdin ends, the socket is half-closed (SHUT_WR) so the child sees
-end-of-file. SIGINT, SIGTERM, SIGHUP and SIGQUIT are passed on to the child.
+to stdout (output its own children write after that is not waited for: their
+writes fail with EPIPE); when stdin ends, the socket is half-closed (SHUT_WR) so
+the child sees end-of-file. If the reader of stdout goes away, the child gets
+SIGPIPE, as in a pipeline.
+
+The child runs in a process group of its own. SIGINT, SIGTERM, SIGHUP and SIGQUIT
+are passed on to that group exactly once (a terminal's Ctrl-C reaches this tool
+only); Ctrl-Z stops it and the child together. After a SIGTERM or SIGHUP, a child
+still running --kill-after seconds later is killed (SIGKILL). On Linux the child
+is also killed if this tool dies without a chance to pass anything on (SIGKILL).
 
 --frames speaks the message framing of unix_socketpair.Channel: each input line
 (without its newline) is sent as one message, each message received is printed as
 one line. On stream sockets a message is a 4-byte big-endian length and the bytes;
-on dgram/seqpacket sockets it is one packet. Without --frames, bytes go through
-as they are (on dgram/seqpacket, each read from stdin is one packet).
+on dgram/seqpacket sockets it is one packet. With --null, a NUL byte ends each
+message instead of a newline, in and out (for messages that contain newlines).
+Without --frames, bytes go through as they are (on dgram/seqpacket, each read
+from stdin is one packet).
 
 examples:
   printf 'hello\\n' | unix-socketpair exec --stdio -- tr a-z A-Z
-  unix-socketpair exec -- sh -c 'read line <&3; echo "got $line" >&3'
-  unix-socketpair exec --fd 5 --type seqpacket -- ./worker
-  printf 'one\\ntwo\\n' | unix-socketpair exec --frames -- node echo-child.js
+  echo hi | unix-socketpair exec -- sh -c 'read line <&3; echo "got $line" >&3'
+  echo hi | unix-socketpair exec --fd 5 --type seqpacket -- sh -c 'cat <&5 >&5'
+  printf 'one\\ntwo\\n' | unix-socketpair exec --frames -- sh -c 'od -An -c <&3'
+  printf 'a\\nb\\0' | unix-socketpair exec --frames --null -- sh -c 'cat <&3 >&3'
 
 exit status: the child's (128+N if killed by signal N); 127 if CMD is not found,
-126 if it cannot be executed, 2 for bad usage."""
+126 if it cannot be executed, 1 for an error of this tool, 2 for bad usage."""
 
 _LINK_EPILOG = """\
 CMD1 and CMD2 each get one end of the same socketpair: as stdin and stdout by
@@ -72,13 +87,13 @@ Their stderr is this tool's; with --fd, so are their stdin and stdout. The secon
 literal "--", pick another separator with --separator.
 
 It exits when both have exited, with the first non-zero status: CMD1's if it
-failed, else CMD2's. SIGINT, SIGTERM, SIGHUP and SIGQUIT go to both.
+failed, else CMD2's. Each runs in a process group of its own; SIGINT, SIGTERM,
+SIGHUP and SIGQUIT go to both, once, and --kill-after applies as for exec.
 
 examples:
-  unix-socketpair link -- sh -c 'echo ping; read reply; echo "$reply" >&2' \\
-                       -- sh -c 'read msg; echo "pong after $msg"'
-  unix-socketpair link --fd 3 -- ./server -- ./client
-  unix-socketpair link --separator :: -- git log -- README.md :: wc -l
+  unix-socketpair link -- sh -c 'echo ping; read r; echo "$r" >&2' -- sh -c 'read m; echo "pong $m"'
+  unix-socketpair link --fd 3 -- sh -c 'echo hello >&3' -- sh -c 'read line <&3; echo "got $line"'
+  unix-socketpair link --separator :: -- echo -- x :: sh -c 'read l; echo "got: $l" >&2'
 
 exit status: CMD1's if non-zero, else CMD2's (128+N if killed by signal N), 127 if a command is
 not found, 126 if it cannot be executed, 2 for bad usage."""
@@ -94,28 +109,39 @@ example:
 
 _BENCH_EPILOG = """\
 examples:
-  unix-socketpair bench
-  unix-socketpair bench --check --case rtt   # exit status 3 if a promise is missed
+  unix-socketpair bench --quick --case create
   unix-socketpair bench --help"""
 
 
 def _fd_number(text: str) -> int:
-    """argparse type for --fd: a descriptor number the child can have, 3 or more."""
+    """argparse type for --fd: a descriptor number the child can have (as ``spawn(fd=N)``)."""
     try:
         number = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a descriptor number: {text!r}") from None
     if number < 0:
         raise argparse.ArgumentTypeError(f"a descriptor number cannot be negative: {number}")
-    if number <= 2:
-        raise argparse.ArgumentTypeError(
-            f"{number} is the child's {('stdin', 'stdout', 'stderr')[number]}; "
-            "use --stdio, or a number from 3 up"
-        )
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if limit != resource.RLIM_INFINITY and number >= limit:
         raise argparse.ArgumentTypeError(f"{number} is over the descriptor limit ({limit})")
     return number
+
+
+#: Seconds between a forwarded SIGTERM/SIGHUP and SIGKILL (``docker stop`` waits 10 too).
+DEFAULT_KILL_AFTER = 10.0
+
+
+def _seconds(text: str) -> float | None:
+    """argparse type for --kill-after: seconds >= 0, or ``never``."""
+    if text == "never":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"seconds must be >= 0 and finite: {text!r}")
+    return value
 
 
 def _add_placement(parser: argparse.ArgumentParser, who: str, default: int | str) -> None:
@@ -124,7 +150,9 @@ def _add_placement(parser: argparse.ArgumentParser, who: str, default: int | str
         "--fd",
         type=_fd_number,
         metavar="N",
-        help=f"put the socket at descriptor N of {who}" + (" (default: 3)" if default == 3 else ""),
+        help=f"put the socket at descriptor N of {who}"
+        + (" (default: 3)" if default == 3 else "")
+        + "; 0, 1 or 2 replace that stream only",
     )
     where.add_argument(
         "--stdio",
@@ -138,6 +166,14 @@ def _add_placement(parser: argparse.ArgumentParser, who: str, default: int | str
         choices=list(_TYPES),
         default="stream",
         help="the socket type (default: stream)",
+    )
+    parser.add_argument(
+        "--kill-after",
+        type=_seconds,
+        metavar="SECONDS",
+        default=DEFAULT_KILL_AFTER,
+        help="after passing on SIGTERM or SIGHUP, SIGKILL what is still running this many "
+        f"seconds later (default: {DEFAULT_KILL_AFTER:g}; 'never' waits for ever)",
     )
 
 
@@ -167,7 +203,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
         "exec",
         help="run CMD with a socket, relayed to this stdin and stdout",
         usage=f"{PROG} exec [-h] [--fd N | --stdio] [--type {{stream,dgram,seqpacket}}] "
-        "[--frames] -- CMD [ARGS...]",
+        "[--kill-after SECONDS] [--frames [--null]] -- CMD [ARGS...]",
         description="Run CMD with a connected socket at fd 3 (or N, or its stdio), and relay\n"
         "this process's stdin to the socket and the socket to stdout until both are done.",
         epilog=_EXEC_EPILOG,
@@ -179,12 +215,17 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
         action="store_true",
         help="one message per line, in the Channel's framing (see below)",
     )
+    exec_.add_argument(
+        "--null",
+        action="store_true",
+        help="with --frames: a NUL byte ends each message instead of a newline",
+    )
 
     link = sub.add_parser(
         "link",
         help="run two commands connected to each other by one socketpair",
         usage=f"{PROG} link [-h] [--fd N | --stdio] [--type {{stream,dgram,seqpacket}}] "
-        "[--separator SEP] -- CMD1 [ARGS...] -- CMD2 [ARGS...]",
+        "[--kill-after SECONDS] [--separator SEP] -- CMD1 [ARGS...] -- CMD2 [ARGS...]",
         description="Run CMD1 and CMD2 connected to each other through one socketpair.",
         epilog=_LINK_EPILOG,
         formatter_class=raw,
@@ -217,6 +258,10 @@ def _launch(start: Callable[[], _T], program: str) -> _T | int:
     try:
         return start()
     except FileNotFoundError:
+        interpreter = _missing_interpreter(program)
+        if interpreter is not None:  # the file is there: what is missing is its #! program
+            _error(f"{program}: bad interpreter: {interpreter}: No such file or directory")
+            return 126
         _error(f"{program}: command not found")
         return 127
     except PermissionError:
@@ -225,6 +270,22 @@ def _launch(start: Callable[[], _T], program: str) -> _T | int:
     except OSError as exc:  # ENOEXEC, ETXTBSY, ...: found but cannot be executed
         _error(f"{program}: {exc.strerror or exc}")
         return 126
+
+
+def _missing_interpreter(program: str) -> str | None:
+    """The ``#!`` interpreter of *program* if *program* exists and that is what is missing."""
+    path = program if "/" in program else shutil.which(program, mode=os.F_OK)
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(256)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].split()
+    return os.fsdecode(words[0]) if words else None
 
 
 def _fill_standard_fds() -> None:
@@ -268,24 +329,34 @@ def _cmd_demo(args: argparse.Namespace, command: list[str]) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+# The child dies with this tool even when it is SIGKILLed (Linux: PR_SET_PDEATHSIG).
+_DEATHSIG = int(signal.SIGKILL) if sys.platform.startswith("linux") else 0
+
+
 def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
-    from ._spawn import spawn
+    from ._spawn import _spawn
 
     fd = _placement(args)
-    stdin = None if fd == "stdio" else subprocess.DEVNULL  # stdin is ours to relay
-    with SignalForwarder() as forwarder:
+    if args.null and not args.frames:
+        _usage_error("exec", "--null goes with --frames")
+    stdin = None if fd in ("stdio", 0) else subprocess.DEVNULL  # stdin is ours to relay
+    std = (stdin, None, None)
+    with SignalForwarder(kill_after=args.kill_after) as forwarder:
         if forwarder.received:  # interrupted before anything started
             return 128 + forwarder.received[0]
         child = _launch(
-            lambda: spawn(command, fd=fd, type=_TYPES[args.type], stdin=stdin), command[0]
+            lambda: _spawn(
+                command, fd, _TYPES[args.type], None, None, None, std, None, _DEATHSIG, True
+            ),
+            command[0],
         )
         if isinstance(child, int):
             return child
-        watch = ChildWatch(child.process)
+        watch = ChildWatch(child.process, group=True)
         forwarder.add(watch)
         failure: str | None = None
         try:
-            relay(child.socket, watch, frames=args.frames)
+            relay(child.socket, watch, frames=args.frames, end=b"\0" if args.null else b"\n")
         except RelayError as exc:
             failure = str(exc)
             watch.send_signal(signal.SIGTERM)  # nobody is left to talk to it
@@ -293,16 +364,17 @@ def _cmd_exec(args: argparse.Namespace, command: list[str]) -> int:
             watch.send_signal(signal.SIGKILL)  # never leave an orphan behind
             raise
         finally:
-            child.close()  # the child sees end-of-file if it is still reading
+            with contextlib.suppress(OSError):
+                child.close()  # the child sees end-of-file if it is still reading
             status = watch.wait()
     if failure is not None:
         _error(failure)
-        return status or 1
+        return 1  # our own error, whatever became of the child
     return status
 
 
 def _cmd_link(args: argparse.Namespace, command: list[str]) -> int:
-    from ._spawn import spawn, spawn_on
+    from ._spawn import _spawn, _spawn_on
 
     separator: str = args.separator
     if separator not in command:
@@ -313,26 +385,37 @@ def _cmd_link(args: argparse.Namespace, command: list[str]) -> int:
         where = "before" if not first else "after"
         _usage_error("link", f"a command is missing {where} the separator {separator!r}")
     fd = _placement(args)
-    with SignalForwarder() as forwarder:
+    std: tuple[None, None, None] = (None, None, None)
+    with SignalForwarder(kill_after=args.kill_after) as forwarder:
         if forwarder.received:
             return 128 + forwarder.received[0]
-        left = _launch(lambda: spawn(first, fd=fd, type=_TYPES[args.type]), first[0])
+        left = _launch(
+            lambda: _spawn(
+                first, fd, _TYPES[args.type], None, None, None, std, None, _DEATHSIG, True
+            ),
+            first[0],
+        )
         if isinstance(left, int):
             return left
-        watches = [ChildWatch(left.process)]
+        watches = [ChildWatch(left.process, group=True)]
         forwarder.add(watches[0])
         try:
-            right = _launch(lambda: spawn_on(second, left.socket, fd=fd), second[0])
-            left.close()  # from here on, the two children hold the only ends
+            right = _launch(
+                lambda: _spawn_on(second, left.socket, fd, None, None, None, std, _DEATHSIG, True),
+                second[0],
+            )
+            # From here on, the two children hold the only ends. (Not left.close(): that
+            # shuts the socket down, for the second child too.)
+            left.socket.close()
             if isinstance(right, int):
                 watches[0].send_signal(signal.SIGTERM)  # its peer never came
                 wait_all(watches)
                 return right
-            watches.append(ChildWatch(right))
+            watches.append(ChildWatch(right, group=True))
             forwarder.add(watches[1])
             statuses = wait_all(watches)
         except BaseException:
-            left.close()
+            left.socket.close()
             for watch in watches:
                 watch.send_signal(signal.SIGKILL)  # never leave an orphan behind
                 watch.wait()

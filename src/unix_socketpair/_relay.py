@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections import deque
 from collections.abc import Iterable
 from types import FrameType, TracebackType
@@ -60,6 +61,8 @@ FORWARDED_SIGNALS: tuple[signal.Signals, ...] = (
     signal.SIGHUP,
     signal.SIGQUIT,
 )
+# Requests to terminate: after forwarding one, --kill-after starts counting.
+_TERMINATING = (signal.SIGTERM, signal.SIGHUP)
 
 
 class RelayError(Exception):
@@ -82,8 +85,9 @@ class ChildWatch:
     caller's. Only :meth:`wait` reaps the child.
     """
 
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], *, group: bool = False) -> None:
         self.process = process
+        self.group = group  # the child leads a process group: signal the whole group
         self._pidfd = -1
         pidfd_open = getattr(os, "pidfd_open", None)
         if pidfd_open is not None:
@@ -103,11 +107,15 @@ class ChildWatch:
         return self.process.poll() is not None
 
     def send_signal(self, signum: int) -> None:
-        """Send *signum* to the child if it has not been reaped yet; never raises."""
+        """Send *signum* to the child (its whole group, if it leads one) unless it has been
+        reaped; never raises. (Until we reap it, its pid, and so its group id, cannot be
+        reused.)"""
         if self.process.returncode is not None:
             return
         with contextlib.suppress(OSError):
-            if self._pidfd >= 0:
+            if self.group:
+                os.killpg(self.process.pid, signum)
+            elif self._pidfd >= 0:
                 signal.pidfd_send_signal(self._pidfd, signum)
             else:
                 self.process.send_signal(signum)
@@ -134,12 +142,28 @@ class SignalForwarder:
     remembered in :attr:`received` and sent to children as they are added. Signals this
     process was started with ignored (``nohup``, background jobs) stay ignored. Outside the
     main thread (where Python cannot install handlers) it does nothing.
+
+    The children are meant to run in process groups of their own (``ChildWatch(group=
+    True)``): then a terminal's Ctrl-C reaches this process only, and each child's group
+    gets it exactly once, from here. Ctrl-Z (SIGTSTP) stops the children's groups and then
+    this process; when the shell continues it (SIGCONT), the children continue too.
+
+    *kill_after*: seconds after a forwarded SIGTERM or SIGHUP (a request to terminate)
+    after which children still running get SIGKILL, as ``timeout -k`` does; ``None``
+    waits for ever. The timer runs in a thread, so it fires while this process waits.
     """
 
-    def __init__(self, signals: Iterable[signal.Signals] = FORWARDED_SIGNALS) -> None:
+    def __init__(
+        self,
+        signals: Iterable[signal.Signals] = FORWARDED_SIGNALS,
+        *,
+        kill_after: float | None = None,
+    ) -> None:
         self._signals = tuple(signals)
         self._previous: dict[signal.Signals, signal._HANDLER] = {}
         self._children: list[ChildWatch] = []
+        self._kill_after = kill_after
+        self._timer: threading.Timer | None = None
         self.received: list[int] = []
 
     def add(self, child: ChildWatch) -> None:
@@ -152,14 +176,32 @@ class SignalForwarder:
         self.received.append(signum)
         for child in self._children:
             child.send_signal(signum)
+        if signum in _TERMINATING and self._kill_after is not None and self._timer is None:
+            self._timer = threading.Timer(self._kill_after, self._kill)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _kill(self) -> None:
+        for child in list(self._children):
+            child.send_signal(signal.SIGKILL)
+
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        for child in self._children:
+            child.send_signal(signal.SIGTSTP)
+        os.kill(os.getpid(), signal.SIGSTOP)  # returns once the shell continues us
+        for child in self._children:
+            child.send_signal(signal.SIGCONT)
 
     def __enter__(self) -> SignalForwarder:
-        for signum in self._signals:
+        handlers = {signum: self._handle for signum in self._signals}
+        if hasattr(signal, "SIGTSTP"):
+            handlers[signal.SIGTSTP] = self._stop
+        for signum, handler in handlers.items():
             try:
                 previous = signal.getsignal(signum)
                 if previous == signal.SIG_IGN:
                     continue
-                signal.signal(signum, self._handle)
+                signal.signal(signum, handler)
             except ValueError:  # not the main thread
                 continue
             self._previous[signum] = previous
@@ -171,6 +213,8 @@ class SignalForwarder:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         for signum, previous in self._previous.items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
@@ -232,8 +276,10 @@ class _Relay:
         frames: bool,
         stdin_fd: int,
         stdout_fd: int,
+        end: bytes = b"\n",
     ) -> None:
         self.sock = sock
+        self.end = end  # --frames: what ends a message on stdin and stdout
         self.fd = sock.fileno()
         self.child = child
         self.frames = frames
@@ -275,8 +321,8 @@ class _Relay:
             self.to_sock.append(memoryview(data))
             return
         self.lines += data
-        if b"\n" in data:  # only then is there a line to send (and to split for)
-            *complete, rest = self.lines.split(b"\n")
+        if self.end in data:  # only then is there a line to send (and to split for)
+            *complete, rest = self.lines.split(self.end)
             for line in complete:
                 self._queue_message(line)
             self.lines[:] = rest
@@ -352,7 +398,7 @@ class _Relay:
             # tell them apart.) An empty datagram is a message, printed as an empty line.
             self.sock_readable = False
         elif self.frames:
-            self.to_out.append(memoryview(bytes(view[:n]) + b"\n"))
+            self.to_out.append(memoryview(bytes(view[:n]) + self.end))
         elif n:
             self.to_out.append(view[:n])
         return True
@@ -367,7 +413,7 @@ class _Relay:
         decoder.buffer_updated(n)
         try:
             while isinstance(message := decoder.next_message(), bytes):
-                self.to_out.append(memoryview(message + b"\n"))
+                self.to_out.append(memoryview(message + self.end))
         except ChannelClosed:
             self.sock_readable = False
         except ProtocolError as exc:
@@ -390,10 +436,19 @@ class _Relay:
                 self.to_out.popleft()
 
     def _stop_reading_sock(self) -> None:
-        """Like a pipeline: the child's next write fails with EPIPE (or dies of SIGPIPE)."""
+        """Like a pipeline: the child dies of SIGPIPE (or, ignoring it, gets EPIPE).
+
+        A pipe's writer gets SIGPIPE when it writes after the reader left, even if it was
+        blocked in that write. A socket's writer does not when it was blocked (or just
+        woken): Linux then returns EPIPE alone, and ``yes`` prints "Broken pipe" and exits
+        1 where ``yes | head -1`` is silent with 141. Our stdout only ever breaks while we
+        write what the child wrote, so the child is a writer: it is sent SIGPIPE itself,
+        then the socket is shut for reading (for a child that ignores SIGPIPE: EPIPE).
+        """
         self.stdout_open = False
         self.sock_readable = False
         self.to_out.clear()
+        self.child.send_signal(signal.SIGPIPE)
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RD)
 
@@ -446,9 +501,16 @@ class _Relay:
                 self.write_sock()
 
     def drain(self) -> None:
-        """The child has exited: everything it wrote is queued in our socket. Deliver it."""
+        """The child has exited: everything it wrote is queued in our socket. Deliver it.
+
+        The socket is shut for reading first: a grandchild still holding the child's end
+        can add nothing more (its writes fail with EPIPE, as when a pipe's reader left), so
+        this ends however slowly stdout drains.
+        """
         self.stdin_open = False
         self.to_sock.clear()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RD)
         self.flush_stdout()
         while self.sock_readable and self.stdout_open and self.read_sock():
             self.flush_stdout()
@@ -468,6 +530,7 @@ def relay(
     frames: bool = False,
     stdin_fd: int = 0,
     stdout_fd: int = 1,
+    end: bytes = b"\n",
 ) -> None:
     """Relay *stdin_fd* to *sock* and *sock* to *stdout_fd* until there is nothing left.
 
@@ -482,8 +545,10 @@ def relay(
     no longer read.
 
     With *frames*, each stdin line (without its newline) is sent as one message, and each
-    message received is written as one line. On SOCK_STREAM a message is a 4-byte
-    big-endian length and the payload; on SOCK_DGRAM/SOCK_SEQPACKET, one packet.
+    message received is written as one line. *end* is what ends a line, in and out: a
+    newline by default, ``b"\\0"`` for messages that may contain newlines. On SOCK_STREAM
+    a message is a 4-byte big-endian length and the payload; on SOCK_DGRAM/SOCK_SEQPACKET,
+    one packet.
 
     *sock* stays the caller's; it is switched to non-blocking mode.
 
@@ -492,6 +557,6 @@ def relay(
             ended inside a message), or a message does not fit in a packet.
     """
     sock.setblocking(False)
-    state = _Relay(sock, child, frames=frames, stdin_fd=stdin_fd, stdout_fd=stdout_fd)
+    state = _Relay(sock, child, frames=frames, stdin_fd=stdin_fd, stdout_fd=stdout_fd, end=end)
     state.run()
     state.check_complete()

@@ -8,78 +8,97 @@ How the descriptor gets to its number
 -------------------------------------
 This is the whole difficulty, and the reasoning behind the choice is here, at the spot.
 
-``subprocess.Popen`` is the only mechanism that gives us everything else we need: its
-``_posixsubprocess`` fork/exec runs no Python code in the child (so it is safe while other
-threads run), it closes *every* other descriptor (``close_fds=True``, even ones somebody made
-inheritable), it reports a failed ``exec`` as ``FileNotFoundError``/``PermissionError`` in
-the parent, it supports ``cwd``/``env``/pipes, and it is what ``asyncio``'s subprocess
-transport calls (``AsyncChild.process`` must be an ``asyncio.subprocess.Process``). Its one
-gap: ``pass_fds`` keeps a descriptor at the number it has *in the parent*, and the only
-``dup2`` it performs in the child is onto 0, 1 and 2 (``stdin``/``stdout``/``stderr``).
+``subprocess.Popen`` gives us everything but one thing: its ``_posixsubprocess``
+fork/exec runs no Python code in the child (safe while other threads run), closes *every*
+other descriptor (``close_fds=True``, even ones somebody made inheritable), reports a
+failed ``exec`` as ``FileNotFoundError``/``PermissionError`` in the parent, supports
+``cwd``/``env``/pipes, and is what ``asyncio``'s subprocess transport calls
+(``AsyncChild.process`` must be an ``asyncio.subprocess.Process``). Its one gap:
+``pass_fds`` keeps a descriptor at the number it has *in the parent*, and the only
+``dup2`` it performs in the child is onto 0, 1 and 2.
 
-The alternatives we rejected:
+Rejected, measured or read:
 
 * ``preexec_fn=lambda: os.dup2(...)``: runs Python between fork and exec, documented as
   unsafe with threads (it can deadlock), and disables ``vfork``.
-* ``os.posix_spawn`` with ``POSIX_SPAWN_DUP2`` file actions: python-free and thread-safe,
-  but it cannot close the other descriptors (no ``closefrom`` action in ``os``; a list of
-  ``POSIX_SPAWN_CLOSE`` actions built from ``/proc/self/fd`` races with other threads), has
-  no ``cwd``, and yields a pid rather than a ``Popen``/asyncio ``Process``.
+* ``os.posix_spawn`` with ``POSIX_SPAWN_DUP2``: python-free, but ``os`` (3.10-3.12) has
+  no ``closefrom`` action (glibc 2.34's ``addclosefrom_np`` is not exposed), so closing the
+  other inheritable descriptors means one ``POSIX_SPAWN_CLOSE`` per number listed from
+  ``/proc/self/fd``, which races with other threads; it has no ``cwd`` (``addchdir_np``
+  is not exposed either); and it yields a pid, not a ``Popen`` (asyncio's transport
+  builds its own ``Popen`` and cannot adopt one).
 * ``/bin/sh -c 'exec 3<&7 "$@"'``: the shell turns a failed ``exec`` into exit status
   126/127 (no exception, no errno) and runs ``ENOEXEC`` files as shell scripts.
 * ``dup2()`` onto the number in the parent: the number may belong to another thread's
   file; ``dup2`` would silently close it under them.
 
-So there are two ways, and the planner (:func:`_plan`, shared by ``spawn`` and
-``spawn_async``) picks one per call:
+So the planner (:func:`_plan`, shared by ``spawn`` and ``spawn_async``) picks one of two:
 
-1. **Direct** (the common case, no extra process): for every target number ``T >= 3``
-   the parent makes its own descriptor sit at ``T`` *without* taking ``T`` from anyone,
-   with ``fcntl(src, F_DUPFD_CLOEXEC, T)``. That returns the lowest *free* number ``>= T``
-   atomically: if it is ``T`` we now own ``T`` (close-on-exec, so no concurrent spawn in
-   another thread inherits it), and ``Popen(pass_fds=[T])`` gives it to the child, where
-   ``_posixsubprocess`` clears close-on-exec. When the source already *is* ``T`` (e.g. the
-   new pair landed on ``T``: we then hand the child that end) nothing is duplicated. Targets
-   0-2 go through ``stdin=``/``stdout=``, whose child-side ``dup2`` handles overlaps.
-   ``spawn`` holds a module lock around claim + ``Popen`` so our own threads do not steal
-   each other's numbers; the temporary copies are closed as soon as ``Popen`` returns.
-2. **Trampoline** (only when some ``T`` is taken in the parent by a descriptor that is not
-   the one to put there, or the ``fd_map`` sources form a cycle such as ``{3: fd4, 4: fd3}``):
-   ``Popen`` starts ``python -I -S`` on :data:`_TRAMPOLINE` with the sources passed at their
-   own numbers. In that single-threaded process it moves every source above all targets
-   (``F_DUPFD_CLOEXEC``), closes the originals, ``dup2``s each one onto its target (which
-   clears close-on-exec even when source and target numbers coincide, the case where a bare
-   ``dup2(fd, fd)`` would not), restores ``SIGPIPE``/``SIGXFSZ`` to their defaults as
-   ``Popen(restore_signals=True)`` would, and ``execve``s the program over the same
-   executable candidates ``Popen`` computes (first error other than ENOENT/ENOTDIR wins, as in
-   ``_posixsubprocess``). A failure is written as ``E:<errno>`` to a close-on-exec report
-   pipe; the parent reads it to EOF (EOF alone means the exec succeeded) and raises the same
-   ``OSError(errno, strerror, program)`` ``Popen`` would. The pid is the program's pid after
-   the exec. Cost, measured on a loaded 2-core box (median of 40 ``with spawn(["true"])``):
-   ~22 ms against ~1.8 ms for the direct path (~0.9 ms for a bare ``Popen``); it is paid
-   only when a number is taken, and keeps exec errors, ``close_fds`` and ``vfork`` intact.
+1. **Direct** (no extra exec): for every target number ``T >= 3`` the parent makes its
+   own descriptor sit at ``T`` *without* taking ``T`` from anyone, with
+   ``fcntl(src, F_DUPFD_CLOEXEC, T)``: that returns the lowest *free* number ``>= T``
+   atomically. If it is ``T`` we now own ``T`` (close-on-exec, so a concurrent spawn in
+   another thread does not inherit it) and ``Popen(pass_fds=[T])`` hands it over. When the
+   source already *is* ``T`` nothing is duplicated. Targets 0-2 go through
+   ``stdin=``/``stdout=``. A module lock around claim + ``Popen`` keeps our own threads
+   from stealing each other's numbers; the claimed copies are closed once ``Popen``
+   returns.
+2. **Exec helper** (a number is taken by a descriptor that is not the one to put there, the
+   ``fd_map`` sources form a cycle such as ``{3: fd4, 4: fd3}``, or the caller asked for
+   a step between fork and exec: the parent-death signal): ``Popen`` runs
+   ``_exec_helper``, a ~150-line C program compiled when the package is installed, with the
+   sources at their own numbers. It moves every source above all targets, ``dup2``s each
+   one onto its target, sets what was asked (``PR_SET_PDEATHSIG``), and ``execve``s the
+   program over the same candidates ``Popen`` computes (first error other than
+   ENOENT/ENOTDIR wins; never a shell fallback on ENOEXEC). A failure is written as
+   ``E:<errno>`` to a close-on-exec report pipe; the parent reads it to end-of-file (EOF
+   alone means the exec succeeded) and raises the ``OSError(errno, strerror, program)``
+   ``Popen`` would. The pid is the program's pid after the exec. Measured with
+   ``unix-socketpair bench --case spawn`` on a loaded 2-core VM: 1.8x to 2.3x a plain
+   ``Popen`` of ``true`` (the Python trampoline it replaces: ~18x). The floor is the
+   second ``exec`` itself: a static helper that does nothing costs ~0.8x a ``Popen`` of
+   ``true`` (built statically when the platform allows: cheaper than a dynamic one).
+
+   Only when the helper could not be built (no C compiler at install time) the same
+   argv goes to ``python -I -S -c`` :data:`_TRAMPOLINE`, which does the same in Python
+   (~15-20 ms: an interpreter start).
 
 Either way the child inherits nothing but 0-2, its socket and ``fd_map`` (``close_fds``),
 and the parent's copy of the child's end is closed before ``spawn`` returns or raises.
+
+Exception safety
+----------------
+Every step releases what it took, on every path, the way trio's ``_open_process`` does
+it: one ``ExitStack`` that always runs (the child's end, claimed numbers, the report
+pipe) and one that runs only on failure (the parent's end, the started process: killed
+and reaped). A Python signal handler runs between two bytecodes of the main thread and
+may raise there; so in the main thread ``spawn`` defers the Python handlers
+(:class:`_Signals`) while it creates and registers descriptors and runs ``Popen``, and
+runs any that came due at the end, inside the failure cleanup's reach. ``spawn_async``
+lets them run while it awaits (the event loop must). The ``Popen`` object registers
+itself before it forks, so a child started by a ``Popen`` that is then interrupted is
+still killed and reaped.
 """
 
 from __future__ import annotations
 
+import _signal as _c_signal  # type: ignore[import-not-found]
 import contextlib
 import fcntl
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from types import FrameType, TracebackType
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ._ancillary import enable_passcred
-from ._pair import SOCK_STREAM, check_type, close_quietly, socketpair
+from ._pair import SOCK_STREAM, check_type, socketpair
 
 if TYPE_CHECKING:  # imported on first use of ``.channel``
     import asyncio
@@ -104,58 +123,178 @@ class _HasFileno(Protocol):
 # Serialises claim + Popen between our own spawning threads (see the module docstring).
 _LOCK = threading.Lock()
 
-# Runs in the child between Popen's exec and the program's (see the module docstring).
-# argv: errfd, "src:tgt,...", n, n hex paths, m, m hex "K=V", hex program argv...
+#: The exec helper compiled at install time (see the module docstring); may be absent.
+HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_exec_helper")
+_HELPER_PROTOCOL = "usp1"
+
+# The Python fallback of the exec helper: same argv, same report (see the module docstring).
 _TRAMPOLINE = r"""
 import os, sys
-report = int(sys.argv[1])
-def fail(kind, detail):
-    os.write(report, kind + b":" + detail)
+report = int(sys.argv[2])
+def fail(kind, number):
+    os.write(report, b"%c:%d" % (kind, number))
     os._exit(255)
 def main():
     global report
     import _signal, errno, fcntl
-    a = sys.argv
-    err = report
-    moves = [tuple(map(int, m.split(":"))) for m in a[2].split(",")]
-    n = int(a[3])
-    paths = [bytes.fromhex(x) for x in a[4 : 4 + n]]
-    m = int(a[4 + n])
-    env = dict(bytes.fromhex(x).split(b"=", 1) for x in a[5 + n : 5 + n + m])
-    argv = [bytes.fromhex(x) for x in a[5 + n + m :]]
-    sources = {s for s, _ in moves}
-    targets = {t for _, t in moves}
-    high = max(sources | targets | {err}) + 1
-    report = fcntl.fcntl(err, fcntl.F_DUPFD_CLOEXEC, high)
-    moved = {s: fcntl.fcntl(s, fcntl.F_DUPFD_CLOEXEC, high) for s in sources}
-    for fd in sources | {err}:
-        if fd not in targets:
+    a = [os.fsencode(x) for x in sys.argv[1:]]
+    os.set_inheritable(report, False)
+    parent, deathsig = int(a[2]), int(a[3])
+    if deathsig:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, deathsig, 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+            fail(70, ctypes.get_errno())
+        if os.getppid() != parent:
+            os._exit(128 + deathsig)
+    if a[4] == b"1":
+        os.environb[b"LISTEN_PID"] = b"%d" % os.getpid()
+    moves = [] if a[5] == b"-" else [tuple(map(int, m.split(b":"))) for m in a[5].split(b",")]
+    program, argv = a[6], a[7:] or [a[6]]
+    if moves:
+        sources = {s for s, _ in moves}
+        targets = {t for _, t in moves}
+        high = max(sources | targets | {report}) + 1
+        moved = {s: fcntl.fcntl(s, fcntl.F_DUPFD_CLOEXEC, high) for s in sources}
+        new_report = fcntl.fcntl(report, fcntl.F_DUPFD_CLOEXEC, high)
+        os.close(report)
+        report = new_report
+        for fd in sources - targets:
             os.close(fd)
-    for s, t in moves:
-        os.dup2(moved[s], t)
-    for fd in moved.values():
-        os.close(fd)
+        for s, t in moves:
+            os.dup2(moved[s], t)
+        for fd in moved.values():
+            os.close(fd)
     for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ"):
         if hasattr(_signal, name):
             _signal.signal(getattr(_signal, name), _signal.SIG_DFL)
+    env = os.environb
+    if b"/" in program:
+        paths = [program]
+    else:
+        paths = [os.path.join(os.fsencode(d), program) for d in os.get_exec_path(env)]
     first, last = 0, errno.ENOENT
     for path in paths:
         try:
-            # os.execve refuses an empty argv[0]; the paths tried then all end in "/" and
-            # cannot be executed, so passing the path gets Popen's errno (EACCES, ENOENT).
             os.execve(path, argv if argv[0] else [path], env)
         except OSError as e:
             last = e.errno
             if not first and last not in (errno.ENOENT, errno.ENOTDIR):
                 first = last
-    fail(b"E", b"%d" % (first or last))
+    fail(69, first or last)
 try:
     main()
 except OSError as e:
-    fail(b"F", b"%d" % (e.errno or 0))
-except BaseException as e:
-    fail(b"X", repr(e).encode("ascii", "replace"))
+    fail(70, e.errno or 0)
 """
+
+_helper_ok: bool | None = None
+
+
+def _helper_available() -> bool:
+    global _helper_ok
+    if _helper_ok is None:
+        _helper_ok = os.access(HELPER, os.X_OK)
+    return _helper_ok
+
+
+# SIGKILL and SIGSTOP cannot have handlers.
+_UNCATCHABLE = {signal.SIGKILL, signal.SIGSTOP}
+
+
+class _Signals:
+    """Defer Python signal handlers while descriptors are created and registered.
+
+    A Python signal handler runs in the main thread between two bytecodes and may raise
+    there (``KeyboardInterrupt``, a timer's exception): between creating a descriptor and
+    registering it for cleanup, that would leak it. Blocking the signals
+    (``pthread_sigmask``) is not enough: the kernel then delivers a process-directed
+    signal to another thread (asyncio's child watcher, any worker), whose C handler marks
+    it due, and the main thread runs the Python handler at its next check anyway. So
+    :meth:`hold` swaps every Python-level handler for one that only notes the signal, and
+    :meth:`release` puts them back and runs the noted ones, there (where the caller's
+    cleanup still reaches). The C handlers are untouched: ``set_wakeup_fd`` (asyncio's
+    ``add_signal_handler``) still sees every signal, once. Only the main thread runs
+    Python handlers and may change them; elsewhere this does nothing.
+    """
+
+    _NUMBERS: ClassVar[tuple[int, ...]] = tuple(
+        int(n) for n in signal.valid_signals() if n not in _UNCATCHABLE
+    )
+
+    def __init__(self) -> None:
+        self._main = threading.current_thread() is threading.main_thread()
+        self._saved: dict[int, Any] | None = None
+        self._due: list[int] = []
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        if signum not in self._due:  # like the kernel: one pending signal of a kind
+            self._due.append(signum)
+
+    def hold(self) -> None:
+        """Defer the Python handlers (idempotent).
+
+        A handler may still run (and raise) while they are being swapped; the swap is
+        then completed before the exception leaves.
+        """
+        if not self._main or self._saved is not None:
+            return
+        saved = {}
+        for signum in self._NUMBERS:
+            handler = _c_signal.getsignal(signum)
+            if callable(handler):
+                saved[signum] = handler
+        self._saved = saved  # first: release() restores exactly what was swapped
+        try:
+            for signum in saved:
+                _c_signal.signal(signum, self._note)
+        finally:
+            for signum in saved:
+                _c_signal.signal(signum, self._note)
+
+    def release(self) -> None:
+        """Restore the handlers and run those whose signal came meanwhile (they may raise).
+
+        If one raises, the signals still due are kept for the next :meth:`release`.
+        """
+        saved, self._saved = self._saved, None
+        if saved is None:
+            return
+        try:
+            for signum, handler in saved.items():
+                _c_signal.signal(signum, handler)
+        finally:  # all of them, even if a restored handler ran and raised meanwhile
+            for signum, handler in saved.items():
+                _c_signal.signal(signum, handler)
+        while self._due:
+            signum = self._due.pop(0)
+            saved[signum](signum, sys._getframe(1))
+
+
+class _Popen(subprocess.Popen[bytes]):
+    """A ``Popen`` that appends itself to *started* before it forks.
+
+    So the child of a ``Popen`` interrupted after the fork (its pid is set, but the
+    object never reached us) is still found, killed and reaped by the failure cleanup.
+    """
+
+    def __init__(self, started: list[subprocess.Popen[bytes]], *args: Any, **kwargs: Any) -> None:
+        started.append(self)
+        super().__init__(*args, **kwargs)
+
+
+def _reap_started(started: list[subprocess.Popen[bytes]]) -> None:
+    """Failure cleanup: kill and reap any child a ``_Popen`` of ours started."""
+    for process in started:
+        if getattr(process, "pid", None) is None:
+            continue  # interrupted before the fork
+        if process.returncode is None:
+            with contextlib.suppress(OSError):
+                process.kill()
+            process.wait()
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
 
 
 # --------------------------------------------------------------------------- validation
@@ -214,9 +353,17 @@ def _check_fd_map(fd_map: Mapping[int, int | _HasFileno] | None, taken: set[int]
     return result
 
 
-def _child_env(env: Mapping[str, str] | None, target: int | None) -> dict[str, str]:
-    result = dict(os.environ if env is None else env)
-    result[ENV_VAR] = "stdio" if target is None else str(target)
+def _child_env(env: Mapping[str, str] | None, target: int | None) -> dict[bytes, bytes]:
+    """The child's environment, as bytes (what ``Popen`` passes on without re-encoding).
+
+    Copying ``os.environ`` decodes and re-encodes every variable: measured at a tenth of
+    a ``Popen``'s cost for a typical environment; ``os.environb`` is copied as it is.
+    """
+    if env is None:
+        result = dict(os.environb)
+    else:
+        result = {os.fsencode(key): os.fsencode(value) for key, value in env.items()}
+    result[ENV_VAR.encode()] = b"stdio" if target is None else b"%d" % target
     return result
 
 
@@ -232,135 +379,148 @@ def _placements(target: int | None, child_fd: int, extra: Mapping[int, int]) -> 
 
 @dataclass
 class _Launch:
-    """What to hand to ``Popen`` (or ``asyncio.create_subprocess_exec``) for one child.
+    """The ``Popen`` arguments for one child (the one place they are listed).
 
-    ``temps`` are parent descriptors (claimed numbers, relocated sources, the report
-    pipe's write end) to close as soon as ``Popen`` returns; ``report`` is the read end of
-    the trampoline's report pipe, or -1 on the direct path. Both are the caller's to close.
+    ``report`` is the read end of the exec helper's report pipe, or -1 on the direct path.
+    The descriptors the plan creates are registered with the caller's ``always`` stack.
     """
 
     argv: list[_Arg]
     executable: str | None
     pass_fds: tuple[int, ...]
-    env: dict[str, str] | None
+    env: dict[bytes, bytes]
     stdin: _Stdio
     stdout: _Stdio
     stderr: _Stdio
+    cwd: _Arg | None
+    temps: list[int]
+    new_group: bool = False
     report: int = -1
-    temps: list[int] = field(default_factory=list)
 
-    def close_temps(self) -> None:
-        close_quietly(*self.temps)
-        self.temps.clear()
+    def popen_kwargs(self) -> dict[str, Any]:
+        return {
+            "executable": self.executable,
+            "stdin": self.stdin,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "pass_fds": self.pass_fds,
+            "close_fds": True,
+            "env": self.env,
+            "cwd": self.cwd,
+            **_group_kwargs(self.new_group),
+        }
 
-    def close(self) -> None:
-        self.close_temps()
-        if self.report >= 0:
-            close_quietly(self.report)
-            self.report = -1
+
+def _group_kwargs(new_group: bool) -> dict[str, Any]:
+    """Popen arguments that start the child in a process group of its own (or not).
+
+    ``process_group=0`` exists from Python 3.11; 3.10 can only start a new session, which
+    also detaches the child from the controlling terminal.
+    """
+    if not new_group:
+        return {}
+    if sys.version_info >= (3, 11):
+        return {"process_group": 0}
+    return {"start_new_session": True}
 
 
-def _above_stdio(fd: int) -> int:
-    """Return a close-on-exec duplicate of *fd* numbered 3 or more (the caller owns it)."""
-    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+def _close_all(fds: list[int]) -> None:
+    """Close and forget every descriptor in *fds* (idempotent)."""
+    while fds:
+        os.close(fds.pop())
+
+
+def _above_stdio(fd: int, temps: list[int]) -> int:
+    """A close-on-exec duplicate of *fd* numbered 3 or more, added to *temps*."""
+    copy = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    temps.append(copy)
+    return copy
 
 
 def _plan(
-    argv: list[_Arg],
-    placements: Mapping[int, int],
-    env: dict[str, str],
-    std: tuple[_Stdio, _Stdio, _Stdio],
+    req: _Request, placements: Mapping[int, int], temps: list[int], always: contextlib.ExitStack
 ) -> _Launch:
     """Decide how the child gets each ``target -> parent fd`` of *placements* (see above).
 
-    Borrows the sources (never closes them). On success the returned launch owns its
-    temporary descriptors; on error nothing is left open.
+    Borrows the sources (never closes them). Every descriptor it creates goes into
+    ``launch.temps`` (to close once ``Popen`` returns; the caller registers that list for
+    cleanup before calling), except the report pipe's read end, which *always* closes.
     """
-    stdio = list(std)
+    stdio = list(req.std)
     for number, name in enumerate(("stdin", "stdout", "stderr")):
         if number in placements:
             if stdio[number] is not None:
                 raise ValueError(f"{name} is taken by the socket or fd_map; pass {name}=None")
             stdio[number] = placements[number]
     high = {t: s for t, s in sorted(placements.items()) if t >= 3}
-    launch = _Launch(argv, None, tuple(high), env, stdio[0], stdio[1], stdio[2])
-    try:
+    launch = _Launch(
+        list(req.argv),
+        None,
+        tuple(high),
+        req.env,
+        stdio[0],
+        stdio[1],
+        stdio[2],
+        req.cwd,
+        temps,
+        req.new_group,
+    )
+    if not (req.deathsig or req.listen):  # both need a step between fork and exec
         for target, source in high.items():
             if source == target:
                 continue
-            claimed = fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, target)
-            launch.temps.append(claimed)
-            if claimed != target:  # taken by someone else: only a trampoline can do it
-                launch.close_temps()
-                _plan_trampoline(launch, high)
+            temps.append(fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, target))
+            if temps[-1] != target:  # taken by someone else: the helper places it
+                _close_all(temps)
                 break
-    except BaseException:
-        launch.close()
-        raise
+        else:
+            return launch
+    _plan_helper(launch, req, high, always)
     return launch
 
 
-def _plan_trampoline(launch: _Launch, high: Mapping[int, int]) -> None:
-    if not sys.executable:
-        raise RuntimeError("spawn() needs sys.executable to place a descriptor on a taken number")
-    env = launch.env or {}
-    env_list = []
-    for key, value in env.items():
-        k, v = os.fsencode(key), os.fsencode(value)
-        if b"=" in k:
-            raise ValueError("illegal environment variable name")
-        if b"\0" in k or b"\0" in v:
-            raise ValueError("embedded null byte")
-        env_list.append(k + b"=" + v)
-    program = os.fsencode(launch.argv[0])
-    if os.path.dirname(program):
-        paths = [program]
-    else:  # exactly what Popen (and os._execvpe) does
-        paths = [os.path.join(os.fsencode(d), program) for d in os.get_exec_path(env)]
-    args = [os.fsencode(a) for a in launch.argv]
-    if any(b"\0" in a for a in args):
-        raise ValueError("embedded null byte")
-
+def _plan_helper(
+    launch: _Launch, req: _Request, high: Mapping[int, int], always: contextlib.ExitStack
+) -> None:
     relocated: dict[int, int] = {}
     moves = []
     for target, source in high.items():
         if source <= 2:  # Popen's own dup2 onto 0-2 happens first and would clobber it
             if source not in relocated:
-                relocated[source] = _above_stdio(source)
-                launch.temps.append(relocated[source])
+                relocated[source] = _above_stdio(source, launch.temps)
             source = relocated[source]
         moves.append(f"{source}:{target}")
     read_end, write_end = os.pipe()
-    launch.report = read_end
-    if write_end <= 2:
-        try:
-            moved = _above_stdio(write_end)
-        finally:
-            os.close(write_end)
-        write_end = moved
     launch.temps.append(write_end)
-    sources = {int(m.split(":")[0]) for m in moves}
+    always.callback(os.close, read_end)
+    if write_end <= 2:
+        write_end = _above_stdio(write_end, launch.temps)
+    launch.report = read_end
+    if _helper_available():
+        launch.executable = HELPER
+        head: list[_Arg] = [HELPER]
+    elif sys.executable:
+        launch.executable = sys.executable
+        head = [sys.executable, "-I", "-S", "-c", _TRAMPOLINE]
+    else:
+        raise RuntimeError("spawn() needs its exec helper or sys.executable for this placement")
     launch.argv = [
-        sys.executable,
-        "-I",
-        "-S",
-        "-c",
-        _TRAMPOLINE,
+        *head,
+        _HELPER_PROTOCOL,
         str(write_end),
-        ",".join(moves),
-        str(len(paths)),
-        *(p.hex() for p in paths),
-        str(len(env_list)),
-        *(e.hex() for e in env_list),
-        *(a.hex() for a in args),
+        str(os.getpid()),
+        str(req.deathsig),
+        "1" if req.listen else "0",
+        ",".join(moves) or "-",
+        req.argv[0],
+        *req.argv,
     ]
-    launch.executable = sys.executable
+    sources = {int(m.split(":")[0]) for m in moves}
     launch.pass_fds = tuple(sorted(sources | {write_end}))
-    launch.env = None  # the interpreter runs in our environment; the program gets *env*
 
 
 def _report_error(data: bytes, program: _Arg) -> BaseException:
-    """Turn the trampoline's report into the exception ``Popen`` would have raised."""
+    """Turn the helper's report into the exception ``Popen`` would have raised."""
     kind, _, detail = data.partition(b":")
     if kind in (b"E", b"F") and detail.isdigit():
         number = int(detail)
@@ -400,12 +560,47 @@ async def _aread_report(fd: int) -> bytes:
         else:
             done.set_result(None)
 
-    loop.add_reader(fd, readable)
-    try:
+    try:  # add_reader inside: an exception right after it must not leave fd registered
+        loop.add_reader(fd, readable)
         await done
     finally:
         loop.remove_reader(fd)
     return b"".join(chunks)
+
+
+# ----------------------------------------------------------------------------- request
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A spawn request, fully validated before anything is created."""
+
+    argv: list[_Arg]
+    target: int | None
+    extra: dict[int, int]
+    env: dict[bytes, bytes]
+    cwd: _Arg | None
+    std: tuple[_Stdio, _Stdio, _Stdio]
+    channel_options: dict[str, Any] | None = None
+    deathsig: int = 0
+    new_group: bool = False
+    listen: bool = False  # systemd socket activation: LISTEN_PID set between fork and exec
+
+
+def _check_channel_options(
+    options: Mapping[str, Any] | None, allowed: tuple[str, ...]
+) -> dict[str, Any] | None:
+    if options is None:
+        return None
+    if not isinstance(options, Mapping):
+        raise TypeError(f"channel_options must be a mapping, not {type(options).__name__}")
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"channel_options: unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(allowed)}"
+        )
+    return dict(options)
 
 
 def _prepare(
@@ -413,60 +608,133 @@ def _prepare(
     fd: int | str,
     fd_map: Mapping[int, int | _HasFileno] | None,
     env: Mapping[str, str] | None,
-) -> tuple[list[_Arg], int | None, dict[int, int], dict[str, str]]:
+    cwd: _Arg | None,
+    std: tuple[_Stdio, _Stdio, _Stdio],
+    channel_options: dict[str, Any] | None = None,
+    deathsig: int = 0,
+    new_group: bool = False,
+    listen_fds: bool = False,
+    fd_names: Mapping[int, str] | None = None,
+) -> _Request:
     argv = _check_args(args)
     target = _check_fd(fd)
     extra = _check_fd_map(fd_map, {0, 1} if target is None else {target})
-    return argv, target, extra, _child_env(env, target)
+    if deathsig and not sys.platform.startswith("linux"):
+        raise OSError(f"a parent-death signal needs Linux (PR_SET_PDEATHSIG), not {sys.platform}")
+    child_env = _child_env(env, target)
+    if listen_fds:
+        child_env.update(_listen_env(target, extra, fd_names))
+    elif fd_names is not None:
+        raise ValueError("fd_names goes with listen_fds=True")
+    return _Request(
+        argv, target, extra, child_env, cwd, std, channel_options, deathsig, new_group, listen_fds
+    )
+
+
+#: The first descriptor of systemd's socket activation protocol (``SD_LISTEN_FDS_START``).
+_LISTEN_START = 3
+
+
+def _listen_env(
+    target: int | None, extra: Mapping[int, int], names: Mapping[int, str] | None
+) -> dict[bytes, bytes]:
+    """``LISTEN_FDS`` and ``LISTEN_FDNAMES`` for systemd socket activation.
+
+    The child's descriptors (the socket and every ``fd_map`` entry) must be exactly
+    3 ... 3+n-1, as ``sd_listen_fds()`` assumes. ``LISTEN_PID`` (the child's own pid) is
+    set by the exec helper between fork and exec.
+    """
+    if target is None:
+        raise ValueError("listen_fds needs the socket at a descriptor number, not fd='stdio'")
+    numbers = sorted({target, *extra})
+    for expected, number in enumerate(numbers, _LISTEN_START):
+        if number != expected:
+            raise ValueError(
+                f"listen_fds needs descriptors {_LISTEN_START}..{_LISTEN_START + len(numbers) - 1}"
+                f" with no gap: {expected} is missing (got {numbers})"
+            )
+    env = {b"LISTEN_FDS": b"%d" % len(numbers)}
+    if names is not None:
+        unknown = sorted(set(names) - set(numbers))
+        if unknown:
+            raise ValueError(f"fd_names names descriptors the child does not get: {unknown}")
+        for number, name in names.items():
+            if not isinstance(name, str):
+                raise TypeError(f"fd_names[{number}] must be a str, not {type(name).__name__}")
+            if not name or len(name) > 255 or ":" in name or not name.isprintable():
+                raise ValueError(
+                    f"fd_names[{number}] = {name!r}: a name is 1 to 255 printable characters"
+                    " without ':'"
+                )
+        joined = ":".join(names.get(number, "unknown") for number in numbers)
+        env[b"LISTEN_FDNAMES"] = os.fsencode(joined)
+    return env
 
 
 def _start(
-    argv: list[_Arg],
+    req: _Request,
     placements: Mapping[int, int],
-    env: dict[str, str],
-    cwd: _Arg | None,
-    std: tuple[_Stdio, _Stdio, _Stdio],
+    signals: _Signals,
+    always: contextlib.ExitStack,
+    on_failure: contextlib.ExitStack,
 ) -> subprocess.Popen[bytes]:
-    """Start *argv* with *placements*; the blocking half of ``spawn``. Borrows all fds."""
+    """Start the child (blocking); the shared sync half of ``spawn`` and ``spawn_on``.
+
+    Called with Python signal handlers deferred. The process is registered with
+    *on_failure* (killed and reaped) before it exists.
+    """
+    started: list[subprocess.Popen[bytes]] = []
+    on_failure.callback(_reap_started, started)
+    temps: list[int] = []
+    always.callback(_close_all, temps)
     with _LOCK:
-        launch = _plan(argv, placements, env, std)
-        try:
-            process = subprocess.Popen(
-                launch.argv,
-                executable=launch.executable,
-                stdin=launch.stdin,
-                stdout=launch.stdout,
-                stderr=launch.stderr,
-                pass_fds=launch.pass_fds,
-                close_fds=True,
-                env=launch.env,
-                cwd=cwd,
-            )
-        except BaseException:
-            launch.close()
-            raise
-        launch.close_temps()
-    if launch.report < 0:
-        return process
-    try:
+        launch = _plan(req, placements, temps, always)
+        # Handlers stay deferred across Popen too: CPython's _execute_child loses the pid
+        # of a running child if an exception lands right after its fork_exec call.
+        process = _Popen(started, launch.argv, **launch.popen_kwargs())
+        _close_all(temps)  # the child has its copies; the report's write end must go too
+    if launch.report >= 0:
         data = _read_report(launch.report)
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-    finally:
-        launch.close()
-    if data:
-        process.wait()
-        for stream in (process.stdin, process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
-        raise _report_error(data, argv[0])
-    process.args = argv
+        if data:
+            process.wait()
+            raise _report_error(data, req.argv[0])
+    process.args = req.argv
     return process
 
 
-# ------------------------------------------------------------------------------- Child
+def _new_pair(
+    sock_type: int,
+    target: int | None,
+    on_failure: contextlib.ExitStack | contextlib.AsyncExitStack,
+    always: contextlib.ExitStack,
+) -> tuple[socket.socket, int]:
+    """Create the pair; the parent's socket is closed by *on_failure*, the child's fd by *always*.
+
+    If one end already has the target number, the child gets that one (no copy needed).
+    Both ends are blocking: the child's must be, and ``spawn_async`` switches the parent's.
+    Called with signals held off, so the registration cannot be skipped.
+    """
+    a, b = socketpair(sock_type, blocking=True)
+    parent_fd, child_fd = (b, a) if a == target else (a, b)
+    always.callback(os.close, child_fd)
+    try:
+        sock = socket.socket(fileno=parent_fd)
+    except BaseException:
+        os.close(parent_fd)
+        raise
+    on_failure.callback(sock.close)
+    # Before the child exists, so the kernel stamps everything it ever sends us
+    # with its real credentials (Channel.peer_credentials() reports them; the
+    # pair's SO_PASSCRED names us, its creator).
+    enable_passcred(sock)
+    return sock, child_fd
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut both directions, so the child sees end-of-file even if another process
+    (a fork-based worker) still holds a copy of our end. Never raises."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class Child:
@@ -482,10 +750,12 @@ class Child:
     #: Seconds ``__exit__`` waits for the child after closing the socket, before SIGKILL.
     exit_timeout: float = 5.0
 
-    def __init__(self, process: subprocess.Popen[bytes], sock: socket.socket) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], sock: socket.socket, channel: Channel | None = None
+    ) -> None:
         self._process = process
         self._socket = sock
-        self._channel: Channel | None = None
+        self._channel = channel
 
     @property
     def pid(self) -> int:
@@ -504,7 +774,8 @@ class Child:
 
     @property
     def channel(self) -> Channel:
-        """A framed-message ``Channel`` over :attr:`socket`, created on first use.
+        """A framed-message ``Channel`` over :attr:`socket` (with the ``channel_options``
+        given to :func:`spawn`; made on first use if there were none).
 
         The channel then owns the socket; closing the Child closes the channel.
         """
@@ -536,10 +807,25 @@ class Child:
         self._process.kill()
 
     def close(self) -> None:
-        """Close the parent's end (idempotent); the child sees end-of-file. Does not wait."""
-        if self._channel is not None:
-            self._channel.close()
-        self._socket.close()
+        """Close the parent's end (idempotent); the child sees end-of-file. Does not wait.
+
+        Messages the channel holds back (``write_buffer``) are sent first. The socket is
+        shut down before it is closed, so the child sees end-of-file even when another
+        process holds a copy of our end (e.g. a worker forked meanwhile).
+
+        Raises:
+            BrokenPipeError: the child had closed its end before the held messages could
+                go (the socket is closed nonetheless).
+        """
+        channel = self._channel
+        try:
+            if channel is not None and not channel.closed:
+                channel.flush()
+        finally:
+            _shut(self._socket)
+            if channel is not None:
+                channel.close()
+            self._socket.close()
 
     def __enter__(self) -> Child:
         return self
@@ -551,7 +837,11 @@ class Child:
         tb: TracebackType | None,
     ) -> None:
         try:
-            self.close()
+            try:
+                self.close()
+            except OSError:
+                if exc is None:
+                    raise  # unsent messages are news; a block's own exception is bigger news
             self._process.wait(self.exit_timeout)
         except subprocess.TimeoutExpired:
             pass
@@ -567,24 +857,8 @@ class Child:
         return f"<Child pid={self.pid} returncode={self.returncode}>"
 
 
-def _new_pair(sock_type: int, target: int | None) -> tuple[socket.socket, int]:
-    """Create the pair; return (parent's socket, child's raw fd), both owned by the caller.
-
-    If one end already has the target number, the child gets that one (no copy needed).
-    Both ends are blocking: the child's must be, and ``spawn_async`` switches the parent's.
-    """
-    a, b = socketpair(sock_type, blocking=True)
-    parent_fd, child_fd = (b, a) if a == target else (a, b)
-    try:
-        sock = socket.socket(fileno=parent_fd)
-    except BaseException:
-        close_quietly(a, b)
-        raise
-    # Before the child exists, so the kernel stamps everything it ever sends us
-    # with its real credentials (Channel.peer_credentials() reports them; the
-    # pair's SO_PEERCRED names us, its creator).
-    enable_passcred(sock)
-    return sock, child_fd
+_CHANNEL_OPTIONS = ("max_message_size", "max_fds", "spin", "write_buffer")
+_ASYNC_CHANNEL_OPTIONS = ("max_message_size", "max_fds")
 
 
 def spawn(
@@ -598,6 +872,9 @@ def spawn(
     stdin: _Stdio = None,
     stdout: _Stdio = None,
     stderr: _Stdio = None,
+    channel_options: Mapping[str, Any] | None = None,
+    listen_fds: bool = False,
+    fd_names: Mapping[int, str] | None = None,
 ) -> Child:
     """Start *args* with one end of a new socketpair at descriptor *fd* in the child.
 
@@ -614,9 +891,20 @@ def spawn(
         cwd: the child's working directory.
         stdin, stdout, stderr: as for ``Popen``, for the streams the socket and fd_map do
             not occupy (passing one that is occupied raises ``ValueError``).
+        channel_options: keyword arguments for :attr:`Child.channel`'s ``Channel``
+            (``max_message_size``, ``max_fds``, ``spin``, ``write_buffer``). The channel is
+            then made over the parent's end *before* the child starts, so a bad option
+            raises here and no child is left behind.
+        listen_fds: systemd socket activation: the child gets ``LISTEN_FDS=<n>`` and
+            ``LISTEN_PID=<its own pid>`` (set between fork and exec by the exec helper), so
+            ``sd_listen_fds()`` finds its descriptors. They (the socket at *fd* and the
+            ``fd_map`` entries) must be exactly 3 ... 3+n-1, else ``ValueError``.
+        fd_names: with *listen_fds*, ``{child number: name}`` for ``LISTEN_FDNAMES``
+            (``sd_listen_fds_with_names()``); numbers left out are named ``unknown``. A
+            name is 1 to 255 printable characters without ``:``.
 
     The child inherits no other descriptor of ours. The parent's copy of the child's end
-    is closed before this returns or raises.
+    is closed before this returns or raises. Thread-safe.
 
     Returns:
         A :class:`Child` owning the parent's end and the process.
@@ -625,21 +913,75 @@ def spawn(
         FileNotFoundError, PermissionError, OSError: the program could not be executed,
             exactly as ``subprocess.Popen`` raises them (``filename`` is ``args[0]``).
             Nothing is left open and no process is left behind.
-        TypeError, ValueError: bad arguments (before anything is created).
+        TypeError, ValueError: bad arguments or channel options (before any child exists).
+        Any exception a signal handler raises meanwhile: then, too, nothing is left open
+            and any child already started is killed and reaped.
     """
+    return _spawn(
+        args,
+        fd,
+        type,
+        fd_map,
+        env,
+        cwd,
+        (stdin, stdout, stderr),
+        channel_options,
+        listen_fds=listen_fds,
+        fd_names=fd_names,
+    )
+
+
+def _spawn(
+    args: Sequence[_Arg] | _Arg,
+    fd: int | str,
+    type: int,
+    fd_map: Mapping[int, int | _HasFileno] | None,
+    env: Mapping[str, str] | None,
+    cwd: _Arg | None,
+    std: tuple[_Stdio, _Stdio, _Stdio],
+    channel_options: Mapping[str, Any] | None,
+    deathsig: int = 0,
+    new_group: bool = False,
+    listen_fds: bool = False,
+    fd_names: Mapping[int, str] | None = None,
+) -> Child:
+    """:func:`spawn`, plus what only the command line asks for (see :func:`_spawn_on`)."""
     sock_type = check_type(type)
-    argv, target, extra, child_env = _prepare(args, fd, fd_map, env)
-    sock, child_fd = _new_pair(sock_type, target)
+    options = _check_channel_options(channel_options, _CHANNEL_OPTIONS)
+    req = _prepare(
+        args, fd, fd_map, env, cwd, std, options, deathsig, new_group, listen_fds, fd_names
+    )
+    signals = _Signals()
+    signals.hold()
+    on_failure = contextlib.ExitStack()
     try:
-        process = _start(
-            argv, _placements(target, child_fd, extra), child_env, cwd, (stdin, stdout, stderr)
-        )
+        with contextlib.ExitStack() as always:
+            sock, child_fd = _new_pair(sock_type, req.target, on_failure, always)
+            channel = None
+            if options is not None:
+                from ._channel import Channel
+
+                channel = Channel(sock, **options)
+                on_failure.callback(channel.close)
+            placements = _placements(req.target, child_fd, req.extra)
+            process = _start(req, placements, signals, always, on_failure)
+        child = Child(process, sock, channel)
+        # The last call: a deferred handler may raise in it, and is then cleaned up after.
+        # (Nothing may run between a successful return from it and ours.)
+        signals.release()
     except BaseException:
-        sock.close()
+        _fail(signals, on_failure)
         raise
+    return child
+
+
+def _fail(signals: _Signals, on_failure: contextlib.ExitStack) -> None:
+    """Run the failure cleanup with the handlers deferred, then the ones that came due."""
+    signals.hold()
+    try:
+        on_failure.close()
     finally:
-        os.close(child_fd)
-    return Child(process, sock)
+        signals.release()
 
 
 def spawn_on(
@@ -657,11 +999,43 @@ def spawn_on(
     """Like :func:`spawn`, but give the child an existing socket (or any descriptor).
 
     *sock* is borrowed: the caller still owns it and closes its copy when the child
-    should be the only holder. Returns the ``Popen``; the caller reaps it.
+    should be the only holder. (To hand a :class:`Child`'s own socket on this way, close
+    it with ``child.socket.close()``: ``Child.close()`` shuts the socket down, for every
+    process that holds it.) Returns the ``Popen``; the caller reaps it.
     """
+    return _spawn_on(args, sock, fd, fd_map, env, cwd, (stdin, stdout, stderr))
+
+
+def _spawn_on(
+    args: Sequence[_Arg] | _Arg,
+    sock: int | _HasFileno,
+    fd: int | str,
+    fd_map: Mapping[int, int | _HasFileno] | None,
+    env: Mapping[str, str] | None,
+    cwd: _Arg | None,
+    std: tuple[_Stdio, _Stdio, _Stdio],
+    deathsig: int = 0,
+    new_group: bool = False,
+) -> subprocess.Popen[bytes]:
+    """:func:`spawn_on` plus two things only the command line asks for (Linux-only parts
+    say so): *deathsig*, the signal the child gets when the thread that started it exits
+    (``PR_SET_PDEATHSIG``, set by the exec helper between fork and exec; Linux only,
+    ``OSError`` elsewhere), and *new_group*, a process group of its own for the child."""
     source = _fileno(sock, "spawn_on() sock")
-    argv, target, extra, child_env = _prepare(args, fd, fd_map, env)
-    return _start(argv, _placements(target, source, extra), child_env, cwd, (stdin, stdout, stderr))
+    req = _prepare(args, fd, fd_map, env, cwd, std, None, deathsig, new_group)
+    signals = _Signals()
+    signals.hold()
+    on_failure = contextlib.ExitStack()
+    try:
+        with contextlib.ExitStack() as always:
+            process = _start(
+                req, _placements(req.target, source, req.extra), signals, always, on_failure
+            )
+        signals.release()  # the last call (see _spawn)
+    except BaseException:
+        _fail(signals, on_failure)
+        raise
+    return process
 
 
 # -------------------------------------------------------------------------- AsyncChild
@@ -671,20 +1045,25 @@ class AsyncChild:
     """The asyncio twin of :class:`Child`; returned by :func:`spawn_async`.
 
     Owns the parent's end (:attr:`socket`, non-blocking; or :attr:`channel`) and the
-    process. ``async with`` closes the parent's end (after writing what the channel's
-    write-behind buffer holds, for at most :attr:`exit_timeout` seconds), waits up to
-    :attr:`exit_timeout` seconds for the child, then kills it, and always reaps it: leaving
-    the block takes at most about twice :attr:`exit_timeout`.
+    process. :meth:`aclose` (and leaving ``async with``) writes what the channel's
+    write-behind buffer holds (for at most :attr:`exit_timeout` seconds), shuts and closes
+    the parent's end, waits up to :attr:`exit_timeout` seconds for the child, then kills
+    it, and always reaps it: it takes at most about twice :attr:`exit_timeout`.
     """
 
-    #: Seconds ``__aexit__`` waits for the child after closing the socket, before SIGKILL
-    #: (and the longest :meth:`aclose` spends writing buffered messages first).
+    #: Seconds :meth:`aclose` waits for the child after closing the socket, before SIGKILL
+    #: (and the longest it spends writing buffered messages first).
     exit_timeout: float = 5.0
 
-    def __init__(self, process: asyncio.subprocess.Process, sock: socket.socket) -> None:
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        sock: socket.socket,
+        channel: AsyncChannel | None = None,
+    ) -> None:
         self._process = process
         self._socket = sock
-        self._channel: AsyncChannel | None = None
+        self._channel = channel
 
     @property
     def pid(self) -> int:
@@ -703,7 +1082,8 @@ class AsyncChild:
 
     @property
     def channel(self) -> AsyncChannel:
-        """An ``AsyncChannel`` over :attr:`socket`, created on first use (then it owns it)."""
+        """An ``AsyncChannel`` over :attr:`socket` (with the ``channel_options`` given to
+        :func:`spawn_async`; made on first use if there were none). It then owns the socket."""
         if self._channel is None:
             from ._aio import AsyncChannel
 
@@ -732,28 +1112,38 @@ class AsyncChild:
                 self._process.kill()
 
     async def aclose(self) -> None:
-        """Close the parent's end (idempotent); the child sees end-of-file.
+        """Close the parent's end, wait for the child, kill it if it lingers, reap it.
 
-        Messages still in the channel's write-behind buffer are written first, for at
-        most :attr:`exit_timeout` seconds: a child that is alive but not reading cannot
-        hold this up longer; what it has not taken by then is dropped. Does not wait
-        for the child.
-
-        Raises:
-            BrokenPipeError: (after closing) buffered messages could not be written
-                because the child closed its end (see ``AsyncChannel.aclose``).
+        Idempotent; on return :attr:`returncode` is set. Messages still in the channel's
+        write-behind buffer are written first, for at most :attr:`exit_timeout` seconds
+        (what a live child has not taken by then is dropped). A child that already closed
+        its end cannot take them: that is not an error here (``send``/``drain`` report it
+        as ``BrokenPipeError``; the exit status tells the rest), so this does not raise it.
+        The socket is shut down before it is closed, so the child sees end-of-file even if
+        another process holds a copy of our end. Then the child has :attr:`exit_timeout`
+        seconds to exit before SIGKILL. Cancelled meanwhile, it still kills and reaps the
+        child before the cancellation propagates.
         """
         import asyncio  # here, not at the top: importing the package stays asyncio-free
 
         channel = self._channel
-        if channel is not None:
-            try:
-                await asyncio.wait_for(channel.aclose(), self.exit_timeout)
-            except asyncio.TimeoutError:
-                pass
-            finally:
+        try:
+            if channel is not None and not channel.closed:
+                with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
+                    await asyncio.wait_for(channel.drain(), self.exit_timeout)
+            _shut(self._socket)
+            if channel is not None:
                 channel.close()
-        self._socket.close()
+            self._socket.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._process.wait(), self.exit_timeout)
+        finally:
+            if channel is not None:
+                channel.close()
+            self._socket.close()
+            if self._process.returncode is None:
+                self.kill()
+            await _reap(self._process)
 
     async def __aenter__(self) -> AsyncChild:
         return self
@@ -764,20 +1154,25 @@ class AsyncChild:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        import asyncio  # here, not at the top: importing the package stays asyncio-free
-
-        try:
-            await self.aclose()
-            await asyncio.wait_for(self._process.wait(), self.exit_timeout)
-        except asyncio.TimeoutError:
-            pass
-        finally:
-            if self._process.returncode is None:
-                self.kill()
-            await self._process.wait()
+        await self.aclose()
 
     def __repr__(self) -> str:
         return f"<AsyncChild pid={self.pid} returncode={self.returncode}>"
+
+
+async def _reap(process: asyncio.subprocess.Process) -> None:
+    """Wait for a (killed) child to be reaped, even if cancelled meanwhile (then re-raise)."""
+    import asyncio
+
+    waiter = asyncio.ensure_future(process.wait())
+    cancelled = False
+    while not waiter.done():
+        try:
+            await asyncio.shield(waiter)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 async def spawn_async(
@@ -791,60 +1186,79 @@ async def spawn_async(
     stdin: _Stdio = None,
     stdout: _Stdio = None,
     stderr: _Stdio = None,
+    channel_options: Mapping[str, Any] | None = None,
+    listen_fds: bool = False,
+    fd_names: Mapping[int, str] | None = None,
 ) -> AsyncChild:
     """The asyncio twin of :func:`spawn`: same arguments, same guarantees, same errors.
 
     The child is started with ``asyncio.create_subprocess_exec`` (so ``stdout=PIPE`` gives
-    a ``StreamReader``); the descriptor placement is the same planner as ``spawn``'s.
-    The parent's end is switched to non-blocking (the child's stays blocking).
+    a ``StreamReader``) with the same ``Popen`` arguments, from the same planner, as
+    ``spawn``'s. The parent's end is switched to non-blocking (the child's stays blocking).
+    *channel_options* go to ``AsyncChannel`` (``max_message_size``, ``max_fds``), made
+    before the child starts.
 
     Returns:
         An :class:`AsyncChild` owning the parent's end and the process.
     """
-    sock_type = check_type(type)
-    argv, target, extra, child_env = _prepare(args, fd, fd_map, env)
     import asyncio  # here, not at the top: importing the package stays asyncio-free
 
-    sock, child_fd = _new_pair(sock_type, target)
+    sock_type = check_type(type)
+    options = _check_channel_options(channel_options, _ASYNC_CHANNEL_OPTIONS)
+    req = _prepare(
+        args, fd, fd_map, env, cwd, (stdin, stdout, stderr), options, 0, False, listen_fds, fd_names
+    )
+    signals = _Signals()
+    signals.hold()
+    on_failure = contextlib.AsyncExitStack()
     try:
-        sock.setblocking(False)
-        placements = _placements(target, child_fd, extra)
-        # No lock here: a threading lock held across an await could block the event loop.
-        # Without it a concurrent spawn may hold a claimed number; we then take the
-        # trampoline path, which is just slower.
-        launch = _plan(argv, placements, child_env, (stdin, stdout, stderr))
-        try:
+        with contextlib.ExitStack() as always:
+            sock, child_fd = _new_pair(sock_type, req.target, on_failure, always)
+            sock.setblocking(False)
+            channel = None
+            if options is not None:
+                from ._aio import AsyncChannel
+
+                channel = AsyncChannel(sock, **options)
+                on_failure.callback(channel.close)
+            placements = _placements(req.target, child_fd, req.extra)
+            temps: list[int] = []
+            always.callback(_close_all, temps)
+            # No lock here: a threading lock held across an await could block the loop.
+            # Without it a concurrent spawn may hold a claimed number; the exec helper
+            # then places ours, which is just a little slower.
+            launch = _plan(req, placements, temps, always)
             try:
+                signals.release()  # the event loop runs with its handlers
                 process = await asyncio.create_subprocess_exec(
-                    *launch.argv,
-                    executable=launch.executable,
-                    stdin=launch.stdin,
-                    stdout=launch.stdout,
-                    stderr=launch.stderr,
-                    pass_fds=launch.pass_fds,
-                    close_fds=True,
-                    env=launch.env,
-                    cwd=cwd,
+                    *launch.argv, **launch.popen_kwargs()
                 )
             finally:
-                launch.close_temps()
-                os.close(child_fd)
-                child_fd = -1
+                signals.hold()
+            on_failure.push_async_callback(_kill_and_reap, process)
+            _close_all(temps)
             if launch.report >= 0:
                 try:
+                    signals.release()
                     data = await _aread_report(launch.report)
-                except BaseException:
-                    with contextlib.suppress(ProcessLookupError):
-                        process.kill()
-                    raise
+                finally:
+                    signals.hold()
                 if data:
-                    await process.wait()
-                    raise _report_error(data, argv[0])
-        finally:
-            launch.close()
+                    raise _report_error(data, req.argv[0])
+        child = AsyncChild(process, sock, channel)
+        signals.release()  # the last call (see _spawn)
     except BaseException:
-        sock.close()
-        if child_fd >= 0:
-            os.close(child_fd)
+        signals.hold()
+        try:
+            await on_failure.aclose()
+        finally:
+            signals.release()
         raise
-    return AsyncChild(process, sock)
+    return child
+
+
+async def _kill_and_reap(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+    await _reap(process)

@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 from .._ancillary import ANCBUFSIZE
 from ._harness import Case, Clock, Sample, Unavailable, Variant
 from ._limits import CPrograms
+from ._spawn_cases import spawn_case
 
 __all__ = ["build_cases"]
 
@@ -1080,6 +1081,7 @@ def build_cases(c: CPrograms, *, quick: bool) -> list[Case]:
     cases.append(_framed_case(c, 64, 20000 // shrink))
     cases.append(_framed_case(c, MiB, max(2, 16 // shrink)))
     cases.append(_rtt_case(c, 2000 // shrink))
+    cases.append(spawn_case(100 // shrink))
     from ._framing_cases import build_framing_cases  # it imports this module
 
     cases += build_framing_cases(c, quick=quick)

@@ -77,7 +77,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="ID",
         help="run only this case (repeatable): create, stream-4kib, stream-64kib, "
-        "stream-1mib, framed-64b, framed-1mib, rtt, batched-64b, framing-loops-64b, scale",
+        "stream-1mib, framed-64b, framed-1mib, rtt, batched-64b, framing-loops-64b, spawn, scale",
     )
 
 
@@ -175,6 +175,12 @@ TARGETS = (
     Target("with the C accelerator, joining 64 B frames is at least 5x as fast as in pure "
            "Python", "framing-loops-64b", "join-c",
            "join-py", 5.0),
+    Target("spawn() with the fd number already taken costs at most 2x a plain Popen",
+           "spawn", "spawn-taken", "popen", 0.5),
+    Target("spawn() at a free fd number costs at most 1.5x a plain Popen", "spawn",
+           "spawn-free", "popen", 1 / 1.5),
+    Target("spawn(fd='stdio') costs at most 1.5x a plain Popen", "spawn", "spawn-stdio",
+           "popen", 1 / 1.5),
 )  # fmt: skip
 
 SCALE_PROMISE = "spawn_async leaves no descriptor open after its children are done"
