@@ -572,14 +572,14 @@ class AsyncChannel(ChannelBase):
         try:
             while True:
                 try:
-                    n, done = self._direct_step(target[copied:size])
+                    done = self._direct_step(target[copied:size])
                 except BlockingIOError:
                     await self._wait_readable()
                     continue
                 if done is not None:
                     close_fds(done)
                     return size
-                copied += n
+                copied = size - dec.direct_remaining()
         except BaseException:
             dec.abort_direct()
             raise

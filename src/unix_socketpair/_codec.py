@@ -26,15 +26,17 @@ soon as the 4 header bytes are in, before any memory is set aside for it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ._ancillary import SCM_MAX_FD, close_fds
-from ._errors import ChannelClosed, MessageTooLarge, ProtocolError, TooManyFds
+from ._errors import ChannelClosed, FdsTruncated, MessageTooLarge, ProtocolError, TooManyFds
+from ._framing import join_frames, split_frames
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -99,6 +101,28 @@ class _NeedData:
 
 #: Returned by the decoder when no whole message is buffered yet.
 NEED_DATA: Final = _NeedData()
+
+
+class TruncatedFds(list[int]):
+    """The descriptors that did arrive with a read whose control data the kernel
+    truncated (``MSG_CTRUNC``: this process had no free descriptor slots, or a
+    peer sent more than the control buffer holds). The message they belong to
+    is delivered as :class:`FdsTruncated`; the byte stream stays in sync."""
+
+    __slots__ = ()
+
+
+def _deliverable(fds: list[int]) -> list[int]:
+    """*fds* of a message being delivered; raise FdsTruncated (closing them) if
+    the kernel truncated them. The message is consumed either way."""
+    if type(fds) is TruncatedFds:
+        close_fds(fds)
+        raise FdsTruncated(
+            f"the kernel truncated the descriptors sent with this message (MSG_CTRUNC: "
+            f"this process may have no free descriptor slots); the {len(fds)} that did "
+            f"arrive were closed; the message was dropped and the channel is still usable"
+        )
+    return fds
 
 
 def payload_of(data: object) -> tuple[Buffer, int]:
@@ -256,6 +280,7 @@ class StreamDecoder:
         "_rpos",
         "_view",
         "_wpos",
+        "inbox",
     )
 
     def __init__(
@@ -265,8 +290,16 @@ class StreamDecoder:
     ) -> None:
         self._max = min(max_message_size, MAX_WIRE_LENGTH)
         self._max_fds = max_fds
-        self._buf: bytearray | mmap.mmap = bytearray(_START_CAPACITY)
+        # Allocated on the first read: an idle channel costs no receive buffer.
+        self._buf: bytearray | mmap.mmap = bytearray()
         self._view = memoryview(self._buf)
+        #: Results of reads into :meth:`get_buffer` not yet accounted for:
+        #: ``(nbytes, ...)`` tuples. The I/O layer appends a system call's result
+        #: here from C (``inbox.extend(map(sock.recvmsg_into, ...))``), so that
+        #: no Python code, and so no signal handler, runs between the call
+        #: returning and its result being recorded; :meth:`commit` then accounts
+        #: for it in one step that calls nothing. See docs/concurrency.md.
+        self.inbox: list[tuple[Any, ...]] = []
         self._rpos = 0  # first unconsumed byte
         self._wpos = 0  # end of the received bytes
         self._base = 0  # stream offset of _buf[0]
@@ -288,9 +321,14 @@ class StreamDecoder:
         header is in (so a large message is read in place, compacting at most
         once). Valid only until the next call on the decoder.
         """
+        if self.inbox:
+            raise RuntimeError("commit() the last read before asking for a buffer")
         r = self._rpos
         w = self._wpos
         cap = len(self._buf)
+        if not cap:
+            self._replace(_START_CAPACITY)
+            return self._view
         if r == w:
             # Everything consumed (the usual case): the whole buffer is free.
             if r:
@@ -322,11 +360,14 @@ class StreamDecoder:
             w = self._wpos
         if cap - w < want:
             if held + want <= cap and held <= r:
-                # Slide the partial message to the front (the regions do not overlap).
+                # Slide the partial message to the front (the regions do not
+                # overlap, so until the positions move below, both copies are
+                # whole); then move the positions in one statement that calls
+                # nothing, so an exception from a signal handler cannot fall
+                # between them.
                 self._buf[:held] = self._view[r:w]
-                self._base += r
-                self._rpos = 0
-                self._wpos = w = held
+                self._base, self._rpos, self._wpos = self._base + r, 0, held
+                w = held
             else:
                 # Exactly what a known large message needs; otherwise (complete
                 # messages nobody has taken yet) grow geometrically.
@@ -347,12 +388,54 @@ class StreamDecoder:
             mmap.mmap(-1, capacity) if capacity > _RETAIN_CAPACITY else bytearray(capacity)
         )
         buf[:held] = self._view[r : self._wpos]
-        self._view.release()
-        self._buf = buf
-        self._view = memoryview(buf)
-        self._base += r
-        self._rpos = 0
-        self._wpos = held
+        view = memoryview(buf)
+        old = self._view
+        # One statement that calls nothing: consistent at every bytecode boundary.
+        self._buf, self._view, self._base, self._rpos, self._wpos = (
+            buf,
+            view,
+            self._base + r,
+            0,
+            held,
+        )
+        if old.nbytes:
+            with contextlib.suppress(BufferError):
+                old.release()
+
+    def commit(self, fds: list[int] | None = None) -> None:
+        """Account for the oldest result in :attr:`inbox` (its first item is the
+        byte count read into the last :meth:`get_buffer`; *fds* the descriptors
+        that came with it, owned by the decoder from now on, a
+        :class:`TruncatedFds` if the kernel truncated them).
+
+        The common case (bytes, no descriptors) moves the write position and
+        drops the inbox entry with no call in between: an exception raised by
+        a signal handler either sees the entry still there (and a later commit
+        accounts for it) or sees it accounted for, never half of it.
+
+        Raises: as :meth:`buffer_updated`.
+        """
+        inbox = self.inbox
+        nbytes = inbox[0][0]
+        if nbytes and fds is None and not self._eof:
+            self._wpos += nbytes
+            del inbox[0]
+            return
+        del inbox[0]
+        self.buffer_updated(nbytes, fds)
+
+    def commit_direct(self, fds: list[int] | None = None) -> list[int] | None:
+        """:meth:`commit` for a read straight into the caller's buffer (see
+        :meth:`read_into`): as :meth:`direct_updated`."""
+        inbox = self.inbox
+        nbytes = inbox[0][0]
+        direct = self._direct
+        if nbytes and fds is None and direct is not None and self._base + nbytes < direct[1]:
+            self._base += nbytes
+            del inbox[0]
+            return None
+        del inbox[0]
+        return self.direct_updated(nbytes, fds)
 
     def buffer_updated(self, nbytes: int, fds: list[int] | None = None) -> None:
         """Report that *nbytes* were written into the last :meth:`get_buffer`.
@@ -367,7 +450,7 @@ class StreamDecoder:
         if nbytes and fds is None and not self._eof:
             self._wpos += nbytes
             return
-        if fds:
+        if fds or type(fds) is TruncatedFds:
             start = self._base + self._wpos
             self._fds_arrived(start, start + nbytes, fds)
         if nbytes:
@@ -422,7 +505,7 @@ class StreamDecoder:
         if self._broken is not None:
             close_fds(fds)
             self._raise_broken()
-        if len(fds) > self._max_fds:
+        if len(fds) > self._max_fds and type(fds) is not TruncatedFds:
             close_fds(fds)
             self._break(
                 f"the peer sent {len(fds)} file descriptors with one message, over "
@@ -432,6 +515,8 @@ class StreamDecoder:
             )
         if end == start:
             close_fds(fds)
+            if type(fds) is TruncatedFds:
+                return  # nothing of the stream came with them: nothing to report
             self._break(f"{len(fds)} file descriptor(s) arrived without any data")
         if self._direct is not None:
             close_fds(fds)
@@ -547,6 +632,80 @@ class StreamDecoder:
                     continue
             yield msg  # type: ignore[misc]
 
+    def take_ready(self, max_count: int) -> list[bytes]:
+        """Up to *max_count* whole messages already buffered (payloads; the
+        descriptors that came with them are closed); an empty list if none is.
+
+        Messages with no descriptor-carrying read in their span are cut out by
+        :func:`~unix_socketpair._framing.split_frames` in one call; the first
+        message that needs more care (descriptors, a declared length over the
+        limit, end of file) goes through :meth:`next_message`, which raises
+        what it means, but only when it would be the first of the list.
+
+        Raises: as :meth:`next_message` (``ChannelClosed`` at end of file), only
+        when no message is returned.
+        """
+        out: list[bytes] = []
+        while len(out) < max_count:
+            r = self._rpos
+            stop = self._wpos
+            if self._groups:
+                # Only up to the first read that carried descriptors: the
+                # message that starts in it owns them.
+                stop = min(stop, self._groups[0][0] - self._base)
+            if self._broken is None and self._direct is None and stop - r >= HEADER_SIZE:
+                msgs, pos = split_frames(self._view, r, stop, self._max, max_count - len(out))
+                if msgs:
+                    self._rpos = pos
+                    out += msgs
+                    continue
+            if out:
+                return out
+            msg = self.next_message()
+            if msg is NEED_DATA:
+                return out
+            out.append(msg)  # type: ignore[arg-type]
+        return out
+
+    def put_back(self, messages: list[bytes]) -> None:
+        """Make *messages* (payloads taken with :meth:`take_ready`, in order)
+        the next ones out again, ahead of everything buffered.
+
+        Their frames are written just before the read position (into bytes
+        already consumed, or a new buffer when there is not room), so every
+        later call sees them as if they had never been taken.
+        """
+        if not messages or self._direct is not None or self._broken is not None:
+            return
+        data = join_frames(messages)
+        total = len(data)
+        r = self._rpos
+        if r >= total:
+            self._buf[r - total : r] = data
+            self._rpos = r - total
+            return
+        held = self._wpos - r
+        cap = max(len(self._buf), total + held)
+        buf: bytearray | mmap.mmap = bytearray(cap)
+        buf[:total] = data
+        buf[total : total + held] = self._view[r : self._wpos]
+        view = memoryview(buf)
+        old = self._view
+        self._buf, self._view, self._base, self._rpos, self._wpos = (
+            buf,
+            view,
+            self._base + r - total,
+            0,
+            total + held,
+        )
+        with contextlib.suppress(BufferError):
+            old.release()
+
+    def direct_remaining(self) -> int:
+        """Payload bytes still to come straight into the caller's buffer."""
+        direct = self._direct
+        return 0 if direct is None else direct[1] - self._base
+
     def next_message_with_fds(self) -> tuple[bytes, list[int]] | _NeedData:
         """Like :meth:`next_message`, but return ``(payload, fds)``; the caller
         owns the descriptors (close-on-exec if the reader asked the kernel so)."""
@@ -613,7 +772,7 @@ class StreamDecoder:
         direct = self._direct
         if direct is None:
             raise RuntimeError("direct_updated() without read_into()")
-        if fds:
+        if fds or type(fds) is TruncatedFds:
             start = self._base
             self._fds_arrived(start, start + nbytes, fds)
         if nbytes == 0:
@@ -630,7 +789,7 @@ class StreamDecoder:
         if self._base < msg_end:
             return None
         self._direct = None
-        return self._take_fds(msg_start, msg_end)
+        return _deliverable(self._take_fds(msg_start, msg_end))
 
     def fail(self, reason: str) -> None:
         """Mark the decoder unusable for *reason* (an error the I/O layer saw,
@@ -692,8 +851,9 @@ class StreamDecoder:
             end = r + HEADER_SIZE + size
             if end <= self._wpos:
                 fds = self._take_fds(self._base + r, self._base + end) if self._groups else []
+                payload = self._view[r + HEADER_SIZE : end].tobytes()
                 self._rpos = end
-                return self._view[r + HEADER_SIZE : end].tobytes(), fds
+                return payload, _deliverable(fds)
         if self._eof:
             self._at_eof(held)
         return NEED_DATA
@@ -704,16 +864,18 @@ class StreamDecoder:
         if not self._groups:
             return []
         end = self._base + self._rpos
-        return self._take_fds(end - HEADER_SIZE - size, end)
+        return _deliverable(self._take_fds(end - HEADER_SIZE - size, end))
 
     def _take_fds(self, start: int, end: int) -> list[int]:
         """Descriptors of the message at stream offsets [start, end)."""
         groups = self._groups
         fds: list[int] = []
+        found = False
         while groups and groups[0][1] <= end:
             g_start, g_end, g_fds = groups.popleft()
-            if g_start <= start and not fds:
+            if g_start <= start and not found:
                 fds = g_fds
+                found = True
                 continue
             close_fds(g_fds)
             close_fds(fds)
