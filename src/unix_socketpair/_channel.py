@@ -23,7 +23,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -44,6 +44,7 @@ from ._ancillary import (
 )
 from ._codec import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    HANDED_INTO,
     HEADER_SIZE,
     MAX_WIRE_LENGTH,
     NEED_DATA,
@@ -190,6 +191,23 @@ def _adopt(sock_or_fd: socket.socket | int) -> socket.socket:
             f"not {what}"
         )
     return sock
+
+
+def _uninterrupted(dec: StreamDecoder, step: Callable[..., None], *args: Any) -> None:
+    """Run *step*, a repair of *dec* that is all or nothing (it counts itself
+    in ``dec.repairs`` in its final store), to completion even if exceptions
+    from signal handlers interrupt it; then raise the first of them, so the
+    caller still sees it."""
+    pending: BaseException | None = None
+    done = dec.repairs + 1
+    while dec.repairs != done:
+        try:
+            step(*args)
+        except BaseException as exc:  # retried unless the repair happened
+            if pending is None:
+                pending = exc
+    if pending is not None:
+        raise pending
 
 
 def _check_limit(name: str, value: object, low: int, high: int) -> int:
@@ -760,6 +778,24 @@ class ChannelBase:
             return dec.commit_direct(fds if fds or type(fds) is TruncatedFds else None)
         return dec.commit_direct()
 
+    def _undo_direct(self, target: memoryview, size: int) -> None:
+        """A read straight into *target* was interrupted: account for a read
+        result still in the inbox, then put what arrived back into the decoder
+        (see StreamDecoder.restore_direct). A broken decoder stays broken."""
+        dec = self._dec
+        fds = None
+        try:
+            if dec.inbox and dec.reading_direct:
+                n, anc, flags = dec.inbox[0][:3]
+                got = self._fds_of(n, anc, flags) if anc or flags & _MSG_CTRUNC else None
+                fds = dec.commit_direct(got if got or type(got) is TruncatedFds else None)
+        except ProtocolError:
+            return
+        if dec.broken is not None:
+            return
+        arrived = size - dec.direct_remaining() if dec.reading_direct else size
+        _uninterrupted(dec, dec.restore_direct, target[:arrived], size, fds)
+
     def _wants_direct(self, size: int) -> bool:
         """After next_size(): should the payload go straight into the caller's buffer?"""
         return size >= _DIRECT_THRESHOLD and self._dec.buffered() < HEADER_SIZE + size
@@ -1111,11 +1147,10 @@ class Channel(ChannelBase):
             return
         deadline = None if timeout is None else _Deadline(timeout)
         lock = self._slock
-        lock.acquire()
         try:
-            self._flush_queue(deadline)
+            with lock:
+                self._flush_queue(deadline)
         finally:
-            lock.release()
             if self._closed:
                 self._left()
 
@@ -1204,24 +1239,23 @@ class Channel(ChannelBase):
         if fds is _NO_FDS and type(data) is bytes and timeout is None:
             size = len(data)
             lock = self._slock
-            lock.acquire()
             try:
-                if size <= self._small:
-                    frame = _pack(size) + data
-                    # A frame this small is one kernel buffer: the kernel takes
-                    # all of it or none (Linux), so a count lost to a signal
-                    # handler's exception right after the call loses nothing.
-                    try:
-                        sent = self._sock.send(frame, _SEND_FLAGS)
-                    except BlockingIOError:
-                        sent = 0
-                    except OSError as exc:
-                        raise self._send_error(exc, [data]) from exc
-                    if sent != size + HEADER_SIZE:
-                        self._send_frames([memoryview(frame)[sent:]], [], None, sent)
-                    return
+                with lock:
+                    if size <= self._small:
+                        frame = _pack(size) + data
+                        # A frame this small is one kernel buffer: the kernel takes
+                        # all of it or none (Linux), so a count lost to a signal
+                        # handler's exception right after the call loses nothing.
+                        try:
+                            sent = self._sock.send(frame, _SEND_FLAGS)
+                        except BlockingIOError:
+                            sent = 0
+                        except OSError as exc:
+                            raise self._send_error(exc, [data]) from exc
+                        if sent != size + HEADER_SIZE:
+                            self._send_frames([memoryview(frame)[sent:]], [], None, sent)
+                        return
             finally:
-                lock.release()
                 if self._closed:
                     self._left()
         self._send_checked(data, fds, timeout)
@@ -1230,25 +1264,24 @@ class Channel(ChannelBase):
         deadline = None if timeout is None else _Deadline(timeout)
         bufs, anc = self._prepare(data, fds)
         lock = self._slock
-        lock.acquire()
         try:
-            self._check_send()
-            if (
-                self._wlimit
-                and not anc
-                and len(bufs) == 1
-                and memoryview(bufs[0]).nbytes <= self._hold_max + 4
-            ):
-                with self._qlock:
-                    self._queue += bufs[0]
-                if len(self._queue) >= self._wlimit:
+            with lock:
+                self._check_send()
+                if (
+                    self._wlimit
+                    and not anc
+                    and len(bufs) == 1
+                    and memoryview(bufs[0]).nbytes <= self._hold_max + 4
+                ):
+                    with self._qlock:
+                        self._queue += bufs[0]
+                    if len(self._queue) >= self._wlimit:
+                        self._flush_queue(deadline)
+                    return
+                if self._queue:
                     self._flush_queue(deadline)
-                return
-            if self._queue:
-                self._flush_queue(deadline)
-            self._send_frames(bufs, anc, deadline, 0)
+                self._send_frames(bufs, anc, deadline, 0)
         finally:
-            lock.release()
             if self._closed:
                 self._left()
 
@@ -1275,20 +1308,19 @@ class Channel(ChannelBase):
                 for item in items:
                     self._prepare(item, _NO_FDS)
         lock = self._slock
-        lock.acquire()
         try:
-            self._check_send()
-            if self._queue:
-                self._flush_queue(deadline)
-            if self._stream:
-                for bufs in encode_many(messages, self._max):
-                    self._send_frames(bufs, [], deadline, 0)
-            else:
-                for item in messages:
-                    bufs, anc = self._prepare(item, _NO_FDS)
-                    self._send_frames(bufs, anc, deadline, 0)
+            with lock:
+                self._check_send()
+                if self._queue:
+                    self._flush_queue(deadline)
+                if self._stream:
+                    for bufs in encode_many(messages, self._max):
+                        self._send_frames(bufs, [], deadline, 0)
+                else:
+                    for item in messages:
+                        bufs, anc = self._prepare(item, _NO_FDS)
+                        self._send_frames(bufs, anc, deadline, 0)
         finally:
-            lock.release()
             if self._closed:
                 self._left()
 
@@ -1376,22 +1408,25 @@ class Channel(ChannelBase):
             close_fds(fds)
             return payload
         lock = self._rlock
-        lock.acquire()
         try:
-            if self._stream:
-                dec = self._dec
-                msg = dec.next_message()
-                while msg is NEED_DATA:
-                    if self._closed:
-                        raise OSError(errno.EBADF, "the channel is closed")
-                    self._fill()
+            with lock:
+                self._dec.handed = []
+                if self._stream:
+                    dec = self._dec
                     msg = dec.next_message()
-                return msg  # type: ignore[return-value]
-            payload, fds = self._packet_message()
-            close_fds(fds)
-            return payload
+                    while msg is NEED_DATA:
+                        if self._closed:
+                            raise OSError(errno.EBADF, "the channel is closed")
+                        self._fill()
+                        msg = dec.next_message()
+                    return msg  # type: ignore[return-value]
+                payload, fds = self._packet_message()
+                close_fds(fds)
+                return payload
+        except BaseException:
+            self._give_back()
+            raise
         finally:
-            lock.release()
             if self._closed:
                 self._left()
 
@@ -1409,20 +1444,23 @@ class Channel(ChannelBase):
         """The next message and its descriptors, waiting no later than *deadline*
         (None: as long as it takes)."""
         lock = self._rlock
-        lock.acquire()
         try:
-            self._check_open()
-            if not self._stream:
-                return self._packet_message(deadline)
-            dec = self._dec
-            result = dec.next_message_with_fds()
-            while result is NEED_DATA:
+            with lock:
+                self._dec.handed = []
                 self._check_open()
-                self._fill(deadline)
+                if not self._stream:
+                    return self._packet_message(deadline)
+                dec = self._dec
                 result = dec.next_message_with_fds()
-            return result  # type: ignore[return-value]
+                while result is NEED_DATA:
+                    self._check_open()
+                    self._fill(deadline)
+                    result = dec.next_message_with_fds()
+                return result  # type: ignore[return-value]
+        except BaseException:
+            self._give_back()
+            raise
         finally:
-            lock.release()
             if self._closed:
                 self._left()
 
@@ -1450,30 +1488,33 @@ class Channel(ChannelBase):
             count = _check_limit("max_messages", max_messages, 1, _NO_LIMIT)
         deadline = None if timeout is None else _Deadline(timeout)
         lock = self._rlock
-        lock.acquire()
         try:
-            self._check_open()
-            if not self._stream:
-                first, fds = self._packet_message(deadline)
-                close_fds(fds)
-                out = [first]
-                while len(out) < count:
-                    try:
-                        msg, fds = self._packet_message(_NOW)
-                    except TimeoutError:
-                        break
-                    close_fds(fds)
-                    out.append(msg)
-                return out
-            dec = self._dec
-            out = dec.take_ready(count)
-            while not out:
+            with lock:
+                self._dec.handed = []
                 self._check_open()
-                self._fill(deadline)
+                if not self._stream:
+                    first, fds = self._packet_message(deadline)
+                    close_fds(fds)
+                    out = [first]
+                    while len(out) < count:
+                        try:
+                            msg, fds = self._packet_message(_NOW)
+                        except TimeoutError:
+                            break
+                        close_fds(fds)
+                        out.append(msg)
+                    return out
+                dec = self._dec
                 out = dec.take_ready(count)
-            return out
+                while not out:
+                    self._check_open()
+                    self._fill(deadline)
+                    out = dec.take_ready(count)
+                return out
+        except BaseException:
+            self._give_back()
+            raise
         finally:
-            lock.release()
             if self._closed:
                 self._left()
 
@@ -1496,47 +1537,55 @@ class Channel(ChannelBase):
         target = _writable(buffer)
         deadline = None if timeout is None else _Deadline(timeout)
         lock = self._rlock
-        lock.acquire()
         try:
-            self._check_open()
-            if not self._stream:
-                size, fds = self._packet_into(target, deadline)
-                close_fds(fds)
-                return size
-            dec = self._dec
-            while True:
-                next_size = dec.next_size()
-                if next_size is NEED_DATA:
+            with lock:
+                self._dec.handed = []
+                self._check_open()
+                if not self._stream:
+                    size, fds = self._packet_into(target, deadline)
+                    close_fds(fds)
+                    return size
+                dec = self._dec
+                while True:
+                    next_size = dec.next_size()
+                    if next_size is NEED_DATA:
+                        self._check_open()
+                        self._fill(deadline)
+                        continue
+                    size = int(next_size)  # type: ignore[arg-type]
+                    if size > len(target):
+                        raise self._too_small(size, len(target))
+                    if dec.buffered() >= HEADER_SIZE + size or (
+                        deadline is None and self._wants_direct(size)
+                    ):
+                        break
                     self._check_open()
                     self._fill(deadline)
-                    continue
-                size = int(next_size)  # type: ignore[arg-type]
-                if size > len(target):
-                    raise self._too_small(size, len(target))
-                if dec.buffered() >= HEADER_SIZE + size or (
-                    deadline is None and self._wants_direct(size)
-                ):
-                    break
-                self._check_open()
-                self._fill(deadline)
-            size, copied = dec.read_into(target)
-            if copied == size:
-                close_fds(dec.take_fds_for_buffered(size))
-                return size
-            # The rest goes straight into *target*; an exception part way
-            # (a signal handler's, close()) loses the stream position.
-            try:
-                while True:
-                    done = self._direct_step(target[copied:size])
-                    if done is not None:
-                        close_fds(done)
+                # Once read_into() starts a direct read, the rest goes straight
+                # into *target*; an exception part way (a signal handler's)
+                # puts what arrived back into the decoder.
+                try:
+                    _, copied = dec.read_into(target)
+                    if copied == size:
+                        close_fds(dec.take_fds_for_buffered(size))
                         return size
-                    copied = size - (dec.direct_remaining())
-            except BaseException:
-                dec.abort_direct()
-                raise
+                    while True:
+                        done = self._direct_step(target[copied:size])
+                        if done is not None:
+                            close_fds(done)
+                            return size
+                        copied = size - dec.direct_remaining()
+                except ChannelClosed:
+                    dec.abort_direct()
+                    raise
+                except BaseException:
+                    if dec.reading_direct:
+                        self._undo_direct(target, size)
+                    raise
+        except BaseException:
+            self._give_back(target)
+            raise
         finally:
-            lock.release()
             if self._closed:
                 self._left()
 
@@ -1553,25 +1602,54 @@ class Channel(ChannelBase):
             return self._iterate()
         return self._iter_packets()
 
+    def _give_back(self, target: memoryview | None = None) -> None:
+        """An exception (a signal handler's) is leaving a receive call: put the
+        messages it took but could not return back in front (see
+        StreamDecoder.handed), so the next receive returns them."""
+        dec = self._dec
+        handed = dec.handed
+        if not handed or not self._stream:
+            return
+        with self._rlock:
+            messages = [
+                target[: dec.last_into].tobytes() if item is HANDED_INTO and target else item
+                for item in handed
+                if item is not HANDED_INTO or target is not None
+            ]
+            fds = dec.handed_fds if len(messages) == 1 else None
+            dec.handed = []
+            dec.handed_fds = []
+            if not self._closed:
+                _uninterrupted(dec, dec.put_back, messages, fds)
+
     def _iterate(self) -> Iterator[bytes]:
         recv_many = self.recv_many
+        dec = self._dec
         batch: list[bytes] = []
+        i = 0
+        fetching = False
         try:
             while True:
+                fetching = True
                 try:
-                    batch = recv_many()
+                    recv_many()
                 except ChannelClosed:
                     return
-                batch.reverse()
-                pop = batch.pop
-                while batch:
-                    yield pop()
+                # The batch is the decoder's record of what recv_many() took
+                # (a new list per call). Each statement below calls nothing:
+                # whatever exception is raised in here (a signal handler's, at
+                # a check between bytecodes) the finally clause knows exactly
+                # which messages were not handed out yet.
+                batch, i, fetching = dec.handed, 0, False  # type: ignore[assignment]
+                for msg in batch:
+                    i += 1
+                    yield msg
         finally:
-            if batch:
-                batch.reverse()
+            rest = dec.handed if fetching else batch[i:]
+            if rest:
                 with self._rlock:
                     if not self._closed:
-                        self._dec.put_back(batch)
+                        _uninterrupted(dec, dec.put_back, rest, None)
 
     def _iter_packets(self) -> Iterator[bytes]:
         while True:

@@ -45,6 +45,7 @@ else:
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "HANDED_INTO",
     "HEADER_SIZE",
     "MAX_WIRE_LENGTH",
     "NEED_DATA",
@@ -101,6 +102,10 @@ class _NeedData:
 
 #: Returned by the decoder when no whole message is buffered yet.
 NEED_DATA: Final = _NeedData()
+
+
+#: Recorded in ``StreamDecoder.handed`` for a message read_into() copied out whole.
+HANDED_INTO: Final = _NeedData()
 
 
 class TruncatedFds(list[int]):
@@ -278,9 +283,14 @@ class StreamDecoder:
         "_max",
         "_max_fds",
         "_rpos",
+        "_target",
         "_view",
         "_wpos",
+        "handed",
+        "handed_fds",
         "inbox",
+        "last_into",
+        "repairs",
     )
 
     def __init__(
@@ -300,6 +310,16 @@ class StreamDecoder:
         #: returning and its result being recorded; :meth:`commit` then accounts
         #: for it in one step that calls nothing. See docs/concurrency.md.
         self.inbox: list[tuple[Any, ...]] = []
+        #: Messages taken out since the I/O layer last cleared it: each is
+        #: recorded in the same step that consumes it, so a call interrupted
+        #: by an exception before it could return them can put them back
+        #: (:meth:`put_back`); ``HANDED_INTO`` for one copied by read_into().
+        self.handed: list[object] = []
+        #: The descriptors of the last message taken with its descriptors.
+        self.handed_fds: list[int] = []
+        self.last_into = 0
+        #: Counts completed put_back()/restore_direct() calls (see _uninterrupted).
+        self.repairs = 0
         self._rpos = 0  # first unconsumed byte
         self._wpos = 0  # end of the received bytes
         self._base = 0  # stream offset of _buf[0]
@@ -310,6 +330,8 @@ class StreamDecoder:
         # While a message's payload goes straight into a caller's buffer:
         # (stream offset of the message start, of its end); else None.
         self._direct: tuple[int, int] | None = None
+        # The caller's buffer of that read (to recover from an interrupted one).
+        self._target: memoryview | None = None
 
     # -- input --------------------------------------------------------------
 
@@ -387,9 +409,11 @@ class StreamDecoder:
         buf: bytearray | mmap.mmap = (
             mmap.mmap(-1, capacity) if capacity > _RETAIN_CAPACITY else bytearray(capacity)
         )
-        buf[:held] = self._view[r : self._wpos]
         view = memoryview(buf)
         old = self._view
+        # The copy and the stores below call nothing: a signal handler's
+        # exception cannot throw the (possibly large) copy away.
+        buf[:held] = self._view[r : self._wpos]
         # One statement that calls nothing: consistent at every bytecode boundary.
         self._buf, self._view, self._base, self._rpos, self._wpos = (
             buf,
@@ -421,6 +445,10 @@ class StreamDecoder:
             self._wpos += nbytes
             del inbox[0]
             return
+        if not nbytes and fds is None:
+            self._eof = True
+            del inbox[0]
+            return
         del inbox[0]
         self.buffer_updated(nbytes, fds)
 
@@ -430,10 +458,19 @@ class StreamDecoder:
         inbox = self.inbox
         nbytes = inbox[0][0]
         direct = self._direct
-        if nbytes and fds is None and direct is not None and self._base + nbytes < direct[1]:
-            self._base += nbytes
+        if nbytes and fds is None and direct is not None:
+            base = self._base + nbytes
+            if base < direct[1]:
+                self._base = base
+                del inbox[0]
+                return None
+            # The message is complete: consumed, recorded, then its descriptors.
+            self._base = base
+            self.last_into = direct[1] - direct[0] - HEADER_SIZE
+            self._direct = None
             del inbox[0]
-            return None
+            self.handed.append(HANDED_INTO)
+            return _deliverable(self._take_fds(direct[0], direct[1]))
         del inbox[0]
         return self.direct_updated(nbytes, fds)
 
@@ -544,8 +581,11 @@ class StreamDecoder:
             size = _unpack_from(self._buf, r)[0]
             end = r + HEADER_SIZE + size
             if end <= w and size <= self._max:
+                payload = self._view[r + HEADER_SIZE : end].tobytes()
+                # Consumed and recorded with no call in between (see handed).
                 self._rpos = end
-                return self._view[r + HEADER_SIZE : end].tobytes()
+                self.handed.append(payload)
+                return payload
         elif r == w and not self._eof and self._broken is None and self._direct is None:
             return NEED_DATA
         result = self._next_slow()
@@ -657,17 +697,18 @@ class StreamDecoder:
                 msgs, pos = split_frames(self._view, r, stop, self._max, max_count - len(out))
                 if msgs:
                     self._rpos = pos
+                    self.handed.extend(msgs)
                     out += msgs
                     continue
             if out:
                 return out
-            msg = self.next_message()
+            msg = self.next_message()  # recorded in handed
             if msg is NEED_DATA:
                 return out
             out.append(msg)  # type: ignore[arg-type]
         return out
 
-    def put_back(self, messages: list[bytes]) -> None:
+    def put_back(self, messages: list[bytes], fds: list[int] | None = None) -> None:
         """Make *messages* (payloads taken with :meth:`take_ready`, in order)
         the next ones out again, ahead of everything buffered.
 
@@ -680,26 +721,33 @@ class StreamDecoder:
         data = join_frames(messages)
         total = len(data)
         r = self._rpos
+        start = self._base + r - total
         if r >= total:
+            # Into bytes already consumed; the slice assignment and the store
+            # call nothing, so this is all or nothing under a signal.
             self._buf[r - total : r] = data
-            self._rpos = r - total
-            return
-        held = self._wpos - r
-        cap = max(len(self._buf), total + held)
-        buf: bytearray | mmap.mmap = bytearray(cap)
-        buf[:total] = data
-        buf[total : total + held] = self._view[r : self._wpos]
-        view = memoryview(buf)
-        old = self._view
-        self._buf, self._view, self._base, self._rpos, self._wpos = (
-            buf,
-            view,
-            self._base + r - total,
-            0,
-            total + held,
-        )
-        with contextlib.suppress(BufferError):
-            old.release()
+            self._rpos, self.repairs = r - total, self.repairs + 1
+        else:
+            held = self._wpos - r
+            cap = max(len(self._buf), total + held)
+            buf: bytearray | mmap.mmap = bytearray(cap)
+            view = memoryview(buf)
+            old = self._view
+            buf[:total] = data
+            buf[total : total + held] = self._view[r : self._wpos]
+            self._buf, self._view, self._base, self._rpos, self._wpos, self.repairs = (
+                buf,
+                view,
+                start,
+                0,
+                total + held,
+                self.repairs + 1,
+            )
+            with contextlib.suppress(BufferError):
+                old.release()
+        if fds:
+            # The first message's descriptors: owned by the decoder again.
+            self._groups.appendleft((start, start + 1, fds))
 
     def direct_remaining(self) -> int:
         """Payload bytes still to come straight into the caller's buffer."""
@@ -723,7 +771,7 @@ class StreamDecoder:
         if self._broken is not None:
             self._raise_broken()
         if self._direct is not None:
-            raise RuntimeError("a message is still being read with read_into()")
+            self._recover_direct()
         r = self._rpos
         held = self._wpos - r
         if held >= HEADER_SIZE:
@@ -752,11 +800,15 @@ class StreamDecoder:
         copied = min(size, self._wpos - start)
         target[:copied] = self._view[start : start + copied]
         self._rpos = start + copied
+        if copied == size:
+            self.last_into = size
+            self.handed.append(HANDED_INTO)
         if copied < size:
             # The whole buffer belonged to this message: the rest comes directly.
             msg_start = self._base + r
             self._base += self._rpos
             self._rpos = self._wpos = 0
+            self._target = target
             self._direct = (msg_start, msg_start + HEADER_SIZE + size)
         return size, copied
 
@@ -788,7 +840,9 @@ class StreamDecoder:
         msg_start, msg_end = direct
         if self._base < msg_end:
             return None
+        self.last_into = msg_end - msg_start - HEADER_SIZE
         self._direct = None
+        self.handed.append(HANDED_INTO)
         return _deliverable(self._take_fds(msg_start, msg_end))
 
     def fail(self, reason: str) -> None:
@@ -800,8 +854,62 @@ class StreamDecoder:
         self._close_groups()
         self._rpos = self._wpos = 0
 
+    def restore_direct(self, payload: memoryview, size: int, fds: list[int] | None) -> None:
+        """Undo :meth:`read_into` for a message of *size* bytes whose read was
+        interrupted (a signal handler's exception, a cancellation): *payload*
+        is what arrived of it in the caller's buffer; it goes back into the
+        decoder behind its header, so the next receive starts the message
+        over. *fds*: the message's descriptors if its last byte was in (the
+        decoder owns them again)."""
+        got = payload.nbytes
+        start = self._base - HEADER_SIZE - got  # stream offset of the message
+        held = self._wpos - self._rpos
+        length = HEADER_SIZE + got
+        buf: bytearray | mmap.mmap = bytearray(max(_START_CAPACITY, length + held))
+        header = _pack(size)
+        view = memoryview(buf)
+        old = self._view
+        buf[:HEADER_SIZE] = header
+        buf[HEADER_SIZE:length] = payload
+        buf[length : length + held] = self._view[self._rpos : self._wpos]
+        self._buf, self._view, self._base, self._rpos, self._wpos, self._direct, self.repairs = (
+            buf,
+            view,
+            start,
+            0,
+            length + held,
+            None,
+            self.repairs + 1,
+        )
+        self._target = None
+        if fds is not None:
+            self._groups.appendleft((start, start + 1, fds))
+        with contextlib.suppress(BufferError):
+            old.release()
+
+    def _recover_direct(self) -> None:
+        """A read straight into a caller's buffer was left unfinished by an
+        exception that also cut its own clean-up short: put what arrived back
+        (from the caller's buffer, which the caller got back with the
+        exception) so the next receive starts the message over."""
+        direct = self._direct
+        target = self._target
+        if direct is None:
+            return
+        if target is None or self.inbox:
+            # A read result with it (descriptors, maybe): too much is unknown.
+            self.inbox.clear()
+            self.abort_direct()
+            self._raise_broken()
+            return
+        msg_start, msg_end = direct
+        size = msg_end - msg_start - HEADER_SIZE
+        arrived = size - (msg_end - self._base)
+        self.restore_direct(target[:arrived], size, None)
+
     def abort_direct(self) -> None:
         """A direct read failed part way: the stream position is lost; break."""
+        self._target = None
         if self._direct is not None:
             self._direct = None
             self._broken = self._broken or "a message was only partly read (interrupted read_into)"
@@ -841,7 +949,7 @@ class StreamDecoder:
         if self._broken is not None:
             self._raise_broken()
         if self._direct is not None:
-            raise RuntimeError("a message is still being read with read_into()")
+            self._recover_direct()
         r = self._rpos
         held = self._wpos - r
         if held >= HEADER_SIZE:
@@ -853,6 +961,8 @@ class StreamDecoder:
                 fds = self._take_fds(self._base + r, self._base + end) if self._groups else []
                 payload = self._view[r + HEADER_SIZE : end].tobytes()
                 self._rpos = end
+                self.handed.append(payload)
+                self.handed_fds = fds
                 return payload, _deliverable(fds)
         if self._eof:
             self._at_eof(held)
