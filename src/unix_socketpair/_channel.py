@@ -791,9 +791,9 @@ class ChannelBase:
                 fds = dec.commit_direct(got if got or type(got) is TruncatedFds else None)
         except ProtocolError:
             return
-        if dec.broken is not None:
-            return
-        arrived = size - dec.direct_remaining() if dec.reading_direct else size
+        if dec.broken is not None or not dec.reading_direct:
+            return  # complete: the caller's give-back puts it back whole
+        arrived = size - dec.direct_remaining()
         _uninterrupted(dec, dec.restore_direct, target[:arrived], size, fds)
 
     def _wants_direct(self, size: int) -> bool:
@@ -1546,6 +1546,10 @@ class Channel(ChannelBase):
                     close_fds(fds)
                     return size
                 dec = self._dec
+                if dec.inbox and not dec.reading_direct:
+                    # A read into the decoder's buffer that an exception left
+                    # unaccounted for comes before any direct read.
+                    self._commit_stream()
                 while True:
                     next_size = dec.next_size()
                     if next_size is NEED_DATA:

@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
-from ._ancillary import SCM_MAX_FD, close_fds
+from ._ancillary import MSG_CTRUNC, SCM_MAX_FD, close_fds, split_ancillary
 from ._errors import ChannelClosed, FdsTruncated, MessageTooLarge, ProtocolError, TooManyFds
 from ._framing import join_frames, split_frames
 
@@ -889,23 +889,31 @@ class StreamDecoder:
 
     def _recover_direct(self) -> None:
         """A read straight into a caller's buffer was left unfinished by an
-        exception that also cut its own clean-up short: put what arrived back
-        (from the caller's buffer, which the caller got back with the
-        exception) so the next receive starts the message over."""
+        exception that also cut its own clean-up short: account for a read
+        result still in the inbox, then put what arrived back (from the
+        caller's buffer, which the caller got back with the exception) so the
+        next receive starts the message over."""
         direct = self._direct
         target = self._target
         if direct is None:
             return
-        if target is None or self.inbox:
-            # A read result with it (descriptors, maybe): too much is unknown.
-            self.inbox.clear()
+        if target is None:
             self.abort_direct()
             self._raise_broken()
             return
         msg_start, msg_end = direct
         size = msg_end - msg_start - HEADER_SIZE
-        arrived = size - (msg_end - self._base)
-        self.restore_direct(target[:arrived], size, None)
+        fds = None
+        if self.inbox:
+            _n, anc, flags = self.inbox[0][:3]
+            got: list[int] = split_ancillary(anc)[0] if anc else []
+            if flags & MSG_CTRUNC:
+                got = TruncatedFds(got)
+            fds = self.commit_direct(got if got or type(got) is TruncatedFds else None)
+            if self._direct is None and self.handed and self.handed[-1] is HANDED_INTO:
+                del self.handed[-1]  # restored below, not by the caller's give-back
+        arrived = size - (msg_end - self._base) if self._direct is not None else size
+        self.restore_direct(target[:arrived], size, fds)
 
     def abort_direct(self) -> None:
         """A direct read failed part way: the stream position is lost; break."""
