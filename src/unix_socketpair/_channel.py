@@ -977,7 +977,17 @@ class Channel(ChannelBase):
     whole contract, including signals and ``fork``.
     """
 
-    __slots__ = ("_hold_max", "_qlock", "_rlock", "_sent", "_slock", "_small_max", "_wlimit")
+    __slots__ = (
+        "_hold_max",
+        "_partial",
+        "_qlock",
+        "_qsent",
+        "_rlock",
+        "_sent",
+        "_slock",
+        "_small_max",
+        "_wlimit",
+    )
 
     def __init__(
         self,
@@ -1018,6 +1028,9 @@ class Channel(ChannelBase):
         # Byte counts of the system calls of the message being sent, appended
         # from C (see _send_frames): progress survives an exception.
         self._sent: list[int] = []
+        self._qsent: list[int] = []  # the same, for writes of the queue
+        # The frame being sent: (buffers, total bytes, bytes sent before).
+        self._partial: tuple[list[Buffer], int, int] | None = None
         self._small_max = self._small
         self._hold_max = 0
         if write_buffer:
@@ -1072,8 +1085,9 @@ class Channel(ChannelBase):
         if self._closed:
             return
         try:
-            if self._queue and self._slock.acquire(False):
+            if (self._queue or self._partial is not None) and self._slock.acquire(False):
                 try:
+                    self._repair_partial()
                     self._flush_queue(None)
                 finally:
                     self._slock.release()
@@ -1128,6 +1142,7 @@ class Channel(ChannelBase):
         self._rlock = threading.Lock()
         self._qlock = threading.Lock()
         self._queue.clear()
+        self._partial = None
         if not self._closed and self._broken_send is None:
             self._small = -1 if self._wlimit else self._small_max
         self._sent.clear()
@@ -1143,12 +1158,14 @@ class Channel(ChannelBase):
             ChannelClosed: :meth:`close` was called meanwhile.
         """
         self._check_open()
-        if not self._queue:
+        if not self._queue and self._partial is None:
             return
         deadline = None if timeout is None else _Deadline(timeout)
         lock = self._slock
         try:
             with lock:
+                if self._partial is not None:
+                    self._repair_partial()
                 self._flush_queue(deadline)
         finally:
             if self._closed:
@@ -1169,9 +1186,18 @@ class Channel(ChannelBase):
         """Write what the queue holds without waiting (any thread)."""
         with self._qlock:
             queue = self._queue
-            sent = self._sent_q
+            sent = self._qsent
             send = self._sock.send
-            while queue:
+            while True:
+                if sent:
+                    # A count recorded (from C) but not yet applied: an
+                    # exception fell between; apply it before anything else.
+                    # These statements call nothing.
+                    n = sent[0]
+                    del queue[:n]
+                    del sent[0]
+                if not queue:
+                    return
                 try:
                     sent.extend(map(send, (queue,), _SEND_FLAGS_T))
                 except BlockingIOError:
@@ -1179,13 +1205,6 @@ class Channel(ChannelBase):
                 except OSError as exc:
                     queue.clear()  # undeliverable: the peer or the socket is gone
                     raise self._send_error(exc, []) from exc
-                # Accounted for in statements that call nothing: a signal
-                # handler's exception cannot fall between them.
-                n = sent[-1]
-                del queue[:n]
-                del sent[-1]
-
-    _sent_q: list[int] = []  # noqa: RUF012 - only one thread at a time, under _qlock
 
     def _flush_queue(self, deadline: _Deadline | None) -> None:
         """Write the whole queue, waiting for room (the caller holds _slock)."""
@@ -1197,8 +1216,7 @@ class Channel(ChannelBase):
                     f"{deadline.timeout if deadline else 0:g} s; "
                     f"{len(self._queue)} bytes stay queued"
                 )
-        if not self._wlimit and self._broken_send is None and not self._closed:
-            self._small = self._small_max  # send()'s fast path again
+        self._fast_again()
 
     # -- sending ------------------------------------------------------------
 
@@ -1310,6 +1328,8 @@ class Channel(ChannelBase):
         lock = self._slock
         try:
             with lock:
+                if self._partial is not None:
+                    self._repair_partial()
                 self._check_send()
                 if self._queue:
                     self._flush_queue(deadline)
@@ -1330,16 +1350,18 @@ class Channel(ChannelBase):
         """Send all of *bufs* (*anc* with the first byte), waiting for room; the
         caller holds _slock. *before*: bytes of this frame that already went.
 
-        Each system call's count is appended to ``_sent`` from C, so an
-        exception at any bytecode (a timeout, a signal handler's) knows how
-        much went: if part of the frame did, the rest is copied into the queue
-        and goes first on the next send; a failure that makes the rest
-        undeliverable refuses further sends instead.
+        Each system call's count is appended to a log from C, and the frame
+        being sent is recorded before the first call, so an exception at any
+        bytecode (a timeout, a signal handler's) leaves enough to know how much
+        went: if part of the frame did, the rest is copied into the queue and
+        goes first on the next send (done here, and again by the next send
+        should an exception cut this repair short: _repair_partial). A failure
+        that makes the rest undeliverable refuses further sends instead.
         """
-        sent = self._sent
-        sent.clear()
-        sendmsg = self._sock.sendmsg
+        sent: list[int] = []
         total = sum(memoryview(b).nbytes for b in bufs)
+        self._sent, self._partial, self._small = sent, (bufs, total, before), -1
+        sendmsg = self._sock.sendmsg
         rest = bufs
         try:
             while True:
@@ -1359,23 +1381,46 @@ class Channel(ChannelBase):
                     continue
                 done = sum(sent)
                 if done >= total:
+                    self._partial = None
+                    self._fast_again()
                     return
                 rest = _advance(bufs, done)
                 anc = []
         except BaseException as exc:
-            done = sum(sent)
             if isinstance(exc, OSError) and not isinstance(exc, (TimeoutError, BlockingIOError)):
-                if done or before:
+                self._partial = None
+                if sum(sent) or before:
                     self._break_send(f"a send failed part way through a message ({exc})")
                 raise self._send_error(exc, bufs, anc) from exc
-            if (done or before) and done < total:
-                # Interrupted part way: keep the rest, so the frame is finished
-                # before anything else goes (the caller may reuse its buffer).
-                with self._qlock:
-                    for part in _advance(bufs, done):
-                        self._queue += part
-                self._small = -1
+            self._repair_partial()
             raise
+
+    def _repair_partial(self) -> None:
+        """If a frame was cut short (see _send_frames), queue its rest, in one
+        step with forgetting it, so the repair is done exactly once."""
+        partial = self._partial
+        if partial is None:
+            return
+        bufs, total, before = partial
+        done = sum(self._sent)
+        if (done or before) and done < total:
+            rest = b"".join([bytes(memoryview(part)) for part in _advance(bufs, done)])
+            with self._qlock:
+                self._queue, self._partial = self._queue + rest, None
+        else:
+            self._partial = None
+            self._fast_again()
+
+    def _fast_again(self) -> None:
+        """Back on send()'s fast path if nothing is queued or held."""
+        if (
+            not self._queue
+            and not self._wlimit
+            and self._broken_send is None
+            and not self._closed
+            and self._partial is None
+        ):
+            self._small = self._small_max
 
     # -- receiving ----------------------------------------------------------
 
