@@ -50,11 +50,12 @@ def indexed(i: int, size: int, tag: int = 0) -> bytes:
     return head + fill * (size - len(head))
 
 
-def index_of(message: bytes, size: int | None = None, tag: int = 0) -> int:
-    """The index of a message made by :func:`indexed`; fail if it is not whole."""
+def index_of(message: bytes, size: int | Callable[[int], int], tag: int = 0) -> int:
+    """The index of a message made by :func:`indexed` (*size*: its size, or a
+    function of its index); fail if it is not whole."""
     assert len(message) >= 5, f"a {len(message)}-byte message cannot be a whole one"
     i = int.from_bytes(message[1:5], "big")
-    expected = indexed(i, size if size is not None else len(message), message[0])
+    expected = indexed(i, size if isinstance(size, int) else size(i), message[0])
     if message != expected:
         at = next(k for k in range(len(message)) if message[k] != expected[k])
         pytest.fail(
@@ -316,7 +317,11 @@ def _send_until_timeout(a: Channel, how: str, size: int, sent: list[int]) -> int
 
 
 def check_received_prefix(
-    received: list[bytes], sent: list[int], maybe: set[int], size: int, ending: BaseException | None
+    received: list[bytes],
+    sent: list[int],
+    maybe: set[int],
+    size: int | Callable[[int], int],
+    ending: BaseException | None,
 ) -> None:
     """The invariant after an interrupted or timed-out send: the peer saw whole
     messages only, in order, none twice; every message whose send returned;
@@ -535,3 +540,242 @@ def test_from_env_removes_the_variable(
         assert "SOCKETPAIR_FD" not in os.environ
     finally:
         channel.close()
+
+
+# == 4. an exception raised by a signal handler inside a blocking call ==
+#
+# Run in a child interpreter: ITIMER_REAL is then free (pytest-timeout may use this
+# process's), and a hang is bounded by subprocess's timeout. The handler raises only
+# while a frame of the package is on the stack, so an exception never lands in the
+# test's own bookkeeping (between recv() returning and the result being stored).
+
+SIGNAL_PRELUDE = r"""
+import json, os, signal, sys, threading
+import unix_socketpair
+from unix_socketpair import Channel, ChannelClosed, ProtocolError
+
+PACKAGE = os.path.dirname(unix_socketpair.__file__)
+SIZES = [int(size) for size in sys.argv[3].split(",")]
+
+def size_of(i):
+    return SIZES[i % len(SIZES)]
+
+def indexed(i):
+    size = size_of(i)
+    head = bytes([0]) + i.to_bytes(4, "big")
+    return head + bytes([(i * 7) % 251 + 1]) * (size - len(head))
+
+def index_of(message):
+    i = int.from_bytes(message[1:5], "big")
+    assert len(message) == size_of(i) and message == indexed(i), (
+        f"message {i} is not whole ({len(message)} bytes, expected {size_of(i)})")
+    return i
+
+class Interrupt(Exception):
+    pass
+
+interrupts = 0
+
+def handler(signum, frame):
+    global interrupts
+    f = frame
+    while f is not None:
+        if f.f_code.co_filename.startswith(PACKAGE):
+            interrupts += 1
+            raise Interrupt
+        f = f.f_back
+
+signal.signal(signal.SIGALRM, handler)
+
+def start_timer():
+    signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+
+def stop_timer():
+    signal.setitimer(signal.ITIMER_REAL, 0, 0)
+"""
+
+SIGNAL_RECV_CHILD = (
+    SIGNAL_PRELUDE
+    + r"""
+how = sys.argv[1]
+count = int(sys.argv[2])
+a, b = Channel.pair()
+
+def sender():
+    for i in range(count):
+        a.send(indexed(i))
+    a.shutdown_write()
+
+thread = threading.Thread(target=sender, daemon=True)
+thread.start()
+received = []
+buffer = bytearray(4 << 20)
+start_timer()
+done = False
+while not done:
+    try:
+        if how == "iteration":
+            for message in b:
+                received.append(index_of(message))
+            done = True
+        elif how == "recv":
+            received.append(index_of(b.recv()))
+        elif how == "recv_with_fds":
+            message, fds = b.recv_with_fds()
+            assert fds == []
+            received.append(index_of(message))
+        else:
+            n = b.recv_into(buffer)
+            received.append(index_of(bytes(buffer[:n])))
+    except Interrupt:
+        continue
+    except ChannelClosed:
+        done = True
+stop_timer()
+thread.join(30)
+assert received == list(range(count)), (
+    f"received {len(received)} messages, first wrong at "
+    f"{next((k for k, v in enumerate(received) if v != k), len(received))}")
+print(json.dumps({"interrupts": interrupts, "messages": len(received)}))
+"""
+)
+
+SIGNAL_SEND_CHILD = (
+    SIGNAL_PRELUDE
+    + r"""
+how = sys.argv[1]
+count = int(sys.argv[2])
+a, b = Channel.pair()
+received = []
+ending = []
+
+def reader():
+    while True:
+        try:
+            received.append(index_of(b.recv()))
+        except Exception as exc:
+            ending.append(exc)
+            b.close()  # a sender still writing gets an error instead of waiting forever
+            return
+
+thread = threading.Thread(target=reader, daemon=True)
+thread.start()
+sent, maybe, refused = [], set(), None
+start_timer()
+i = 0
+while i < count:
+    batch = [i, i + 1, i + 2] if how == "send_many" else [i]
+    try:
+        if how == "send_many":
+            a.send_many([indexed(k) for k in batch])
+        else:
+            a.send(indexed(i))
+    except Interrupt:
+        maybe.update(batch)
+    except Exception as exc:  # refusing further sends is allowed; say what it was
+        refused = repr(exc)
+        break
+    else:
+        sent.extend(batch)
+    i += len(batch)
+stop_timer()
+if refused is None:
+    try:
+        a.send(indexed(i))  # completes a started frame first, or is refused
+        sent.append(i)
+    except Exception as exc:
+        refused = repr(exc)
+a.close()
+thread.join(60)
+assert not thread.is_alive(), "the reader hung"
+assert received == sorted(set(received)), f"out of order or duplicated: {received}"
+assert not set(sent) - set(received), f"sent but never arrived: {sorted(set(sent) - set(received))}"
+assert not set(received) - set(sent) - maybe, "arrived but never sent"
+assert isinstance(ending[0], (ChannelClosed, ProtocolError)), f"the reader failed: {ending[0]!r}"
+if refused is None:
+    assert isinstance(ending[0], ChannelClosed), f"the stream ended with {ending[0]!r}"
+print(json.dumps({"interrupts": interrupts, "refused": refused, "sent": len(sent)}))
+"""
+)
+
+
+def _run_child(code: str, *args: str, timeout: float = 60) -> dict[str, Any]:
+    import json
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout
+    )
+    if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        pytest.fail(f"child failed: {last[0]}\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+@pytest.mark.parametrize("how", ["recv", "recv_into", "recv_with_fds", "iteration"])
+def test_a_signal_handler_exception_inside_a_receive_loses_nothing(how: str) -> None:
+    """A 1 ms timer whose handler raises, inside recv/recv_into/recv_with_fds/
+    iteration of messages from 5 B to 3 MiB: after each exception the next receive
+    returns the next whole message; none lost, none duplicated."""
+    report = _run_child(SIGNAL_RECV_CHILD, how, "120", "5,100,20000,70000,1048576,3145728")
+    assert report["messages"] == 120
+    assert report["interrupts"] >= 10, f"only {report['interrupts']} interrupts: nothing tested"
+
+
+@pytest.mark.parametrize("how", ["send", "send_many"])
+def test_a_signal_handler_exception_inside_a_send_never_desynchronises_the_peer(
+    how: str,
+) -> None:
+    """A 1 ms timer whose handler raises, inside send/send_many of messages up to
+    2 MB: the peer reads whole messages only, in order, every one whose send
+    returned; an interrupted one at most once. Either the next send completes the
+    cut frame or the channel refuses further sends (then the peer may see a
+    ProtocolError at the end, never a shifted message)."""
+    # Large messages (most sends are cut by a signal), each followed by a small one.
+    report = _run_child(SIGNAL_SEND_CHILD, how, "150", "20,2000000,300000")
+    assert report["interrupts"] >= 10, f"only {report['interrupts']} interrupts: nothing tested"
+
+
+# == 5. an OSError after a partial send ==
+
+
+def _size_of(i: int) -> int:
+    return 4 << 20 if i == 0 else 100
+
+
+def test_an_error_after_a_partial_send_never_joins_the_next_message_to_its_frame(
+    no_fd_leak: None,
+) -> None:
+    """With SO_SNDTIMEO set, a 4 MiB send to a peer that does not read fails with
+    an OSError after part of the frame went. The next send then either completes
+    that frame first or is refused; it is never read as the rest of the cut frame."""
+    import struct
+
+    a, b = Channel.pair()
+    raw = socket.socket(fileno=os.dup(a.fileno()))
+    received: list[bytes] = []
+    refused: BaseException | None = None
+    sent: list[int] = []
+    try:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 200_000))
+        with pytest.raises(OSError):
+            a.send(indexed(0, _size_of(0)))
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 0, 0))
+        raw.close()  # else the socket outlives a.close() and the peer never sees EOF
+        reader = Worker(lambda: _reader(b, received), "reader")
+        try:
+            a.send(indexed(1, _size_of(1)))
+        except Exception as exc:  # refusing is allowed
+            refused = exc
+        else:
+            sent.append(1)
+        a.close()
+        ending = reader.join(30)
+    finally:
+        raw.close()
+        a.close()
+        b.close()
+    if refused is None:
+        assert isinstance(ending, ChannelClosed), f"the stream ended with {ending!r}"
+    check_received_prefix(received, sent, {0}, _size_of, ending)
