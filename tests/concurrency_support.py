@@ -64,21 +64,24 @@ class Worker:
         return self.result
 
 
-def _task_file(thread: threading.Thread, name: str) -> str:
-    tid = thread.native_id
-    assert tid is not None
-    return Path(f"/proc/self/task/{tid}/{name}").read_text()
+def _asleep(task: Path) -> bool:
+    try:
+        state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        wchan = (task / "wchan").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state == "S" and wchan not in ("", "0") and not any(w in wchan for w in _NOT_IN_IO)
 
 
 def asleep_in_kernel(thread: threading.Thread) -> bool:
     """True if *thread* sleeps in a system call other than a lock or timer wait
     (a recv/send/poll on a socket: what "blocked in recv" means)."""
-    try:
-        state = _task_file(thread, "stat").rsplit(")", 1)[1].split()[0]
-        wchan = _task_file(thread, "wchan")
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state == "S" and wchan not in ("", "0") and not any(w in wchan for w in _NOT_IN_IO)
+    return _asleep(Path(f"/proc/self/task/{thread.native_id}"))
+
+
+def process_asleep(pid: int) -> bool:
+    """As :func:`asleep_in_kernel`, for the main thread of process *pid*."""
+    return _asleep(Path(f"/proc/{pid}/task/{pid}"))
 
 
 def wait_blocked(worker: Worker, timeout: float = 10) -> None:
@@ -98,16 +101,16 @@ def wait_blocked(worker: Worker, timeout: float = 10) -> None:
     pytest.fail(f"{worker.name} never blocked in a system call within {timeout} s")
 
 
-def drain_socket(fd: int, seconds: float = 5) -> int:
-    """Read and discard what arrives on *fd* (a dup is used) for up to *seconds*
-    or until end of file; return the bytes read. Frees a sender stuck on a full
-    socket when a test has already failed."""
+def drain_socket(fd: int, seconds: float = 5, until: Callable[[], bool] | None = None) -> int:
+    """Read and discard what arrives on *fd* (a dup is used) for up to *seconds*,
+    until end of file or until *until()* is true; return the bytes read. Frees a
+    sender stuck on a full socket."""
     sock = socket.socket(fileno=os.dup(fd))
     total = 0
     try:
         sock.settimeout(0.05)
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (until is not None and until()):
             try:
                 data = sock.recv(1 << 20)
             except TimeoutError:

@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 from concurrency_support import (
     Worker,
+    asleep_in_kernel,
     drain_socket,
+    process_asleep,
     shut_down,
     wait_blocked,
 )
@@ -422,7 +424,9 @@ def test_huge_timeouts_mean_wait(
             _fill_until_send_blocks(a, b)
             worker = Worker(lambda: a.send(b"last", timeout=timeout), how)  # type: ignore[call-arg]
             wait_blocked(worker)
-            drained = Worker(lambda: drain_socket(b.fileno(), 3), "drain")
+            drained = Worker(
+                lambda: drain_socket(b.fileno(), 10, until=lambda: worker.done), "drain"
+            )
             worker.join(10)
             drained.join(10)
             return
@@ -779,3 +783,480 @@ def test_an_error_after_a_partial_send_never_joins_the_next_message_to_its_frame
     if refused is None:
         assert isinstance(ending, ChannelClosed), f"the stream ended with {ending!r}"
     check_received_prefix(received, sent, {0}, _size_of, ending)
+
+
+# == 7, 8. descriptors: AsyncChannel read-ahead bounded by descriptors; a reader
+# short of descriptor slots ==
+
+PAUSING_ASYNC_READER = r"""
+import asyncio, json, os, resource
+from unix_socketpair import AsyncChannel, FdError
+
+count = int(os.environ["COUNT"])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(os.environ["LIMIT"]), hard))
+
+async def main():
+    channel = AsyncChannel.from_env()
+    await channel.send(b"waiting")
+    message, fds = await channel.recv_with_fds()  # waits: the loop reads from now on
+    assert message == b"0" and len(fds) == 1, (message, fds)
+    os.close(fds[0])
+    await channel.send(b"pausing")
+    # Pause: the loop keeps running (and may read ahead) until the parent says it
+    # has sent everything or is blocked on the full socket.
+    loop = asyncio.get_running_loop()
+    go = loop.create_future()
+    loop.add_reader(4, lambda: go.done() or go.set_result(None))
+    await go
+    loop.remove_reader(4)
+    open_during_pause = len(os.listdir("/proc/self/fd"))
+    for i in range(1, count):
+        message, fds = await channel.recv_with_fds()
+        assert message == b"%d" % i and len(fds) == 1, (i, message, fds)
+        os.close(fds[0])
+    await channel.send(json.dumps({"open_during_pause": open_during_pause}).encode())
+    await channel.aclose()
+
+asyncio.run(main())
+"""
+
+
+def test_async_read_ahead_is_bounded_by_descriptors(tmp_path: Any, no_fd_leak: None) -> None:
+    """An AsyncChannel whose consumer pauses while the peer sends 3,000 messages
+    with one fd each, in a process allowed 1,024 descriptors: every message
+    arrives with its fd (no MSG_CTRUNC, no FdsTruncated), and the descriptors
+    read ahead during the pause stay bounded (asserted: fewer than 1,000 open)."""
+    count, limit = 3000, 1024
+    go_r, go_w = os.pipe()
+    fd_r, fd_w = os.pipe()
+    stderr_path = tmp_path / "stderr"
+    env = {**os.environ, "COUNT": str(count), "LIMIT": str(limit)}
+    try:
+        with (
+            open(stderr_path, "wb") as stderr,
+            spawn(
+                [sys.executable, "-c", PAUSING_ASYNC_READER],
+                fd_map={4: go_r},
+                env=env,
+                stderr=stderr,
+            ) as child,
+        ):
+            channel = child.channel
+
+            def send_all() -> None:
+                for i in range(1, count):
+                    channel.send(b"%d" % i, fds=[fd_r])
+
+            assert channel.recv(timeout=30) == b"waiting"
+            deadline = time.monotonic() + 30
+            while not process_asleep(child.pid) and time.monotonic() < deadline:
+                time.sleep(0.005)  # until the child waits in its loop (state, not time)
+            channel.send(b"0", fds=[fd_r])
+            assert channel.recv(timeout=30) == b"pausing"
+
+            sender = Worker(send_all, "sender")
+            # The child pauses until the sender is done or blocked (state, not time).
+            deadline = time.monotonic() + 30
+            blocked = 0
+            while not sender.done and blocked < 3 and time.monotonic() < deadline:
+                blocked = blocked + 1 if asleep_in_kernel(sender.thread) else 0
+                time.sleep(0.005)
+            os.write(go_w, b"g")
+            try:
+                sender.join(30)
+                report = channel.recv(timeout=30)
+            except (OSError, EOFError, TimeoutError) as exc:
+                child.wait(timeout=30)
+                lines = stderr_path.read_text().strip().splitlines() or ["(nothing)"]
+                pytest.fail(f"the reader failed ({exc!r}): {lines[-1]}")
+            assert child.wait(timeout=30) == 0, stderr_path.read_text()[-2000:]
+    finally:
+        for fd in (go_r, go_w, fd_r, fd_w):
+            os.close(fd)
+    import json
+
+    open_during_pause = json.loads(report)["open_during_pause"]
+    assert open_during_pause < 1000, f"{open_during_pause} descriptors read ahead"
+
+
+FEW_SLOTS_READER = r"""
+import asyncio, os, resource, sys
+from unix_socketpair import AsyncChannel, Channel, FdsTruncated
+
+how = sys.argv[1]
+channel = (AsyncChannel if how == "async" else Channel).from_env()
+# Room for 10 more descriptors at most: 100 cannot all be installed.
+top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (top + 10, hard))
+before = sorted(os.listdir("/proc/self/fd"))
+
+async def receive(plain):
+    if plain:
+        return await channel.recv()
+    message, fds = await channel.recv_with_fds()
+    for fd in fds:
+        os.close(fd)
+    return message
+
+def run(plain):
+    if how == "async":
+        return asyncio.run(receive(plain))
+    if plain:
+        return channel.recv()
+    message, fds = channel.recv_with_fds()
+    for fd in fds:
+        os.close(fd)
+    return message
+
+plain = how in ("recv", "async")
+if how == "async":
+    async def main():
+        before = sorted(os.listdir("/proc/self/fd"))  # with the loop's own
+        try:
+            await receive(plain)
+        except FdsTruncated:
+            pass
+        else:
+            raise AssertionError("100 fds into 10 free slots: no FdsTruncated")
+        assert sorted(os.listdir("/proc/self/fd")) == before, "descriptors that arrived leaked"
+        assert await receive(plain) == b"next"
+        await channel.send(b"ok")
+        await channel.aclose()
+    asyncio.run(main())
+else:
+    try:
+        run(plain)
+    except FdsTruncated:
+        pass
+    else:
+        raise AssertionError("100 fds into 10 free slots: no FdsTruncated")
+    assert sorted(os.listdir("/proc/self/fd")) == before, "descriptors that arrived leaked"
+    assert run(plain) == b"next"
+    channel.send(b"ok")
+    channel.close()
+"""
+
+
+@pytest.mark.parametrize("sock_type", [SOCK_STREAM, SOCK_SEQPACKET], ids=["stream", "seqpacket"])
+@pytest.mark.parametrize("how", ["recv", "recv_with_fds", "async"])
+def test_a_reader_short_of_descriptor_slots_gets_fds_truncated_once(
+    how: str, sock_type: int, tmp_path: Any, no_fd_leak: None
+) -> None:
+    """A reader whose RLIMIT_NOFILE leaves 10 free slots receives a message with
+    100 fds (a legal count): FdsTruncated for that message, the ones that did
+    arrive closed, and the next message is received normally."""
+    stderr_path = tmp_path / "stderr"
+    r, w = os.pipe()
+    try:
+        with (
+            open(stderr_path, "wb") as stderr,
+            spawn(
+                [sys.executable, "-c", FEW_SLOTS_READER, how], type=sock_type, stderr=stderr
+            ) as child,
+        ):
+            channel = child.channel
+            channel.send(b"hundred", fds=[r] * 100)
+            channel.send(b"next")
+            try:
+                answer = channel.recv(timeout=30)
+            except (OSError, EOFError, TimeoutError) as exc:
+                child.wait(timeout=30)
+                lines = stderr_path.read_text().strip().splitlines() or ["(nothing)"]
+                pytest.fail(f"the reader failed ({exc!r}): {lines[-1]}")
+            assert answer == b"ok"
+            assert child.wait(timeout=30) == 0, stderr_path.read_text()[-2000:]
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+# == 9, 10. memory: the reader's peak, an idle channel's size ==
+
+PEAK_READER = r"""
+import json, os
+from unix_socketpair import Channel
+
+def hwm_kib():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+
+size = 16 << 20
+count = int(os.environ["COUNT"])
+channel = Channel.from_env(max_message_size=size)
+assert channel.recv() == b"warm up"
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak so far is forgotten: VmHWM = VmRSS now
+base = hwm_kib()
+channel.send(b"ready")
+for _ in range(count):
+    message = channel.recv()
+    assert len(message) == size
+    del message
+grown = hwm_kib() - base
+channel.send(json.dumps({"grown_kib": grown}).encode())
+channel.close()
+"""
+
+
+@pytest.mark.skipif(not LINUX, reason="VmHWM and clear_refs are Linux's")
+@pytest.mark.parametrize("count", [1, 3])
+def test_the_reader_peak_memory_stays_under_twice_max_message_size(
+    count: int, no_fd_leak: None
+) -> None:
+    """A reader receiving *count* messages of exactly max_message_size = 16 MiB
+    with recv() (each dropped before the next): its peak RSS (VmHWM, in a child)
+    grows by less than 2 x max_message_size = 32 MiB, the bound the docs state."""
+    payload = indexed(0, 16 << 20)
+    env = {**os.environ, "COUNT": str(count)}
+    with spawn([sys.executable, "-c", PEAK_READER], env=env) as child:
+        channel = Channel(child.socket.detach(), max_message_size=16 << 20)
+        try:
+            channel.send(b"warm up")
+            assert channel.recv(timeout=30) == b"ready"
+            for _ in range(count):
+                channel.send(payload)
+            import json
+
+            grown_kib = json.loads(channel.recv(timeout=60))["grown_kib"]
+        finally:
+            channel.close()
+        assert child.wait(timeout=30) == 0
+    assert grown_kib < 32 * 1024, (
+        f"peak RSS grew by {grown_kib / 1024:.1f} MiB for {count} x 16 MiB: "
+        f"over 2 x max_message_size (32 MiB)"
+    )
+
+
+IDLE_SIZE = r"""
+import json, socket, sys, tracemalloc
+import unix_socketpair
+
+cls = getattr(unix_socketpair, sys.argv[1])
+kind = getattr(socket, sys.argv[2])
+for a, b in [cls.pair(kind) for _ in range(3)]:  # warm up: imports, caches
+    a.close()
+    b.close()
+tracemalloc.start()
+before = tracemalloc.get_traced_memory()[0]
+held = [cls.pair(kind) for _ in range(100)]
+per_channel = (tracemalloc.get_traced_memory()[0] - before) / 200
+tracemalloc.stop()
+for a, b in held:
+    a.close()
+    b.close()
+print(json.dumps({"bytes": per_channel}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["SOCK_STREAM", "SOCK_SEQPACKET", "SOCK_DGRAM"])
+@pytest.mark.parametrize("cls_name", ["Channel", "AsyncChannel"])
+def test_an_idle_channel_takes_at_most_4_kib(cls_name: str, kind: str) -> None:
+    """An idle Channel or AsyncChannel (pair() made, nothing read) costs at most
+    4 KiB of Python allocations (tracemalloc, in a child): receive buffers come
+    with the first read."""
+    report = _run_child(IDLE_SIZE, cls_name, kind)
+    assert report["bytes"] <= 4096, (
+        f"an idle {cls_name} ({kind}) takes {report['bytes']:.0f} bytes, over 4 KiB"
+    )
+
+
+# == 11, 13. asyncio: a cancelled send is delivered whole; a dropped channel is collected ==
+
+
+def _arun(coro: Any) -> Any:
+    import asyncio
+
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro, timeout=60)
+
+    return asyncio.run(bounded())
+
+
+@pytest.mark.parametrize("size", [10, 100_000, 4 << 20], ids=["10B", "100KB", "4MiB"])
+def test_a_cancelled_async_send_is_delivered_whole(size: int, no_fd_leak: None) -> None:
+    """AsyncChannel sends to a peer that does not read, each under a 50 ms timeout,
+    until one is cancelled by it. Whatever the size, the rule is the same: the
+    cancelled message is delivered whole (once), after all earlier ones, and the
+    channel keeps sending (the next message follows it)."""
+    import asyncio
+
+    from unix_socketpair import AsyncChannel
+
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    peer = Channel(theirs)
+    received: list[bytes] = []
+
+    async def main() -> tuple[list[int], int]:
+        channel = AsyncChannel(mine)
+        sent: list[int] = []
+        try:
+            for i in range(100_000):
+                try:
+                    await asyncio.wait_for(channel.send(indexed(i, size)), 0.05)
+                except asyncio.TimeoutError:
+                    cancelled = i
+                    break
+                sent.append(i)
+            else:
+                pytest.fail("no send to a peer that does not read was ever cancelled")
+            reader = Worker(lambda: _reader(peer, received), "peer reader")
+            await channel.send(indexed(cancelled + 1, size))
+            await channel.aclose()
+        finally:
+            channel.close()
+        reader.join(30)
+        return sent, cancelled
+
+    try:
+        sent, cancelled = _arun(main())
+    finally:
+        peer.close()
+    indices = [index_of(m, size) for m in received]
+    assert indices == [*sent, cancelled, cancelled + 1], (
+        f"after {len(sent)} sends, message {cancelled} was cancelled; the peer got "
+        f"{indices[len(sent) - 2 :]} at the end"
+    )
+
+
+def test_an_async_channel_dropped_after_a_cancelled_recv_is_collected(
+    no_fd_leak: None,
+) -> None:
+    """An AsyncChannel dropped (not closed) after a cancelled recv is not kept alive
+    by the loop: collecting it warns (ResourceWarning) and closes its socket,
+    while the loop is still running."""
+    import asyncio
+    import gc
+    import warnings
+    import weakref
+
+    from unix_socketpair import AsyncChannel
+
+    async def main() -> None:
+        a, b = AsyncChannel.pair()
+        fd = a.fileno()
+        inode = os.fstat(fd).st_ino
+        task = asyncio.ensure_future(a.recv())
+        for _ in range(5):
+            await asyncio.sleep(0)  # let the task start waiting
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        ref = weakref.ref(a)
+        del a, task
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                gc.collect()
+            alive = ref()
+            assert alive is None, "the dropped AsyncChannel is still alive (held by the loop)"
+            assert any(issubclass(w.category, ResourceWarning) for w in caught), (
+                "no ResourceWarning for the dropped AsyncChannel"
+            )
+            try:
+                still = os.fstat(fd).st_ino == inode
+            except OSError:
+                still = False
+            assert not still, f"descriptor {fd} of the dropped channel is still open"
+        finally:
+            leftover = ref()
+            if leftover is not None:
+                leftover.close()
+            b.close()
+
+    _arun(main())
+
+
+# == 12. fork ==
+
+
+def _fork_and_report(in_child: Callable[[], object]) -> bytes:
+    """Fork; run *in_child* in the child and report b"ok" or the exception's repr
+    through a pipe, then ``os._exit``. Return the report (b"" if the child hung
+    for 5 s: then it was killed). The child is always reaped."""
+    import signal
+    import warnings
+
+    r, w = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads, 3.12+
+        pid = os.fork()
+    if pid == 0:  # the child: never return into the test runner
+        try:
+            os.close(r)
+            try:
+                in_child()
+                report = b"ok"
+            except BaseException as exc:
+                report = repr(exc).encode()
+            os.write(w, report)
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        import select
+
+        ready, _, _ = select.select([r], [], [], 5)
+        report = os.read(r, 4096) if ready else b""
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    return report
+
+
+def test_a_forked_child_never_resends_what_the_parent_held(no_fd_leak: None) -> None:
+    """Messages held in a write buffer at fork time: the child closes its copy of
+    the channel; the peer still receives each held message exactly once (the
+    parent's flush), not once from each process."""
+    a, b = Channel.pair(write_buffer=1 << 16)
+    try:
+        for i in range(3):
+            a.send(indexed(i, 100))
+        report = _fork_and_report(a.close)
+        assert report, "the child hung in close()"
+        a.flush()
+        a.shutdown_write()
+        received = []
+        with contextlib.suppress(ChannelClosed):
+            while True:
+                received.append(index_of(b.recv(timeout=10), 100))
+        assert received == [0, 1, 2], f"the peer received {received}"
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("write_buffer", [0, 4096])
+def test_a_child_forked_while_a_thread_sends_can_close(write_buffer: int, no_fd_leak: None) -> None:
+    """Fork while another thread is blocked inside send() (holding the channel's
+    send or write-buffer lock): the child's close() returns instead of waiting
+    for a lock no thread of the child will ever release."""
+    a, b = Channel.pair(write_buffer=write_buffer)
+    try:
+        if write_buffer:
+            # Small messages: the thread blocks in the flush of a full buffer,
+            # holding the write lock, with bytes still held (close() must send
+            # or drop them).
+            def send_all() -> None:
+                for i in range(2000):
+                    a.send(indexed(i, 1000))
+
+            sender = Worker(send_all, "sender")
+        else:
+            sender = Worker(lambda: a.send(indexed(0, 4 << 20)), "sender")
+        wait_blocked(sender)
+        report = _fork_and_report(a.close)
+        drain = Worker(lambda: drain_socket(b.fileno(), 10, until=lambda: sender.done), "drain")
+        sender.join(30)
+        drain.join(30)
+        assert report, "the forked child deadlocked in close() (killed after 5 s)"
+        assert report == b"ok", f"close() in the forked child raised {report.decode()}"
+    finally:
+        a.close()
+        b.close()
