@@ -431,3 +431,20 @@ def test_peer_credentials_name_this_process_for_an_in_process_pair(pair: Pair) -
     pair.a.send(b"stamped")
     assert pair.b.recv() == b"stamped"
     assert pair.b.channel.peer_credentials() == me
+
+
+@pytest.mark.parametrize("kind", EOF_KINDS)
+def test_a_peer_closing_with_unread_messages_still_delivers_what_it_sent(pair: Pair) -> None:
+    """The peer closes while messages to it are unread (the kernel then reports
+    ECONNRESET): everything it sent before closing still arrives, in order, before
+    ChannelClosed, never after it."""
+    pair.a.send(b"never read by b")
+    pair.b.send(b"")
+    pair.b.send(b"sent before close")
+    pair.b.channel.close()
+    assert pair.a.recv() == b""
+    assert pair.a.recv() == b"sent before close"
+    with pytest.raises(ChannelClosed):
+        pair.a.recv()
+    with pytest.raises(ChannelClosed):
+        pair.a.recv()
