@@ -538,9 +538,13 @@ def test_from_env_removes_the_variable(
     mine, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     other.close()
     monkeypatch.setenv("SOCKETPAIR_FD", str(mine.fileno()))
-    channel = cls.from_env()
     try:
-        mine.detach()  # the channel owns it now
+        channel = cls.from_env()
+    except BaseException:
+        mine.close()
+        raise
+    mine.detach()  # the channel owns it now
+    try:
         assert "SOCKETPAIR_FD" not in os.environ
     finally:
         channel.close()
@@ -554,7 +558,7 @@ def test_from_env_removes_the_variable(
 # test's own bookkeeping (between recv() returning and the result being stored).
 
 SIGNAL_PRELUDE = r"""
-import json, os, signal, sys, threading
+import json, os, signal, socket, sys, threading
 import unix_socketpair
 from unix_socketpair import Channel, ChannelClosed, ProtocolError
 
@@ -580,8 +584,29 @@ class Interrupt(Exception):
 
 interrupts = 0
 
+# The one point where no Python code can keep a signal handler's exception from
+# losing data: right after a socket call returned (the bytes are out of the kernel,
+# its result not yet stored). CPython runs a pending handler there, before the next
+# bytecode. A profile hook marks that point, from the socket call's return to the
+# next call of anything; the handler does not raise there. Everywhere else inside
+# the package it raises: an implementation must store a system call's result
+# before it calls anything else.
+SOCKET_CALLS = {"recv", "recv_into", "recvmsg", "recvmsg_into", "recvfrom", "recvfrom_into",
+                "send", "sendall", "sendmsg", "sendto"}
+just_returned = False
+
+def profiler(frame, event, arg):
+    global just_returned
+    if event == "c_return":
+        just_returned = (isinstance(getattr(arg, "__self__", None), socket.socket)
+                         and arg.__name__ in SOCKET_CALLS)
+    elif event == "c_call" or (event == "call" and frame.f_code is not handler.__code__):
+        just_returned = False
+
 def handler(signum, frame):
     global interrupts
+    if just_returned or frame.f_code in (profiler.__code__, handler.__code__):
+        return  # see above; or inside the hook or a handler already running
     f = frame
     while f is not None:
         if f.f_code.co_filename.startswith(PACKAGE):
@@ -592,10 +617,18 @@ def handler(signum, frame):
 signal.signal(signal.SIGALRM, handler)
 
 def start_timer():
+    sys.setprofile(profiler)
     signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
 
 def stop_timer():
     signal.setitimer(signal.ITIMER_REAL, 0, 0)
+    sys.setprofile(None)
+
+def excepthook(*args, hook=sys.excepthook):
+    stop_timer()  # before the traceback is printed
+    hook(*args)
+
+sys.excepthook = excepthook
 """
 
 SIGNAL_RECV_CHILD = (
