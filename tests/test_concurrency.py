@@ -52,9 +52,10 @@ def indexed(i: int, size: int, tag: int = 0) -> bytes:
     return head + fill * (size - len(head))
 
 
-def index_of(message: bytes, size: int | Callable[[int], int], tag: int = 0) -> int:
+def index_of(message: bytes, size: int | Callable[[int], int], tag: int | None = None) -> int:
     """The index of a message made by :func:`indexed` (*size*: its size, or a
-    function of its index); fail if it is not whole."""
+    function of its index; *tag*: its sender's tag, if known); fail if it is not
+    whole."""
     assert len(message) >= 5, f"a {len(message)}-byte message cannot be a whole one"
     i = int.from_bytes(message[1:5], "big")
     expected = indexed(i, size if isinstance(size, int) else size(i), message[0])
@@ -64,6 +65,7 @@ def index_of(message: bytes, size: int | Callable[[int], int], tag: int = 0) -> 
             f"message {i} (tag {message[0]}, {len(message)} bytes) is not whole: "
             f"it differs from what was sent from byte {at} on"
         )
+    assert tag is None or message[0] == tag, f"message {i} has tag {message[0]}, not {tag}"
     return i
 
 
