@@ -18,6 +18,7 @@ import mmap
 import os
 import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -100,6 +101,7 @@ _SEND_FLAGS_T = (_SEND_FLAGS,)
 # Past this many seconds a deadline is "no limit" for poll() (whose argument
 # is an int of milliseconds); the wait is simply repeated.
 _POLL_FOREVER = 86400.0 * 24
+_TIMEVAL = struct.Struct("@ll")
 # Adaptive spinning (see Channel and _recv_failed): waits in a row whose tries
 # all found nothing before a channel stops spinning, and reads after which it
 # tries again.
@@ -1210,6 +1212,8 @@ class Channel(ChannelBase):
         """Write the whole queue, waiting for room (the caller holds _slock)."""
         while self._queue:
             self._write_queue()
+            if self._queue and deadline is None:
+                deadline = self._sndtimeo()
             if self._queue and not _wait(self._sock, select.POLLOUT, deadline):
                 raise TimeoutError(
                     f"the peer did not take the queued messages within "
@@ -1368,6 +1372,8 @@ class Channel(ChannelBase):
                 try:
                     sent.extend(map(sendmsg, (rest,), (anc,), _SEND_FLAGS_T))
                 except BlockingIOError:
+                    if deadline is None:
+                        deadline = self._sndtimeo()
                     if not _wait(self._sock, select.POLLOUT, deadline):
                         raise TimeoutError(
                             f"the peer did not take the message within "
@@ -1394,6 +1400,19 @@ class Channel(ChannelBase):
                 raise self._send_error(exc, bufs, anc) from exc
             self._repair_partial()
             raise
+
+    def _sndtimeo(self) -> _Deadline | None:
+        """A deadline from the socket's own ``SO_SNDTIMEO``, if its owner set one
+        (sends never block in the kernel, so the option would otherwise do
+        nothing); asked only when a send has to wait."""
+        try:
+            raw = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.size)
+        except OSError:
+            return None
+        seconds, micros = _TIMEVAL.unpack(raw[: _TIMEVAL.size])
+        if not seconds and not micros:
+            return None
+        return _Deadline(seconds + micros / 1e6)
 
     def _repair_partial(self) -> None:
         """If a frame was cut short (see _send_frames), queue its rest, in one
@@ -1455,7 +1474,7 @@ class Channel(ChannelBase):
         lock = self._rlock
         try:
             with lock:
-                self._dec.handed = []
+                self._dec.handed, self._dec.handed_by = [], 0
                 if self._stream:
                     dec = self._dec
                     msg = dec.next_message()
@@ -1491,7 +1510,7 @@ class Channel(ChannelBase):
         lock = self._rlock
         try:
             with lock:
-                self._dec.handed = []
+                self._dec.handed, self._dec.handed_by = [], 0
                 self._check_open()
                 if not self._stream:
                     return self._packet_message(deadline)
@@ -1535,7 +1554,7 @@ class Channel(ChannelBase):
         lock = self._rlock
         try:
             with lock:
-                self._dec.handed = []
+                self._dec.handed, self._dec.handed_by = [], _get_ident()
                 self._check_open()
                 if not self._stream:
                     first, fds = self._packet_message(deadline)
@@ -1584,7 +1603,7 @@ class Channel(ChannelBase):
         lock = self._rlock
         try:
             with lock:
-                self._dec.handed = []
+                self._dec.handed, self._dec.handed_by = [], 0
                 self._check_open()
                 if not self._stream:
                     size, fds = self._packet_into(target, deadline)
@@ -1681,20 +1700,24 @@ class Channel(ChannelBase):
             while True:
                 fetching = True
                 try:
-                    recv_many()
+                    # The list returned is the decoder's record of what this
+                    # call took (see StreamDecoder.handed).
+                    batch, i, fetching = recv_many(), 0, False
                 except ChannelClosed:
                     return
-                # The batch is the decoder's record of what recv_many() took
-                # (a new list per call). Each statement below calls nothing:
-                # whatever exception is raised in here (a signal handler's, at
-                # a check between bytecodes) the finally clause knows exactly
-                # which messages were not handed out yet.
-                batch, i, fetching = dec.handed, 0, False  # type: ignore[assignment]
+                # Each statement below calls nothing: whatever exception is
+                # raised in here (a signal handler's, at a check between
+                # bytecodes) the finally clause knows exactly which messages
+                # were not handed out yet.
                 for msg in batch:
                     i += 1
                     yield msg
         finally:
-            rest = dec.handed if fetching else batch[i:]
+            # If recv_many() returned but the exception came before its list was
+            # bound, what it took is still the decoder's record (this thread's).
+            rest: list[Any] = (
+                (dec.handed if dec.handed_by == _get_ident() else []) if fetching else batch[i:]
+            )
             if rest:
                 with self._rlock:
                     if not self._closed:
@@ -1709,6 +1732,7 @@ class Channel(ChannelBase):
 
 
 _CHANNELS: weakref.WeakSet[Channel] = weakref.WeakSet()
+_get_ident = threading.get_ident
 _NOW = _Deadline(0)
 _NO_LIMIT = 1 << 62
 

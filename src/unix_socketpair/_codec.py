@@ -287,6 +287,7 @@ class StreamDecoder:
         "_view",
         "_wpos",
         "handed",
+        "handed_by",
         "handed_fds",
         "inbox",
         "last_into",
@@ -315,6 +316,8 @@ class StreamDecoder:
         #: by an exception before it could return them can put them back
         #: (:meth:`put_back`); ``HANDED_INTO`` for one copied by read_into().
         self.handed: list[object] = []
+        #: The thread that took them, where recorded (0: not recorded).
+        self.handed_by = 0
         #: The descriptors of the last message taken with its descriptors.
         self.handed_fds: list[int] = []
         self.last_into = 0
