@@ -731,9 +731,13 @@ class ChannelBase:
             except OSError as again:
                 exc = again
         if isinstance(exc, ConnectionResetError):
-            # The peer closed while some of what we sent was still unread: for
-            # the reading side that is simply the end of the stream.
-            inbox.append((0, [], 0, None))
+            # The peer closed while some of what we sent was still unread. The
+            # kernel reports that once; what the peer sent before closing is
+            # still queued and comes first, then the end of the stream.
+            try:
+                inbox.extend(map(self._sock.recvmsg_into, (bufs,), _ANC, (flags | _MSG_DONTWAIT,)))
+            except OSError:
+                inbox.append((0, [], 0, None))
             return
         if self._closed or exc.errno == errno.EBADF:
             raise OSError(errno.EBADF, "the channel is closed") from exc

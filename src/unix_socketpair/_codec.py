@@ -752,6 +752,10 @@ class StreamDecoder:
             # The first message's descriptors: owned by the decoder again.
             self._groups.appendleft((start, start + 1, fds))
 
+    def pending_fds(self) -> int:
+        """Descriptors received and held for messages not yet taken."""
+        return sum(len(group[2]) for group in self._groups) if self._groups else 0
+
     def direct_remaining(self) -> int:
         """Payload bytes still to come straight into the caller's buffer."""
         direct = self._direct
