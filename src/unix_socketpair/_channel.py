@@ -57,7 +57,14 @@ from ._codec import (
     encode_many,
     payload_of,
 )
-from ._errors import ChannelClosed, FdsTruncated, MessageTooLarge, ProtocolError, TooManyFds
+from ._errors import (
+    ChannelClosed,
+    ChannelError,
+    FdsTruncated,
+    MessageTooLarge,
+    ProtocolError,
+    TooManyFds,
+)
 from ._pair import SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, close_quietly, socketpair, type_name
 
 if TYPE_CHECKING:
@@ -102,6 +109,8 @@ _SEND_FLAGS_T = (_SEND_FLAGS,)
 # is an int of milliseconds); the wait is simply repeated.
 _POLL_FOREVER = 86400.0 * 24
 _TIMEVAL = struct.Struct("@ll")
+# How long a large send waits between looks at the small sends in flight.
+_BUSY_WAIT = 0.0002
 # Adaptive spinning (see Channel and _recv_failed): waits in a row whose tries
 # all found nothing before a channel stops spinning, and reads after which it
 # tries again.
@@ -984,6 +993,7 @@ class Channel(ChannelBase):
     """
 
     __slots__ = (
+        "_busy",
         "_hold_max",
         "_partial",
         "_qlock",
@@ -1034,6 +1044,7 @@ class Channel(ChannelBase):
         # Byte counts of the system calls of the message being sent, appended
         # from C (see _send_frames): progress survives an exception.
         self._sent: list[int] = []
+        self._busy = 0  # small sends inside the kernel (see send())
         self._qsent: list[int] = []  # the same, for writes of the queue
         # The frame being sent: (buffers, total bytes, bytes sent before).
         self._partial: tuple[list[Buffer], int, int] | None = None
@@ -1109,7 +1120,7 @@ class Channel(ChannelBase):
     def _try_release(self) -> bool:
         """Release the channel's resources if no call is inside; True if done
         (now or before)."""
-        if not self._rlock.acquire(False):
+        if self._busy or not self._rlock.acquire(False):
             return False
         try:
             if not self._slock.acquire(False):
@@ -1264,26 +1275,31 @@ class Channel(ChannelBase):
         # queue holds bytes, once broken and once closed.
         if fds is _NO_FDS and type(data) is bytes and timeout is None:
             size = len(data)
-            lock = self._slock
-            try:
-                with lock:
-                    if size <= self._small:
-                        frame = _pack(size) + data
-                        # A frame this small is one kernel buffer: the kernel takes
-                        # all of it or none (Linux), so a count lost to a signal
-                        # handler's exception right after the call loses nothing.
-                        try:
-                            sent = self._sock.send(frame, _SEND_FLAGS)
-                        except BlockingIOError:
-                            sent = 0
-                        except OSError as exc:
-                            raise self._send_error(exc, [data]) from exc
-                        if sent != size + HEADER_SIZE:
-                            self._send_frames([memoryview(frame)[sent:]], [], None, sent)
-                        return
-            finally:
-                if self._closed:
-                    self._left()
+            frame = _pack(size) + data
+            # No lock here (an uncontended one costs more than the rest of this
+            # path, docs/performance.md): a frame this small is one kernel
+            # buffer, which the kernel takes whole or not at all (Linux), so
+            # two threads' small frames never mix; a send that may span
+            # several buffers sets _small to -1 under the send lock and then
+            # waits until no small send is in flight (_busy). Between the check
+            # below and the system call nothing can switch threads (no call).
+            # A count lost to a signal handler's exception loses nothing either.
+            if size <= self._small:
+                self._busy += 1
+                try:
+                    sent = self._sock.send(frame, MSG_NOSIGNAL)
+                except OSError as exc:
+                    raise self._send_error(exc, [data]) from exc
+                finally:
+                    self._busy -= 1
+                    if self._closed:
+                        self._left()
+                if sent == size + HEADER_SIZE:
+                    return
+                # Part of it (not on Linux): the rest, under the lock.
+                with self._slock:
+                    self._send_frames([memoryview(frame)[sent:]], [], None, sent)
+                return
         self._send_checked(data, fds, timeout)
 
     def _send_checked(self, data: Buffer, fds: Iterable[object], timeout: float | None) -> None:
@@ -1369,6 +1385,8 @@ class Channel(ChannelBase):
         sent: list[int] = []
         total = sum(memoryview(b).nbytes for b in bufs)
         self._sent, self._partial, self._small = sent, (bufs, total, before), -1
+        while self._busy and not before:
+            time.sleep(_BUSY_WAIT)  # a small send still in the kernel: let it finish
         sendmsg = self._sock.sendmsg
         rest = bufs
         try:
@@ -1491,6 +1509,8 @@ class Channel(ChannelBase):
                 payload, fds = self._packet_message()
                 close_fds(fds)
                 return payload
+        except ChannelError:
+            raise  # about the message itself: it is consumed, nothing to give back
         except BaseException:
             self._give_back()
             raise
@@ -1525,6 +1545,8 @@ class Channel(ChannelBase):
                     self._fill(deadline)
                     result = dec.next_message_with_fds()
                 return result  # type: ignore[return-value]
+        except ChannelError:
+            raise  # about the message itself: it is consumed, nothing to give back
         except BaseException:
             self._give_back()
             raise
@@ -1579,6 +1601,8 @@ class Channel(ChannelBase):
                     self._fill(deadline)
                     out = dec.take_ready(count)
                 return out
+        except ChannelError:
+            raise  # about the message itself: it is consumed, nothing to give back
         except BaseException:
             self._give_back()
             raise
@@ -1654,6 +1678,8 @@ class Channel(ChannelBase):
                     if dec.reading_direct:
                         self._undo_direct(target, size)
                     raise
+        except ChannelError:
+            raise  # about the message itself (or nothing taken): as above
         except BaseException:
             self._give_back(target)
             raise
