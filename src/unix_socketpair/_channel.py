@@ -10,7 +10,9 @@ channels differ only in how they wait before trying again.
 
 from __future__ import annotations
 
+import _socket
 import array
+import builtins
 import contextlib
 import errno
 import math
@@ -109,6 +111,10 @@ _SEND_FLAGS_T = (_SEND_FLAGS,)
 # is an int of milliseconds); the wait is simply repeated.
 _POLL_FOREVER = 86400.0 * 24
 _TIMEVAL = struct.Struct("@ll")
+_raw_family = _socket.socket.family.__get__
+_raw_type = _socket.socket.type.__get__
+_AF_UNIX = int(socket.AF_UNIX)
+_TYPES = (int(SOCK_STREAM), int(SOCK_SEQPACKET), int(SOCK_DGRAM))
 # How long a large send waits between looks at the small sends in flight.
 _BUSY_WAIT = 0.0002
 # Adaptive spinning (see Channel and _recv_failed): waits in a row whose tries
@@ -193,7 +199,8 @@ def _adopt(sock_or_fd: socket.socket | int) -> socket.socket:
         raise TypeError(
             f"expected a socket.socket or an int file descriptor, not {type(sock_or_fd).__name__}"
         )
-    if sock.family != socket.AF_UNIX or sock.type not in (SOCK_STREAM, SOCK_SEQPACKET, SOCK_DGRAM):
+    # The raw ints (socket.socket's own properties convert them to enums, slowly).
+    if _raw_family(sock) != _AF_UNIX or _raw_type(sock) not in _TYPES:
         what = f"family {sock.family!r}, type {sock.type!r}"
         if created:
             sock.detach()
@@ -221,7 +228,17 @@ def _uninterrupted(dec: StreamDecoder, step: Callable[..., None], *args: Any) ->
         raise pending
 
 
+def _close_all(*ends: socket.socket | int) -> None:
+    for end in ends:
+        if isinstance(end, socket.socket):
+            end.close()
+        else:
+            close_quietly(end)
+
+
 def _check_limit(name: str, value: object, low: int, high: int) -> int:
+    if type(value) is int and low <= value <= high:
+        return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if not low <= value <= high:
@@ -331,7 +348,7 @@ class ChannelBase:
         sock = _adopt(sock_or_fd)
         sock.setblocking(self._blocking)
         self._sock = sock
-        self._type: int = sock.type
+        self._type: int = _raw_type(sock)
         self._stream = self._type == SOCK_STREAM
         self._max = max_message_size
         self._max_fds = max_fds
@@ -382,17 +399,24 @@ class ChannelBase:
         *options* are passed to both constructors (``max_message_size``,
         ``max_fds``). The caller owns both channels.
         """
-        a, b = socketpair(type)
+        a: socket.socket | int
+        b: socket.socket | int
+        if builtins.type(type) is not int or type not in _TYPES:
+            a, b = socketpair(type)  # its checks and its error for a bad type
+        else:
+            # socket.socket objects that already know their family and type:
+            # adopting them asks the kernel nothing (no getsockopt/getsockname).
+            a, b = socket.socketpair(socket.AF_UNIX, type)
         try:
             first = cls(a, **options)
         except BaseException:
-            close_quietly(a, b)
+            _close_all(a, b)
             raise
         try:
             second = cls(b, **options)
         except BaseException:
             first.close()
-            close_quietly(b)
+            _close_all(b)
             raise
         return first, second
 
@@ -522,12 +546,14 @@ class ChannelBase:
         if self._pending is not None:
             close_fds(self._pending[1])
             self._pending = None
-        for entry in self._pinbox:
-            close_fds(split_ancillary(entry[1])[0])
-        self._pinbox.clear()
+        if self._pinbox:
+            for entry in self._pinbox:
+                close_fds(split_ancillary(entry[1])[0])
+            self._pinbox.clear()
         self._sock.close()
-        with contextlib.suppress(BufferError):
-            self._pkt_view.release()  # unmaps a packet buffer now, not at collection
+        if not self._stream:
+            with contextlib.suppress(BufferError):
+                self._pkt_view.release()  # unmaps a packet buffer now, not at collection
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self._sock.fileno()}"

@@ -120,6 +120,8 @@ class Target:
 TARGETS = (
     Target("socketpair() creation vs socket.socketpair()+detach()", "create", "project",
            "socket-detach", 0.95),
+    Target("Channel.pair() creation vs socket.socketpair()+close()", "create", "channel",
+           "socket-close", 0.5),
     Target("64 B send_many + iteration vs Pipe", "framed-64b", "channel-many", "pipe", 5.0),
     Target("64 B send / recv vs Pipe", "framed-64b", "channel", "pipe", 1.5,
            (("floor-send", "a bare framing send per message"),),
