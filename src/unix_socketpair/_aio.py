@@ -569,6 +569,7 @@ class AsyncChannel(ChannelBase):
         """Return the next message (see ``Channel.recv``)."""
         if self._stream:
             dec = self._dec
+            dec.handed = []  # (only Channel's signal rollback reads it)
             msg = dec.next_message()
             while msg is NEED_DATA:
                 await self._fill_async()
@@ -581,6 +582,7 @@ class AsyncChannel(ChannelBase):
     async def recv_with_fds(self) -> tuple[bytes, list[int]]:
         """Return the next message and its descriptors (see ``Channel.recv_with_fds``)."""
         self._check_open()
+        self._dec.handed = []
         if self._stream:
             dec = self._dec
             result = dec.next_message_with_fds()
@@ -602,6 +604,7 @@ class AsyncChannel(ChannelBase):
         """Receive the next message into *buffer* (see ``Channel.recv_into``)."""
         target = _writable(buffer)
         self._check_open()
+        self._dec.handed = []
         if not self._stream:
             while True:
                 try:
@@ -655,12 +658,47 @@ class AsyncChannel(ChannelBase):
                     yield await self.recv()
                 except ChannelClosed:
                     return
-        ready = self._dec.iter_ready
+        dec = self._dec
+        ready = dec.iter_ready
         fill = self._fill_async
         try:
             while True:
+                dec.handed = []  # (only Channel's signal rollback reads it)
                 for msg in ready():
                     yield msg
                 await fill()
         except ChannelClosed:
             return
+
+    async def recv_many(self, max_messages: int | None = None) -> list[bytes]:
+        """Every whole message already received (at most *max_messages*),
+        waiting only until there is at least one (see ``Channel.recv_many``).
+        Descriptors that came with them are closed. Cancelling it loses nothing."""
+        if max_messages is None:
+            count = 1 << 62
+        elif isinstance(max_messages, bool) or not isinstance(max_messages, int):
+            raise TypeError(f"max_messages must be an int, not {type(max_messages).__name__}")
+        elif max_messages < 1:
+            raise ValueError(f"max_messages must be at least 1, not {max_messages}")
+        else:
+            count = max_messages
+        if not self._stream:
+            first, fds = await self._packet_message_async()
+            close_fds(fds)
+            out = [first]
+            while len(out) < count:
+                try:
+                    msg, fds = self._packet_message()
+                except BlockingIOError:
+                    break
+                close_fds(fds)
+                out.append(msg)
+            return out
+        dec = self._dec
+        dec.handed = []
+        out = dec.take_ready(count)
+        while not out:
+            await self._fill_async()
+            dec.handed = []
+            out = dec.take_ready(count)
+        return out
