@@ -1025,6 +1025,7 @@ class Channel(ChannelBase):
 
     __slots__ = (
         "_busy",
+        "_forget",
         "_hold_max",
         "_partial",
         "_qlock",
@@ -1076,6 +1077,7 @@ class Channel(ChannelBase):
         # from C (see _send_frames): progress survives an exception.
         self._sent: list[int] = []
         self._busy = 0  # small sends inside the kernel (see send())
+        self._forget = True  # receives clear the rollback record as they leave
         self._qsent: list[int] = []  # the same, for writes of the queue
         # The frame being sent: (buffers, total bytes, bytes sent before).
         self._partial: tuple[list[Buffer], int, int] | None = None
@@ -1546,6 +1548,10 @@ class Channel(ChannelBase):
             self._give_back()
             raise
         finally:
+            # Returned (or given back by the except clause): forget them, so the
+            # record does not keep a large message alive after the call.
+            if self._forget:
+                self._dec.handed = []
             if self._closed:
                 self._left()
 
@@ -1582,6 +1588,10 @@ class Channel(ChannelBase):
             self._give_back()
             raise
         finally:
+            # Returned (or given back by the except clause): forget them, so the
+            # record does not keep a large message alive after the call.
+            if self._forget:
+                self._dec.handed = []
             if self._closed:
                 self._left()
 
@@ -1638,6 +1648,10 @@ class Channel(ChannelBase):
             self._give_back()
             raise
         finally:
+            # Returned (or given back by the except clause): forget them, so the
+            # record does not keep a large message alive after the call.
+            if self._forget:
+                self._dec.handed = []
             if self._closed:
                 self._left()
 
@@ -1715,6 +1729,10 @@ class Channel(ChannelBase):
             self._give_back(target)
             raise
         finally:
+            # Returned (or given back by the except clause): forget them, so the
+            # record does not keep a large message alive after the call.
+            if self._forget:
+                self._dec.handed = []
             if self._closed:
                 self._left()
 
@@ -1763,7 +1781,9 @@ class Channel(ChannelBase):
                 try:
                     # The list returned is the decoder's record of what this
                     # call took (see StreamDecoder.handed).
+                    self._forget = False  # keep the record until the batch is bound
                     batch, i, fetching = recv_many(), 0, False
+                    self._forget = True
                 except ChannelClosed:
                     return
                 # Each statement below calls nothing: whatever exception is
@@ -1774,6 +1794,7 @@ class Channel(ChannelBase):
                     i += 1
                     yield msg
         finally:
+            self._forget = True
             # If recv_many() returned but the exception came before its list was
             # bound, what it took is still the decoder's record (this thread's).
             rest: list[Any] = (
