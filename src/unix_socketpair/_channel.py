@@ -1545,7 +1545,14 @@ class Channel(ChannelBase):
         except ChannelError:
             raise  # about the message itself: it is consumed, nothing to give back
         except BaseException:
-            self._give_back()
+            # Retried until done: the repair copies (a large message takes a
+            # while) and another exception may interrupt it. put_back() clears
+            # the record in the same step that puts the messages back.
+            while self._dec.handed and self._stream and not self._closed:
+                try:
+                    self._give_back()
+                except BaseException:  # retried; the first exception is re-raised
+                    continue
             raise
         finally:
             # Returned (or given back by the except clause): forget them, so the
@@ -1585,7 +1592,14 @@ class Channel(ChannelBase):
         except ChannelError:
             raise  # about the message itself: it is consumed, nothing to give back
         except BaseException:
-            self._give_back()
+            # Retried until done: the repair copies (a large message takes a
+            # while) and another exception may interrupt it. put_back() clears
+            # the record in the same step that puts the messages back.
+            while self._dec.handed and self._stream and not self._closed:
+                try:
+                    self._give_back()
+                except BaseException:  # retried; the first exception is re-raised
+                    continue
             raise
         finally:
             # Returned (or given back by the except clause): forget them, so the
@@ -1645,7 +1659,14 @@ class Channel(ChannelBase):
         except ChannelError:
             raise  # about the message itself: it is consumed, nothing to give back
         except BaseException:
-            self._give_back()
+            # Retried until done: the repair copies (a large message takes a
+            # while) and another exception may interrupt it. put_back() clears
+            # the record in the same step that puts the messages back.
+            while self._dec.handed and self._stream and not self._closed:
+                try:
+                    self._give_back()
+                except BaseException:  # retried; the first exception is re-raised
+                    continue
             raise
         finally:
             # Returned (or given back by the except clause): forget them, so the
@@ -1726,7 +1747,11 @@ class Channel(ChannelBase):
         except ChannelError:
             raise  # about the message itself (or nothing taken): as above
         except BaseException:
-            self._give_back(target)
+            while self._dec.handed and self._stream and not self._closed:
+                try:
+                    self._give_back(target)
+                except BaseException:  # retried; the first exception is re-raised
+                    continue
             raise
         finally:
             # Returned (or given back by the except clause): forget them, so the
@@ -1764,8 +1789,6 @@ class Channel(ChannelBase):
                 if item is not HANDED_INTO or target is not None
             ]
             fds = dec.handed_fds if len(messages) == 1 else None
-            dec.handed = []
-            dec.handed_fds = []
             if not self._closed:
                 _uninterrupted(dec, dec.put_back, messages, fds)
 

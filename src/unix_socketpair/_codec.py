@@ -713,13 +713,15 @@ class StreamDecoder:
 
     def put_back(self, messages: list[bytes], fds: list[int] | None = None) -> None:
         """Make *messages* (payloads taken with :meth:`take_ready`, in order)
-        the next ones out again, ahead of everything buffered.
+        the next ones out again, ahead of everything buffered; clear
+        :attr:`handed` in the same step.
 
         Their frames are written just before the read position (into bytes
         already consumed, or a new buffer when there is not room), so every
         later call sees them as if they had never been taken.
         """
         if not messages or self._direct is not None or self._broken is not None:
+            self.handed, self.repairs = [], self.repairs + 1  # nothing to do: done
             return
         data = join_frames(messages)
         total = len(data)
@@ -729,7 +731,7 @@ class StreamDecoder:
             # Into bytes already consumed; the slice assignment and the store
             # call nothing, so this is all or nothing under a signal.
             self._buf[r - total : r] = data
-            self._rpos, self.repairs = r - total, self.repairs + 1
+            self._rpos, self.repairs, self.handed = r - total, self.repairs + 1, []
         else:
             held = self._wpos - r
             cap = max(len(self._buf), total + held)
@@ -738,13 +740,14 @@ class StreamDecoder:
             old = self._view
             buf[:total] = data
             buf[total : total + held] = self._view[r : self._wpos]
-            self._buf, self._view, self._base, self._rpos, self._wpos, self.repairs = (
+            self._buf, self._view, self._base, self._rpos, self._wpos, self.repairs, self.handed = (
                 buf,
                 view,
                 start,
                 0,
                 total + held,
                 self.repairs + 1,
+                [],
             )
             with contextlib.suppress(BufferError):
                 old.release()
