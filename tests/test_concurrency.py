@@ -575,7 +575,8 @@ def test_from_env_removes_the_variable(
 # test's own bookkeeping (between recv() returning and the result being stored).
 
 SIGNAL_PRELUDE = r"""
-import json, os, signal, socket, sys, threading
+import faulthandler, json, os, signal, socket, sys, threading
+faulthandler.dump_traceback_later(25, exit=True)  # a hang shows where, then ends
 import unix_socketpair
 from unix_socketpair import Channel, ChannelClosed, ProtocolError
 
@@ -753,7 +754,7 @@ print(json.dumps({"interrupts": interrupts, "refused": refused, "sent": len(sent
 )
 
 
-def _run_child(code: str, *args: str, timeout: float = 60) -> dict[str, Any]:
+def _run_child(code: str, *args: str, timeout: float = 40) -> dict[str, Any]:
     import json
     import subprocess
 
@@ -868,7 +869,10 @@ async def main():
     loop.add_reader(4, lambda: go.done() or go.set_result(None))
     await go
     loop.remove_reader(4)
-    open_during_pause = len(os.listdir("/proc/self/fd"))
+    try:
+        open_during_pause = len(os.listdir("/proc/self/fd"))
+    except OSError as exc:  # EMFILE: not even one more descriptor for listdir
+        raise AssertionError(f"read-ahead took every descriptor slot ({exc})") from None
     for i in range(1, count):
         message, fds = await channel.recv_with_fds()
         assert message == b"%d" % i and len(fds) == 1, (i, message, fds)
