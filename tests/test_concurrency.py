@@ -778,10 +778,6 @@ def test_a_signal_handler_exception_inside_a_receive_loses_nothing(how: str) -> 
     assert report["interrupts"] >= 10, f"only {report['interrupts']} interrupts: nothing tested"
 
 
-@pytest.mark.xfail(
-    reason="open: a large frame cut by the timer's exceptions still reaches the peer "
-    "with wrong bytes now and then (most runs)"
-)
 @pytest.mark.parametrize("how", ["send", "send_many"])
 def test_a_signal_handler_exception_inside_a_send_never_desynchronises_the_peer(
     how: str,

@@ -1341,6 +1341,8 @@ class Channel(ChannelBase):
         lock = self._slock
         try:
             with lock:
+                if self._partial is not None:
+                    self._repair_partial()  # a cut frame's rest goes first
                 self._check_send()
                 if (
                     self._wlimit
