@@ -95,6 +95,8 @@ def test_two_sender_threads_never_interleave_a_message(how: str, no_fd_leak: Non
         Worker(lambda: sender(2, False), "sender 2"),
     ]
     got: dict[int, list[int]] = {1: [], 2: []}
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads take turns often: every interleaving shows
     try:
         for _ in range(2 * count):
             message = b.recv(timeout=20)
@@ -102,6 +104,7 @@ def test_two_sender_threads_never_interleave_a_message(how: str, no_fd_leak: Non
             assert tag in got, f"a message starts with {tag}: bytes of two messages were mixed"
             got[tag].append(index_of(message, BIG, tag))
     finally:
+        sys.setswitchinterval(interval)
         b.close()  # frees a sender stuck on the full socket after a failure
         for worker in senders:
             worker.wait(10)
