@@ -779,7 +779,8 @@ def _run_child(code: str, *args: str, timeout: float = 40) -> dict[str, Any]:
     )
     if done.returncode != 0:
         last = done.stderr.strip().splitlines()[-1:] or ["(no output)"]
-        pytest.fail(f"child failed: {last[0]}\n{done.stderr[-3000:]}")
+        what = "hung (where: below)" if "Timeout (" in done.stderr else f"failed: {last[0]}"
+        pytest.fail(f"child {what}\n{done.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
