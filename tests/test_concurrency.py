@@ -95,6 +95,8 @@ def test_two_sender_threads_never_interleave_a_message(how: str, no_fd_leak: Non
         Worker(lambda: sender(2, False), "sender 2"),
     ]
     got: dict[int, list[int]] = {1: [], 2: []}
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads take turns often: every interleaving shows
     try:
         for _ in range(2 * count):
             message = b.recv(timeout=20)
@@ -102,6 +104,7 @@ def test_two_sender_threads_never_interleave_a_message(how: str, no_fd_leak: Non
             assert tag in got, f"a message starts with {tag}: bytes of two messages were mixed"
             got[tag].append(index_of(message, BIG, tag))
     finally:
+        sys.setswitchinterval(interval)
         b.close()  # frees a sender stuck on the full socket after a failure
         for worker in senders:
             worker.wait(10)
@@ -603,21 +606,21 @@ class Interrupt(Exception):
 interrupts = 0
 
 # The one point where no Python code can keep a signal handler's exception from
-# losing data: right after a socket call returned (the bytes are out of the kernel,
-# its result not yet stored). CPython runs a pending handler there, before the next
-# bytecode. A profile hook marks that point, from the socket call's return to the
-# next call of anything; the handler does not raise there. Everywhere else inside
-# the package it raises: an implementation must store a system call's result
-# before it calls anything else.
-SOCKET_CALLS = {"recv", "recv_into", "recvmsg", "recvmsg_into", "recvfrom", "recvfrom_into",
-                "send", "sendall", "sendmsg", "sendto"}
+# losing data: right after a socket *receive* returned (the bytes are out of the
+# kernel, the count not yet stored). CPython runs a pending handler there, before
+# the next bytecode. A profile hook marks that point, from the call's return to
+# the next call of anything; the handler does not raise there. Everywhere else
+# inside the package it raises: an implementation must store a system call's
+# result before it calls anything else. (A send has no such excuse: a channel
+# that cannot tell how much of a frame went can refuse further sends.)
+RECEIVE_CALLS = {"recv", "recv_into", "recvmsg", "recvmsg_into", "recvfrom", "recvfrom_into"}
 just_returned = False
 
 def profiler(frame, event, arg):
     global just_returned
     if event == "c_return":
         just_returned = (isinstance(getattr(arg, "__self__", None), socket.socket)
-                         and arg.__name__ in SOCKET_CALLS)
+                         and arg.__name__ in RECEIVE_CALLS)
     elif event == "c_call" or (event == "call" and frame.f_code is not handler.__code__):
         just_returned = False
 
@@ -700,56 +703,69 @@ SIGNAL_SEND_CHILD = (
     + r"""
 how = sys.argv[1]
 count = int(sys.argv[2])
-a, b = Channel.pair()
-received = []
-ending = []
 
-def reader():
-    while True:
+def one_round():
+    a, b = Channel.pair()
+    received = []
+    ending = []
+
+    def reader():
+        while True:
+            try:
+                received.append(index_of(b.recv()))
+            except Exception as exc:
+                ending.append(exc)
+                b.close()  # a sender still writing gets an error instead of waiting forever
+                return
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    sent, maybe, refused = [], set(), None
+    start_timer()
+    i = 0
+    while i < count:
+        batch = [i, i + 1, i + 2] if how == "send_many" else [i]
         try:
-            received.append(index_of(b.recv()))
-        except Exception as exc:
-            ending.append(exc)
-            b.close()  # a sender still writing gets an error instead of waiting forever
-            return
-
-thread = threading.Thread(target=reader, daemon=True)
-thread.start()
-sent, maybe, refused = [], set(), None
-start_timer()
-i = 0
-while i < count:
-    batch = [i, i + 1, i + 2] if how == "send_many" else [i]
-    try:
-        if how == "send_many":
-            a.send_many([indexed(k) for k in batch])
+            if how == "send_many":
+                a.send_many([indexed(k) for k in batch])
+            else:
+                a.send(indexed(i))
+        except Interrupt:
+            maybe.update(batch)
+        except Exception as exc:  # refusing further sends is allowed; say what it was
+            refused = repr(exc)
+            break
         else:
-            a.send(indexed(i))
-    except Interrupt:
-        maybe.update(batch)
-    except Exception as exc:  # refusing further sends is allowed; say what it was
-        refused = repr(exc)
-        break
-    else:
-        sent.extend(batch)
-    i += len(batch)
-stop_timer()
-if refused is None:
-    try:
-        a.send(indexed(i))  # completes a started frame first, or is refused
-        sent.append(i)
-    except Exception as exc:
-        refused = repr(exc)
-a.close()
-thread.join(60)
-assert not thread.is_alive(), "the reader hung"
-assert received == sorted(set(received)), f"out of order or duplicated: {received}"
-assert not set(sent) - set(received), f"sent but never arrived: {sorted(set(sent) - set(received))}"
-assert not set(received) - set(sent) - maybe, "arrived but never sent"
-assert isinstance(ending[0], (ChannelClosed, ProtocolError)), f"the reader failed: {ending[0]!r}"
-if refused is None:
-    assert isinstance(ending[0], ChannelClosed), f"the stream ended with {ending[0]!r}"
-print(json.dumps({"interrupts": interrupts, "refused": refused, "sent": len(sent)}))
+            sent.extend(batch)
+        i += len(batch)
+    stop_timer()
+    if refused is None:
+        try:
+            a.send(indexed(i))  # completes a started frame first, or is refused
+            sent.append(i)
+        except Exception as exc:
+            refused = repr(exc)
+    a.close()
+    thread.join(20)
+    assert not thread.is_alive(), "the reader hung"
+    assert received == sorted(set(received)), f"out of order or duplicated: {received}"
+    lost = sorted(set(sent) - set(received))
+    assert not lost, f"sent but never arrived: {lost}"
+    assert not set(received) - set(sent) - maybe, "arrived but never sent"
+    end = ending[0]
+    assert isinstance(end, (ChannelClosed, ProtocolError)), f"the reader failed: {end!r}"
+    if refused is None:
+        assert isinstance(end, ChannelClosed), f"the stream ended with {end!r}"
+    return refused
+
+# Several rounds on fresh pairs: a channel that refuses sends after an
+# interruption ends a round early.
+total = 0
+for _ in range(int(sys.argv[4])):
+    before = interrupts
+    refused = one_round()
+    total += interrupts - before
+print(json.dumps({"interrupts": total}))
 """
 )
 
@@ -763,7 +779,8 @@ def _run_child(code: str, *args: str, timeout: float = 40) -> dict[str, Any]:
     )
     if done.returncode != 0:
         last = done.stderr.strip().splitlines()[-1:] or ["(no output)"]
-        pytest.fail(f"child failed: {last[0]}\n{done.stderr[-3000:]}")
+        what = "hung (where: below)" if "Timeout (" in done.stderr else f"failed: {last[0]}"
+        pytest.fail(f"child {what}\n{done.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
@@ -788,8 +805,9 @@ def test_a_signal_handler_exception_inside_a_send_never_desynchronises_the_peer(
     cut frame or the channel refuses further sends (then the peer may see a
     ProtocolError at the end, never a shifted message)."""
     # Large messages (most sends are cut by a signal), each followed by a small one.
-    report = _run_child(SIGNAL_SEND_CHILD, how, "150", "20,2000000,300000")
-    assert report["interrupts"] >= 10, f"only {report['interrupts']} interrupts: nothing tested"
+    report = _run_child(SIGNAL_SEND_CHILD, how, "120", "20,400000", "25")
+    # One is enough to test something (a channel may refuse every send after it).
+    assert report["interrupts"] >= 1, "no send was interrupted: nothing tested"
 
 
 # == 5. an OSError after a partial send ==
