@@ -19,7 +19,7 @@ from unix_socketpair._bench import _command
 # Every case and the key of every row it must report: measured, or "unavailable"
 # with a reason (no cc, no uvloop, a library feature not in this version).
 EXPECTED_ROWS = {
-    "create": ["project", "socket-detach", "socket-close", "os-pipe", "c"],
+    "create": ["project", "channel", "socket-detach", "socket-close", "os-pipe", "c"],
     "stream-4kib": ["socketpair", "os-pipe", "tcp", "c"],
     "stream-64kib": ["socketpair", "os-pipe", "tcp", "c"],
     "stream-1mib": ["socketpair", "os-pipe", "tcp", "c"],

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import weakref
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -54,10 +55,39 @@ __all__ = ["AsyncChannel"]
 
 # Stop reading ahead once this much is buffered and unclaimed.
 _PAUSE_BYTES = 256 * 1024
+# ... or once this many received descriptors wait for their messages to be
+# taken: read-ahead must not fill the descriptor table (then the kernel
+# truncates what arrives: MSG_CTRUNC).
+_PAUSE_FDS = 256
 # Write-behind buffer: send() waits once this much is queued, until it is down
 # to the low-water mark (a quarter, as asyncio's transports do).
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = _HIGH_WATER // 4
+
+
+class _Job:
+    """One message on its way out: the buffers not yet sent, and its
+    descriptors until its first byte goes."""
+
+    __slots__ = ("anc", "bufs")
+
+    def __init__(self, bufs: list[Buffer], anc: list[Any]) -> None:
+        self.bufs = bufs
+        self.anc = anc
+
+    def detach(self) -> None:
+        """Copy what is left, so the caller's buffers are free again."""
+        if self.bufs:
+            self.bufs = [b"".join([bytes(memoryview(b)) for b in self.bufs])]
+
+
+def _on_readable(ref: weakref.ref[AsyncChannel]) -> None:
+    # The loop holds only a weak reference: a channel dropped while its reader
+    # is registered is collected (ResourceWarning, socket closed), not kept
+    # alive by the loop until it closes.
+    channel = ref()
+    if channel is not None:
+        channel._on_readable()
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -99,6 +129,7 @@ class AsyncChannel(ChannelBase):
         "_eof_pending",
         "_flush_handle",
         "_flushing",
+        "_jobs",
         "_loop",
         "_read_error",
         "_read_waiter",
@@ -123,6 +154,9 @@ class AsyncChannel(ChannelBase):
         self._reading = False
         self._read_error: Exception | None = None
         self._send_lock = asyncio.Lock()
+        # Sends running in tasks of their own (see _run): small sends wait
+        # behind them, so that order is kept.
+        self._jobs = 0
         # Write-behind state (see the module docstring). _burst: a message went
         # out directly and the loop has not run since, so the next one is
         # buffered and coalesced rather than costing its own system call.
@@ -156,7 +190,7 @@ class AsyncChannel(ChannelBase):
 
     def _start_reading(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._reading:
-            loop.add_reader(self._sock.fileno(), self._on_readable)
+            loop.add_reader(self._sock.fileno(), _on_readable, weakref.ref(self))
             self._reading = True
 
     def _stop_reading(self) -> None:
@@ -187,6 +221,7 @@ class AsyncChannel(ChannelBase):
             or self._read_error is not None
             or dec.at_eof
             or dec.buffered() >= _PAUSE_BYTES
+            or dec.pending_fds() >= _PAUSE_FDS
         ):
             self._stop_reading()
 
@@ -328,7 +363,7 @@ class AsyncChannel(ChannelBase):
             fds is _NO_FDS
             and type(data) is bytes
             and len(data) <= self._small
-            and not self._send_lock.locked()
+            and not self._jobs
             and self._write_error is None
         ):
             wbuf = self._wbuf
@@ -354,29 +389,57 @@ class AsyncChannel(ChannelBase):
             self._start_flushing()
             return
         bufs, anc = self._prepare(data, fds)
-        async with self._send_lock:
-            # Buffered messages go first; then this one directly (descriptors
-            # travel with its first byte and no other message's).
-            await self._drain_to(0, sending=True)
-            await self._send_all(bufs, anc, 0)
+        await self._run([_Job(bufs, anc)])
 
     async def send_many(self, messages: Iterable[Buffer]) -> None:
         """Send many messages, coalesced (see ``Channel.send_many``); whatever
-        the write-behind buffer held goes first."""
+        the write-behind buffer held goes first. Cancelling it delivers every
+        message of it, as :meth:`send` does (the caller must not change the
+        buffers it passed until the channel is drained)."""
         self._check_send()
         if self._stream:
+            jobs = [_Job(bufs, []) for bufs in encode_many(list(messages), self._max)]
+        else:
+            jobs = [_Job(*self._prepare(item, _NO_FDS)) for item in list(messages)]
+        await self._run(jobs)
+
+    async def _run(self, jobs: list[_Job]) -> None:
+        """Send *jobs* in order, in a task of their own: the message is accepted
+        into the send queue before this coroutine first waits, and a
+        cancellation of the caller only stops its waiting (the unsent rest is
+        copied, so the caller may reuse its buffers); the messages are
+        delivered whole regardless. An error the caller no longer waits for
+        is kept and raised by the next send, drain or aclose."""
+        loop = self._bind()
+        self._jobs += 1
+        task = loop.create_task(self._send_jobs(jobs))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                for job in jobs:
+                    job.detach()
+            # Nobody waits for its outcome now: keep an error for later calls.
+            task.add_done_callback(self._job_done)
+            raise
+
+    async def _send_jobs(self, jobs: list[_Job]) -> None:
+        try:
             async with self._send_lock:
+                # Buffered messages go first; then these directly (descriptors
+                # travel with their message's first byte and no other's).
                 await self._drain_to(0, sending=True)
-                for bufs in encode_many(messages, self._max):
-                    await self._send_all(bufs, [], 0)
+                for job in jobs:
+                    await self._send_job(job)
+        finally:
+            self._jobs -= 1
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
             return
-        if isinstance(messages, (list, tuple)):
-            for item in messages:
-                self._prepare(item, _NO_FDS)
-        async with self._send_lock:
-            for item in messages:
-                bufs, anc = self._prepare(item, _NO_FDS)
-                await self._send_all(bufs, anc, 0)
+        exc = task.exception()  # retrieved here, so never "never retrieved"
+        if exc is not None and self._write_error is None and not self._closed:
+            self._write_error = exc if isinstance(exc, OSError) else OSError(errno.EIO, str(exc))
 
     # -- the write-behind buffer ----------------------------------------------
 
@@ -466,29 +529,26 @@ class AsyncChannel(ChannelBase):
                 if entry in self._drain_waiters:
                     self._drain_waiters.remove(entry)
 
-    async def _send_all(self, bufs: list[Buffer], anc: list[Any], sent: int) -> None:
-        """Send *bufs* (of which *sent* bytes already went); caller holds the lock."""
-        if sent:
-            bufs = _advance(bufs, sent)
-            anc = []
-        partial = sent > 0
+    async def _send_job(self, job: _Job) -> None:
+        """Send what is left of *job*; the caller holds the send lock."""
         sock = self._sock
+        partial = False
         try:
-            while bufs:
+            while job.bufs:
                 self._check_send()
                 try:
-                    sent = sock.sendmsg(bufs, anc, MSG_NOSIGNAL)
+                    sent = sock.sendmsg(job.bufs, job.anc, MSG_NOSIGNAL)
                 except BlockingIOError:
                     await self._wait_writable()
                     continue
-                bufs = _advance(bufs, sent)
-                anc = []
+                job.bufs = _advance(job.bufs, sent)
+                job.anc = []
                 partial = True
         except OSError as exc:
-            raise self._send_error(exc, bufs) from exc
+            raise self._send_error(exc, job.bufs) from exc
         except BaseException:
-            if partial and bufs:
-                self._break_send("a send was cancelled part way through a message")
+            if partial and job.bufs:
+                self._break_send("a send was interrupted part way through a message")
             raise
 
     # -- receiving ----------------------------------------------------------
@@ -509,6 +569,7 @@ class AsyncChannel(ChannelBase):
         """Return the next message (see ``Channel.recv``)."""
         if self._stream:
             dec = self._dec
+            dec.handed = []  # (only Channel's signal rollback reads it)
             msg = dec.next_message()
             while msg is NEED_DATA:
                 await self._fill_async()
@@ -521,6 +582,7 @@ class AsyncChannel(ChannelBase):
     async def recv_with_fds(self) -> tuple[bytes, list[int]]:
         """Return the next message and its descriptors (see ``Channel.recv_with_fds``)."""
         self._check_open()
+        self._dec.handed = []
         if self._stream:
             dec = self._dec
             result = dec.next_message_with_fds()
@@ -542,6 +604,7 @@ class AsyncChannel(ChannelBase):
         """Receive the next message into *buffer* (see ``Channel.recv_into``)."""
         target = _writable(buffer)
         self._check_open()
+        self._dec.handed = []
         if not self._stream:
             while True:
                 try:
@@ -572,14 +635,14 @@ class AsyncChannel(ChannelBase):
         try:
             while True:
                 try:
-                    n, done = self._direct_step(target[copied:size])
+                    done = self._direct_step(target[copied:size])
                 except BlockingIOError:
                     await self._wait_readable()
                     continue
                 if done is not None:
                     close_fds(done)
                     return size
-                copied += n
+                copied = size - dec.direct_remaining()
         except BaseException:
             dec.abort_direct()
             raise
@@ -595,12 +658,47 @@ class AsyncChannel(ChannelBase):
                     yield await self.recv()
                 except ChannelClosed:
                     return
-        ready = self._dec.iter_ready
+        dec = self._dec
+        ready = dec.iter_ready
         fill = self._fill_async
         try:
             while True:
+                dec.handed = []  # (only Channel's signal rollback reads it)
                 for msg in ready():
                     yield msg
                 await fill()
         except ChannelClosed:
             return
+
+    async def recv_many(self, max_messages: int | None = None) -> list[bytes]:
+        """Every whole message already received (at most *max_messages*),
+        waiting only until there is at least one (see ``Channel.recv_many``).
+        Descriptors that came with them are closed. Cancelling it loses nothing."""
+        if max_messages is None:
+            count = 1 << 62
+        elif isinstance(max_messages, bool) or not isinstance(max_messages, int):
+            raise TypeError(f"max_messages must be an int, not {type(max_messages).__name__}")
+        elif max_messages < 1:
+            raise ValueError(f"max_messages must be at least 1, not {max_messages}")
+        else:
+            count = max_messages
+        if not self._stream:
+            first, fds = await self._packet_message_async()
+            close_fds(fds)
+            out = [first]
+            while len(out) < count:
+                try:
+                    msg, fds = self._packet_message()
+                except BlockingIOError:
+                    break
+                close_fds(fds)
+                out.append(msg)
+            return out
+        dec = self._dec
+        dec.handed = []
+        out = dec.take_ready(count)
+        while not out:
+            await self._fill_async()
+            dec.handed = []
+            out = dec.take_ready(count)
+        return out

@@ -10,6 +10,7 @@ after closing everything that arrived.
 from __future__ import annotations
 
 import array
+import os
 import socket
 import struct
 import sys
@@ -28,10 +29,12 @@ __all__ = [
     "close_fds",
     "credentials_from_record",
     "fds_from_ancillary",
+    "first_bad_fd",
     "pack_fds",
     "parse_ancillary",
     "peek_credentials",
     "peer_credentials",
+    "split_ancillary",
 ]
 
 #: Linux refuses more than this many descriptors in one ``sendmsg`` (``SCM_MAX_FD``).
@@ -70,13 +73,16 @@ class Credentials(NamedTuple):
     gid: int
 
 
-def check_fds(fds: Iterable[int], max_fds: int) -> list[int]:
-    """Validate *fds* for sending and return them as a list.
+def check_fds(fds: Iterable[object], max_fds: int) -> list[int]:
+    """Validate *fds* for sending and return them as a list of descriptor numbers.
+
+    Each item is an ``int`` or an object with a ``fileno()`` method (a socket,
+    a file), as ``spawn(fd_map=)`` takes; either way it stays the caller's.
 
     Raises:
-        TypeError: *fds* is not iterable, or an item is not an ``int`` (``bool``
-            is refused too).
-        ValueError: a descriptor is negative.
+        TypeError: *fds* is not iterable, or an item is neither an ``int`` nor
+            has ``fileno()`` (``bool`` is refused too).
+        ValueError: a descriptor is negative (a closed socket's ``fileno()``).
         TooManyFds: more than *max_fds* descriptors.
     """
     if isinstance(fds, (str, bytes)):
@@ -85,18 +91,40 @@ def check_fds(fds: Iterable[int], max_fds: int) -> list[int]:
         items = list(fds)
     except TypeError:
         raise TypeError(f"fds must be an iterable of ints, not {type(fds).__name__}") from None
-    for fd in items:
-        if type(fd) is not int and (isinstance(fd, bool) or not isinstance(fd, int)):
-            raise TypeError(f"each fd must be an int, not {type(fd).__name__}")
+    numbers: list[int] = []
+    for item in items:
+        if type(item) is int:
+            fd = item
+        elif isinstance(item, int) and not isinstance(item, bool):
+            fd = int(item)
+        elif not isinstance(item, bool) and callable(getattr(item, "fileno", None)):
+            fd = item.fileno()  # type: ignore[attr-defined]
+            if type(fd) is not int:
+                raise TypeError(f"{type(item).__name__}.fileno() returned {fd!r}, not an int")
+        else:
+            raise TypeError(
+                f"each fd must be an int or have a fileno() method, not {type(item).__name__}"
+            )
         if fd < 0:
-            raise ValueError(f"file descriptor must be >= 0, not {fd}")
-    if len(items) > max_fds:
+            raise ValueError(f"file descriptor must be >= 0, not {fd} (from {item!r})")
+        numbers.append(fd)
+    if len(numbers) > max_fds:
         raise TooManyFds(
-            f"cannot send {len(items)} file descriptors with one message: max_fds is {max_fds}",
-            count=len(items),
+            f"cannot send {len(numbers)} file descriptors with one message: max_fds is {max_fds}",
+            count=len(numbers),
             limit=max_fds,
         )
-    return [int(fd) for fd in items]
+    return numbers
+
+
+def first_bad_fd(fds: Iterable[int]) -> int | None:
+    """The first of *fds* that is not an open descriptor, or None."""
+    for fd in fds:
+        try:
+            os.fstat(fd)
+        except OSError:
+            return fd
+    return None
 
 
 def pack_fds(fds: list[int]) -> list[tuple[int, int, bytes]]:
@@ -158,6 +186,25 @@ def fds_from_ancillary(
 ) -> list[int]:
     """The descriptors of one ``recvmsg`` result (see :func:`parse_ancillary`)."""
     return parse_ancillary(ancdata, msg_flags, max_fds)[0]
+
+
+def split_ancillary(
+    ancdata: list[tuple[int, int, bytes]],
+) -> tuple[list[int], bytes | None]:
+    """``(fds, credentials record)`` of one ``recvmsg`` result, checking nothing
+    and raising nothing (the caller decides what truncation or a count over its
+    limit means). The descriptors belong to the caller from now on."""
+    fds: list[int] = []
+    creds: bytes | None = None
+    for level, kind, data in ancdata:
+        if level != _SOL_SOCKET:
+            continue
+        if kind == _SCM_RIGHTS:
+            whole = len(data) - len(data) % _INT_SIZE
+            fds.extend(array.array("i", data[:whole]))
+        elif kind == _SCM_CREDENTIALS and len(data) >= _UCRED.size:
+            creds = data
+    return fds, creds
 
 
 def credentials_from_record(record: bytes) -> Credentials | None:

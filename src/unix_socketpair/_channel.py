@@ -10,6 +10,9 @@ channels differ only in how they wait before trying again.
 
 from __future__ import annotations
 
+import _socket
+import array
+import builtins
 import contextlib
 import errno
 import math
@@ -17,11 +20,13 @@ import mmap
 import os
 import select
 import socket
+import struct
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -34,25 +39,34 @@ from ._ancillary import (
     close_fds,
     credentials_from_record,
     enable_passcred,
-    has_credentials,
+    first_bad_fd,
     pack_fds,
-    parse_ancillary,
     peek_credentials,
     peer_credentials,
+    split_ancillary,
 )
 from ._codec import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    HANDED_INTO,
     HEADER_SIZE,
     MAX_WIRE_LENGTH,
     NEED_DATA,
     Buffer,
     StreamDecoder,
+    TruncatedFds,
     _pack,
     encode,
     encode_many,
     payload_of,
 )
-from ._errors import ChannelClosed, FdError, MessageTooLarge, ProtocolError
+from ._errors import (
+    ChannelClosed,
+    ChannelError,
+    FdsTruncated,
+    MessageTooLarge,
+    ProtocolError,
+    TooManyFds,
+)
 from ._pair import SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, close_quietly, socketpair, type_name
 
 if TYPE_CHECKING:
@@ -88,6 +102,21 @@ _NO_FDS: tuple[int, ...] = ()
 _ENV = "SOCKETPAIR_FD"
 _MAX_SPIN = 1000
 _MAX_WRITE_BUFFER = 64 * 1024 * 1024
+_ANC = (ANCBUFSIZE,)
+# Every send is non-blocking; waiting happens in poll(), which a timeout
+# bounds and close() ends (see Channel).
+_SEND_FLAGS = MSG_NOSIGNAL | _MSG_DONTWAIT
+_SEND_FLAGS_T = (_SEND_FLAGS,)
+# Past this many seconds a deadline is "no limit" for poll() (whose argument
+# is an int of milliseconds); the wait is simply repeated.
+_POLL_FOREVER = 86400.0 * 24
+_TIMEVAL = struct.Struct("@ll")
+_raw_family = _socket.socket.family.__get__
+_raw_type = _socket.socket.type.__get__
+_AF_UNIX = int(socket.AF_UNIX)
+_TYPES = (int(SOCK_STREAM), int(SOCK_SEQPACKET), int(SOCK_DGRAM))
+# How long a large send waits between looks at the small sends in flight.
+_BUSY_WAIT = 0.0002
 # Adaptive spinning (see Channel and _recv_failed): waits in a row whose tries
 # all found nothing before a channel stops spinning, and reads after which it
 # tries again.
@@ -170,7 +199,8 @@ def _adopt(sock_or_fd: socket.socket | int) -> socket.socket:
         raise TypeError(
             f"expected a socket.socket or an int file descriptor, not {type(sock_or_fd).__name__}"
         )
-    if sock.family != socket.AF_UNIX or sock.type not in (SOCK_STREAM, SOCK_SEQPACKET, SOCK_DGRAM):
+    # The raw ints (socket.socket's own properties convert them to enums, slowly).
+    if _raw_family(sock) != _AF_UNIX or _raw_type(sock) not in _TYPES:
         what = f"family {sock.family!r}, type {sock.type!r}"
         if created:
             sock.detach()
@@ -181,7 +211,34 @@ def _adopt(sock_or_fd: socket.socket | int) -> socket.socket:
     return sock
 
 
+def _uninterrupted(dec: StreamDecoder, step: Callable[..., None], *args: Any) -> None:
+    """Run *step*, a repair of *dec* that is all or nothing (it counts itself
+    in ``dec.repairs`` in its final store), to completion even if exceptions
+    from signal handlers interrupt it; then raise the first of them, so the
+    caller still sees it."""
+    pending: BaseException | None = None
+    done = dec.repairs + 1
+    while dec.repairs != done:
+        try:
+            step(*args)
+        except BaseException as exc:  # retried unless the repair happened
+            if pending is None:
+                pending = exc
+    if pending is not None:
+        raise pending
+
+
+def _close_all(*ends: socket.socket | int) -> None:
+    for end in ends:
+        if isinstance(end, socket.socket):
+            end.close()
+        else:
+            close_quietly(end)
+
+
 def _check_limit(name: str, value: object, low: int, high: int) -> int:
+    if type(value) is int and low <= value <= high:
+        return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if not low <= value <= high:
@@ -209,7 +266,8 @@ def _fd_from_env() -> int:
 
 
 class _Deadline:
-    """When a receive with a timeout must give up, and how to wait until then."""
+    """When a call with a timeout must give up. ``math.inf`` and very large
+    timeouts are accepted and simply never pass."""
 
     __slots__ = ("at", "timeout")
 
@@ -223,18 +281,29 @@ class _Deadline:
         self.timeout = float(timeout)
         self.at = time.monotonic() + self.timeout
 
-    def wait_readable(self, sock: socket.socket, partial: int) -> None:
-        """Return once *sock* is readable; raise TimeoutError if the deadline
-        passes first (*partial*: bytes of the next message already in)."""
+    def poll_ms(self) -> int | None:
+        """What to pass to ``poll()`` now: milliseconds left (0 once passed),
+        or None (no limit) when the deadline is beyond what poll can express."""
         remaining = self.at - time.monotonic()
-        if remaining > 0:
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
-            if poller.poll(math.ceil(remaining * 1000)):
-                return
-        kept = f"; the {partial} bytes of it that did stay queued" if partial else ""
-        # No errno, as the socket module's own timeouts.
-        raise TimeoutError(f"no whole message arrived within {self.timeout:g} s{kept}")
+        if remaining <= 0:
+            return 0
+        if remaining >= _POLL_FOREVER:
+            return None  # inf, or days: "wait"; polled again when it returns
+        return math.ceil(remaining * 1000)
+
+
+def _wait(sock: socket.socket, events: int, deadline: _Deadline | None) -> bool:
+    """Wait until *sock* has one of *events* (or hangs up); False if *deadline*
+    passed first. A signal handler's exception leaves nothing to undo."""
+    poller = select.poll()
+    poller.register(sock, events)
+    if deadline is None:
+        poller.poll()
+        return True
+    ms = deadline.poll_ms()
+    if ms == 0:
+        return False
+    return bool(poller.poll(ms)) or deadline.poll_ms() != 0
 
 
 class ChannelBase:
@@ -249,14 +318,15 @@ class ChannelBase:
         "_credit",
         "_creds",
         "_dec",
-        "_held",
         "_max",
         "_max_fds",
         "_passcred",
         "_pending",
+        "_pinbox",
         "_pkt_broken",
         "_pkt_view",
         "_probe",
+        "_queue",
         "_rflags",
         "_small",
         "_sock",
@@ -278,7 +348,7 @@ class ChannelBase:
         sock = _adopt(sock_or_fd)
         sock.setblocking(self._blocking)
         self._sock = sock
-        self._type: int = sock.type
+        self._type: int = _raw_type(sock)
         self._stream = self._type == SOCK_STREAM
         self._max = max_message_size
         self._max_fds = max_fds
@@ -287,8 +357,12 @@ class ChannelBase:
         self._credit = 0
         self._probe = 0
         self._rflags = _MSG_CMSG_CLOEXEC
-        # Messages sent but held back (Channel's write_buffer); None: never held.
-        self._held: bytearray | None = None
+        # Bytes that must reach the socket before any new message: the rest of
+        # a frame a timeout or signal cut short, and a write buffer's messages
+        # (Channel only; always empty on AsyncChannel).
+        self._queue = bytearray()
+        # Read results of the packet types not yet accounted for (see _fill).
+        self._pinbox: list[tuple[Any, ...]] = []
         # send()'s fast path: a bytes message up to this size goes out joined to
         # its header with one system call (-1: no fast path, see _break_send).
         self._small = min(_JOIN_LIMIT, max_message_size) if self._type == SOCK_STREAM else -1
@@ -325,17 +399,24 @@ class ChannelBase:
         *options* are passed to both constructors (``max_message_size``,
         ``max_fds``). The caller owns both channels.
         """
-        a, b = socketpair(type)
+        a: socket.socket | int
+        b: socket.socket | int
+        if builtins.type(type) is not int or type not in _TYPES:
+            a, b = socketpair(type)  # its checks and its error for a bad type
+        else:
+            # socket.socket objects that already know their family and type:
+            # adopting them asks the kernel nothing (no getsockopt/getsockname).
+            a, b = socket.socketpair(socket.AF_UNIX, type)
         try:
             first = cls(a, **options)
         except BaseException:
-            close_quietly(a, b)
+            _close_all(a, b)
             raise
         try:
             second = cls(b, **options)
         except BaseException:
             first.close()
-            close_quietly(b)
+            _close_all(b)
             raise
         return first, second
 
@@ -353,6 +434,10 @@ class ChannelBase:
         to the same socket, so do not print to stdout, and the peer sees end of
         file only when both are closed or after :meth:`shutdown_write`).
 
+        ``SOCKETPAIR_FD`` is removed from ``os.environ`` (whether or not adopting
+        the descriptor succeeds), so that programs this process starts do not
+        inherit a number that means nothing to them.
+
         A numbered descriptor is made close-on-exec: it belongs to this channel,
         not to the programs this process may start.
 
@@ -361,6 +446,9 @@ class ChannelBase:
             OSError: the descriptor is not open or not a socket.
         """
         fd = _fd_from_env()
+        # The number means something to this process only: a program this
+        # process starts must not find it (as Node.js does with NODE_CHANNEL_FD).
+        os.environ.pop(_ENV, None)
         try:
             channel = cls(fd, **options)
         except OSError as exc:
@@ -439,12 +527,7 @@ class ChannelBase:
         one); receiving still works. Later sends raise ``BrokenPipeError``.
         ``SOCK_DGRAM`` has no end of file: the peer is not told."""
         self._check_open()
-        if self._held:
-            self._flush_held()
         self._sock.shutdown(socket.SHUT_WR)
-
-    def _flush_held(self) -> None:
-        """Send what a blocking channel's write buffer holds (before a read)."""
 
     def close(self) -> None:
         """Close the socket and every descriptor received but not yet delivered.
@@ -454,13 +537,23 @@ class ChannelBase:
         if self._closed:
             return
         self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        """Give back what the channel holds (no call may be inside it)."""
+        self._small = -1
         self._dec.close()
         if self._pending is not None:
             close_fds(self._pending[1])
             self._pending = None
+        if self._pinbox:
+            for entry in self._pinbox:
+                close_fds(split_ancillary(entry[1])[0])
+            self._pinbox.clear()
         self._sock.close()
-        with contextlib.suppress(BufferError):
-            self._pkt_view.release()  # unmaps a packet buffer now, not at collection
+        if not self._stream:
+            with contextlib.suppress(BufferError):
+                self._pkt_view.release()  # unmaps a packet buffer now, not at collection
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self._sock.fileno()}"
@@ -477,7 +570,7 @@ class ChannelBase:
         if self._closed:
             raise OSError(errno.EBADF, "the channel is closed")
 
-    def _prepare(self, data: object, fds: Iterable[int]) -> tuple[list[Buffer], list[Any]]:
+    def _prepare(self, data: object, fds: Iterable[object]) -> tuple[list[Buffer], list[Any]]:
         """Check and frame one message: (buffers, ancillary). Raises before any I/O."""
         if self._stream:
             bufs = encode(data, self._max)
@@ -505,10 +598,20 @@ class ChannelBase:
         if self._broken_send is not None:
             raise ProtocolError(f"the channel cannot send any more: {self._broken_send}")
 
-    def _send_error(self, exc: OSError, bufs: list[Buffer]) -> BaseException:
+    def _send_error(self, exc: OSError, bufs: list[Buffer], anc: list[Any] = []) -> BaseException:  # noqa: B006
         """Translate a send failure into the error the caller should see."""
-        if self._closed or exc.errno == errno.EBADF:
+        if self._closed:
+            if exc.errno in (errno.EPIPE, errno.ESHUTDOWN, errno.EBADF, errno.ECONNRESET):
+                return ChannelClosed("close() was called while this send was waiting")
             return OSError(errno.EBADF, "the channel is closed")
+        if exc.errno == errno.EBADF and anc:
+            fds = [fd for _, kind, data in anc for fd in array.array("i", data)]
+            bad = first_bad_fd(fds)
+            return OSError(
+                errno.EBADF,
+                f"fds: {bad if bad is not None else fds} is not an open file descriptor; "
+                "nothing was sent",
+            )
         if exc.errno == errno.EMSGSIZE and not self._stream:
             size = sum(memoryview(b).nbytes for b in bufs)
             try:
@@ -529,61 +632,120 @@ class ChannelBase:
             return BrokenPipeError(errno.EPIPE, "the peer has closed the channel")
         return exc
 
-    def _fill(self, deadline: _Deadline | None = None) -> int:
-        """One read from a stream socket into the decoder; return the byte count
-        (0 at end of file). May raise BlockingIOError, having changed nothing;
-        with a *deadline*, TimeoutError once it passes, having changed nothing."""
+    # -- receiving steps ------------------------------------------------------
+    #
+    # Every read's result goes into an inbox list before it is accounted for,
+    # by a commit that calls nothing between moving the decoder's position and
+    # dropping the inbox entry; a result left in the inbox by an exception is
+    # committed by the next call before it reads again. Reads that wait in
+    # poll() (timeouts, a send queue) append from C
+    # (``inbox.extend(map(sock.recvmsg_into, ...))``), so no bytecode runs
+    # between the call returning and the result being recorded. The blocking
+    # and spinning reads of the per-message path call recvmsg_into() directly
+    # and append its result: ~0.5 us less per read, at the price of one
+    # eval-breaker check between the call returning and the append, where an
+    # exception raised by a signal handler loses the bytes of that read
+    # (docs/concurrency.md: the residual windows, measured).
+
+    def _fill(self, deadline: _Deadline | None = None) -> None:
+        """One read from a stream socket into the decoder (end of file included).
+        May raise BlockingIOError (non-blocking socket), or TimeoutError once
+        *deadline* passes, having changed nothing."""
         dec = self._dec
-        bufs = (dec.get_buffer(),)
-        if deadline is None:
-            n, anc, flags = self._read(bufs)
-        else:
-            if self._held:
-                self._flush_held()
-            n, anc, flags = self._read_within(bufs, _MSG_CMSG_CLOEXEC, deadline)
-        if anc or flags & _MSG_CTRUNC:
-            dec.buffer_updated(n, self._take_fds(anc, flags) or None)
-        else:
-            dec.buffer_updated(n)
-        return n
+        inbox = dec.inbox
+        if not inbox:
+            bufs = (dec.get_buffer(),)
+            if deadline is None and not self._queue:
+                if self._probe:
+                    self._probe_tick()
+                try:
+                    # The per-message path: a direct call (see the note above).
+                    inbox.append(self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags))
+                except OSError as exc:
+                    self._recv_failed(exc, bufs, inbox)
+            else:
+                self._read_waiting(bufs, _MSG_CMSG_CLOEXEC, deadline, inbox)
+        self._commit_stream()
 
-    def _read(self, bufs: tuple[memoryview, ...]) -> tuple[int, list[Any], int]:
-        """One stream read into *bufs* as the channel is set up: first send what
-        a write buffer holds, then spin (see _recv_failed) or wait.
-        (``recv()`` has this inlined: its path is where every call shows.)"""
-        if self._held:
-            self._flush_held()
-        if self._probe:
-            self._probe_tick()
-        try:
-            return self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags)[:3]
-        except OSError as exc:
-            return self._recv_failed(exc, bufs)
+    def _commit_stream(self) -> None:
+        """Account for the oldest read result in the decoder's inbox."""
+        dec = self._dec
+        n, anc, flags = dec.inbox[0][:3]
+        if not anc and not flags & _MSG_CTRUNC:
+            if n or not self._closed:
+                dec.commit()
+                return
+        elif len(anc) == 1 and anc[0][1] == SCM_CREDENTIALS and not flags & _MSG_CTRUNC:
+            # The usual read on Linux: the sender's credentials, no descriptors.
+            if n:
+                self._creds = anc[0][2]
+            dec.commit()
+            return
+        fds = self._fds_of(n, anc, flags)
+        if not n and self._closed:
+            del dec.inbox[0]
+            close_fds(fds)
+            raise ChannelClosed("close() was called while this call was waiting")
+        dec.commit(fds if fds or type(fds) is TruncatedFds else None)
 
-    def _read_within(
-        self, bufs: tuple[memoryview, ...], flags: int, deadline: _Deadline
-    ) -> tuple[int, list[Any], int]:
-        """One read into *bufs* that waits no later than *deadline* (never spins:
-        it waits in ``poll``). Raises TimeoutError having read nothing."""
+    def _fds_of(self, n: int, anc: list[tuple[int, int, bytes]], flags: int) -> list[int]:
+        """The descriptors of one read (a TruncatedFds if the kernel truncated
+        them); remembers the sender's credentials record (not at end of file,
+        whose record names no sender)."""
+        fds, creds = split_ancillary(anc)
+        if creds is not None and n:
+            self._creds = creds
+        if not _MSG_CMSG_CLOEXEC:
+            for fd in fds:
+                os.set_inheritable(fd, False)
+        if flags & _MSG_CTRUNC:
+            return TruncatedFds(fds)
+        return fds
+
+    def _read_waiting(
+        self,
+        bufs: tuple[memoryview, ...],
+        flags: int,
+        deadline: _Deadline | None,
+        inbox: list[tuple[Any, ...]],
+    ) -> None:
+        """One read into *bufs* that waits in ``poll`` (never spins): no later
+        than *deadline* (TimeoutError, having read nothing), and meanwhile
+        writes what the send queue holds as the socket takes it."""
         recvmsg_into = self._sock.recvmsg_into
+        nowait = (flags | _MSG_DONTWAIT,)
         while True:
+            if self._queue:
+                self._write_queue()
             try:
-                return recvmsg_into(bufs, ANCBUFSIZE, flags | _MSG_DONTWAIT)[:3]
+                inbox.extend(map(recvmsg_into, (bufs,), _ANC, nowait))
+                return
             except BlockingIOError:
                 pass
             except OSError as exc:
-                return self._recv_failed(exc, bufs, flags)
-            deadline.wait_readable(self._sock, self._partial())
+                self._recv_failed(exc, bufs, inbox, flags)
+                return
+            events = select.POLLIN | (select.POLLOUT if self._queue else 0)
+            if not _wait(self._sock, events, deadline):
+                assert deadline is not None
+                partial = self._dec.buffered() if self._stream else 0
+                kept = f"; the {partial} bytes of it that did stay queued" if partial else ""
+                # No errno, as the socket module's own timeouts.
+                raise TimeoutError(f"no whole message arrived within {deadline.timeout:g} s{kept}")
 
-    def _partial(self) -> int:
-        """Bytes of a message not yet whole (stream channels)."""
-        return self._dec.buffered() if self._stream else 0
+    def _write_queue(self) -> None:
+        """Write what the send queue holds without waiting (a channel with a
+        send queue overrides this)."""
 
     def _recv_failed(
-        self, exc: OSError, bufs: tuple[memoryview, ...], flags: int = _MSG_CMSG_CLOEXEC
-    ) -> tuple[int, list[Any], int]:
-        """What a failed read into *bufs* means: ``(nbytes, ancillary, flags)``
-        of a read retried after waiting, end of file, or an error to raise.
+        self,
+        exc: OSError,
+        bufs: tuple[memoryview, ...],
+        inbox: list[tuple[Any, ...]],
+        flags: int = _MSG_CMSG_CLOEXEC,
+    ) -> None:
+        """What a failed read into *bufs* means: a read retried after waiting,
+        end of file (both appended to *inbox*), or an error to raise.
 
         A spinning blocking channel reads without waiting first (``MSG_DONTWAIT``):
         when that finds nothing, it tries ``spin - 1`` more times, then waits.
@@ -595,21 +757,28 @@ class ChannelBase:
         if isinstance(exc, BlockingIOError) and self._spin:
             recvmsg_into = self._sock.recvmsg_into
             try:
+                nowait = (flags | _MSG_DONTWAIT,)
                 for _ in range(self._spin - 1):
                     try:
-                        result = recvmsg_into(bufs, ANCBUFSIZE, flags | _MSG_DONTWAIT)
+                        inbox.append(recvmsg_into(bufs, ANCBUFSIZE, nowait[0]))
                     except BlockingIOError:
                         continue
                     self._credit = _SPIN_CREDIT
-                    return result[:3]
+                    return
                 self._spin_failed()
-                return recvmsg_into(bufs, ANCBUFSIZE, flags)[:3]
+                inbox.append(recvmsg_into(bufs, ANCBUFSIZE, flags))
+                return
             except OSError as again:
                 exc = again
         if isinstance(exc, ConnectionResetError):
-            # The peer closed while some of what we sent was still unread: for
-            # the reading side that is simply the end of the stream.
-            return 0, [], 0
+            # The peer closed while some of what we sent was still unread. The
+            # kernel reports that once; what the peer sent before closing is
+            # still queued and comes first, then the end of the stream.
+            try:
+                inbox.extend(map(self._sock.recvmsg_into, (bufs,), _ANC, (flags | _MSG_DONTWAIT,)))
+            except OSError:
+                inbox.append((0, [], 0, None))
+            return
         if self._closed or exc.errno == errno.EBADF:
             raise OSError(errno.EBADF, "the channel is closed") from exc
         raise exc
@@ -629,48 +798,49 @@ class ChannelBase:
             self._credit = 1
             self._rflags = _MSG_CMSG_CLOEXEC | _MSG_DONTWAIT
 
-    def _take_fds(self, anc: list[tuple[int, int, bytes]], flags: int) -> list[int]:
-        """The descriptors of one read (the caller owns them); remembers the
-        sender's credentials record."""
-        if len(anc) == 1 and not flags & _MSG_CTRUNC:
-            # The common case with SO_PASSCRED on: the credentials and nothing else.
-            level, kind, data = anc[0]
-            if kind == SCM_CREDENTIALS and level == _SOL_SOCKET:
-                self._creds = data
-                return []
-        try:
-            fds, creds = parse_ancillary(anc, flags, self._max_fds)
-        except FdError as exc:
-            if self._stream:
-                self._dec.fail(str(exc))
-            else:
-                self._pkt_broken = str(exc)
-            raise
-        if creds is not None:
-            self._creds = creds
-        if not _MSG_CMSG_CLOEXEC:
-            for fd in fds:
-                os.set_inheritable(fd, False)
-        return fds
-
-    def _take_fds_into(self, n: int, anc: list[tuple[int, int, bytes]], flags: int) -> bool:
-        """After a stream read of *n* bytes: if descriptors came with it, hand
-        both to the decoder and return True; else record only the credentials
-        and return False (the caller still has to report the *n* bytes)."""
-        fds = self._take_fds(anc, flags)
-        if not fds:
-            return False
-        self._dec.buffer_updated(n, fds)
-        return True
-
-    def _direct_step(self, target: memoryview) -> tuple[int, list[int] | None]:
+    def _direct_step(
+        self, target: memoryview, deadline: _Deadline | None = None
+    ) -> list[int] | None:
         """One read straight into *target* (the rest of a message's payload):
-        ``(nbytes, the message's fds once it is complete else None)``."""
-        n, anc, flags = self._read((target,))
-        fds = None
+        the message's fds once it is complete, else None."""
+        dec = self._dec
+        inbox = dec.inbox
+        if not inbox:
+            bufs = (target,)
+            if deadline is None and not self._queue:
+                try:
+                    inbox.extend(map(self._sock.recvmsg_into, (bufs,), _ANC, (self._rflags,)))
+                except OSError as exc:
+                    self._recv_failed(exc, bufs, inbox)
+            else:
+                self._read_waiting(bufs, _MSG_CMSG_CLOEXEC, deadline, inbox)
+        n, anc, flags = inbox[0][:3]
+        if not n and self._closed:
+            del inbox[0]
+            dec.abort_direct()
+            raise ChannelClosed("close() was called while this call was waiting")
         if anc or flags & _MSG_CTRUNC:
-            fds = self._take_fds(anc, flags) or None
-        return n, self._dec.direct_updated(n, fds)
+            fds = self._fds_of(n, anc, flags)
+            return dec.commit_direct(fds if fds or type(fds) is TruncatedFds else None)
+        return dec.commit_direct()
+
+    def _undo_direct(self, target: memoryview, size: int) -> None:
+        """A read straight into *target* was interrupted: account for a read
+        result still in the inbox, then put what arrived back into the decoder
+        (see StreamDecoder.restore_direct). A broken decoder stays broken."""
+        dec = self._dec
+        fds = None
+        try:
+            if dec.inbox and dec.reading_direct:
+                n, anc, flags = dec.inbox[0][:3]
+                got = self._fds_of(n, anc, flags) if anc or flags & _MSG_CTRUNC else None
+                fds = dec.commit_direct(got if got or type(got) is TruncatedFds else None)
+        except ProtocolError:
+            return
+        if dec.broken is not None or not dec.reading_direct:
+            return  # complete: the caller's give-back puts it back whole
+        arrived = size - dec.direct_remaining()
+        _uninterrupted(dec, dec.restore_direct, target[:arrived], size, fds)
 
     def _wants_direct(self, size: int) -> bool:
         """After next_size(): should the payload go straight into the caller's buffer?"""
@@ -686,29 +856,50 @@ class ChannelBase:
             raise ProtocolError(f"the channel is unusable: {self._pkt_broken}")
         self._check_open()
         bufs = (self._pkt_view,) if target is None else (target, self._pkt_view)
-        if self._probe and deadline is None:
-            self._probe_tick()
-        try:
-            try:
-                if deadline is not None:
-                    n, anc, flags = self._read_within(bufs, _PACKET_RECV_FLAGS, deadline)
-                else:
-                    n, anc, flags, _ = self._sock.recvmsg_into(
-                        bufs, ANCBUFSIZE, _PACKET_RECV_FLAGS | (self._rflags & _MSG_DONTWAIT)
-                    )
-            except BlockingIOError as exc:
-                n, anc, flags = self._recv_failed(exc, bufs, _PACKET_RECV_FLAGS)
-        except ConnectionResetError:
-            n, anc, flags = 0, [], 0
-        except OSError as exc:
-            if self._closed or exc.errno == errno.EBADF:
-                raise OSError(errno.EBADF, "the channel is closed") from exc
-            raise
-        fds = self._take_fds(anc, flags) if anc or flags & _MSG_CTRUNC else []
-        if n == 0 and (not has_credentials(anc) if self._passcred else self._type != SOCK_DGRAM):
+        inbox = self._pinbox
+        if not inbox:
+            if deadline is not None or self._queue:
+                self._read_waiting(bufs, _PACKET_RECV_FLAGS, deadline, inbox)
+            else:
+                if self._probe:
+                    self._probe_tick()
+                flags = (_PACKET_RECV_FLAGS | (self._rflags & _MSG_DONTWAIT),)
+                try:
+                    inbox.extend(map(self._sock.recvmsg_into, (bufs,), _ANC, flags))
+                except OSError as exc:
+                    self._recv_failed(exc, bufs, inbox, _PACKET_RECV_FLAGS)
+        # Everything below is computed before the inbox entry is dropped, so
+        # an exception before that leaves the packet to the next call.
+        n, anc, flags = inbox[0][:3]
+        fds, creds = split_ancillary(anc) if anc else ([], None)
+        if n == 0 and (creds is None if self._passcred else self._type != SOCK_DGRAM):
+            del inbox[0]
             close_fds(fds)
+            if self._closed:
+                raise ChannelClosed("close() was called while this call was waiting")
             raise ChannelClosed("the peer closed the channel")
         room = sum(len(b) for b in bufs)
+        del inbox[0]
+        if creds is not None:
+            self._creds = creds
+        if flags & _MSG_CTRUNC:
+            close_fds(fds)
+            raise FdsTruncated(
+                f"the kernel truncated the descriptors sent with this message (MSG_CTRUNC: "
+                f"this process may have no free descriptor slots); the {len(fds)} that did "
+                f"arrive were closed; the message was dropped and the channel is still usable"
+            )
+        if len(fds) > self._max_fds:
+            close_fds(fds)
+            self._pkt_broken = (
+                f"the peer sent {len(fds)} file descriptors with one message, over max_fds="
+                f"{self._max_fds}; all of them were closed"
+            )
+            raise TooManyFds(
+                self._pkt_broken + "; the channel is unusable",
+                count=len(fds),
+                limit=self._max_fds,
+            )
         if n > self._max or flags & _MSG_TRUNC or n > room:
             close_fds(fds)
             if n > self._max:
@@ -720,6 +911,9 @@ class ChannelBase:
                 reason = f"a packet was truncated to the {room} bytes of the receive buffer"
             self._pkt_broken = reason
             raise ProtocolError(reason + "; the channel is unusable")
+        if not _MSG_CMSG_CLOEXEC:
+            for fd in fds:
+                os.set_inheritable(fd, False)
         return n, fds
 
     def _packet_into(
@@ -735,7 +929,26 @@ class ChannelBase:
             target[:size] = payload
             self._pending = None
             return size, fds
-        size, fds = self._packet_step(target, deadline)
+        if self._pinbox:
+            # A packet an exception left unaccounted for is in the packet buffer.
+            size, fds = self._packet_step(None)
+            self._pending = (self._pkt_view[:size].tobytes(), fds)
+            return self._packet_into(target, deadline)
+        try:
+            size, fds = self._packet_step(target, deadline)
+        except BaseException:
+            if self._pinbox:
+                # Interrupted after the packet arrived, partly in *target*: keep it.
+                n = self._pinbox[0][0]
+                limit = len(target)
+                payload = (
+                    target[: min(n, limit)].tobytes()
+                    + self._pkt_view[: max(n - limit, 0)].tobytes()
+                )
+                anc = self._pinbox[0][1]
+                del self._pinbox[0]
+                self._pending = (payload, split_ancillary(anc)[0] if anc else [])
+            raise
         limit = len(target)
         if size > limit:
             # Keep the whole packet queued: caller's part plus the overflow.
@@ -798,12 +1011,31 @@ class Channel(ChannelBase):
     descriptors or a larger one sends what is held first. A failed send is
     raised by the call that flushes, and what was held is dropped.
 
-    A channel is not thread-safe: use one sender thread and one receiver
-    thread at most (they may be different; with a write buffer, the receiver's
-    flush and the sender share a lock).
+    Threads: any number of threads may send and receive at once. ``send`` and
+    ``send_many`` are atomic per message (a send lock); every receive method
+    and iteration hand each message to exactly one caller (a receive lock);
+    a sender thread and a receiver thread never wait for each other, with or
+    without a write buffer (the write buffer has its own short lock, never
+    held while waiting). :meth:`close` may be called from any thread: a call
+    blocked in a send or receive raises :class:`ChannelClosed` at once; the
+    descriptor is closed when the last call inside the channel leaves, so its
+    number is never reused under a running call. docs/concurrency.md has the
+    whole contract, including signals and ``fork``.
     """
 
-    __slots__ = ("_hold_max", "_wlimit", "_wlock")
+    __slots__ = (
+        "_busy",
+        "_forget",
+        "_hold_max",
+        "_partial",
+        "_qlock",
+        "_qsent",
+        "_rlock",
+        "_sent",
+        "_slock",
+        "_small_max",
+        "_wlimit",
+    )
 
     def __init__(
         self,
@@ -833,13 +1065,30 @@ class Channel(ChannelBase):
         self._spin = spin
         self._credit = _SPIN_CREDIT
         self._rflags = _MSG_CMSG_CLOEXEC | (_MSG_DONTWAIT if spin else 0)
+        # _slock: one message at a time goes out (held across waits).
+        # _rlock: one receiver at a time takes from the decoder.
+        # _qlock: guards the send queue, held only around non-blocking writes,
+        # so that a receiver can write what a write buffer holds while a
+        # sender waits for room (no sender/receiver deadlock).
+        self._slock = threading.Lock()
+        self._rlock = threading.Lock()
+        self._qlock = threading.Lock()
+        # Byte counts of the system calls of the message being sent, appended
+        # from C (see _send_frames): progress survives an exception.
+        self._sent: list[int] = []
+        self._busy = 0  # small sends inside the kernel (see send())
+        self._forget = True  # receives clear the rollback record as they leave
+        self._qsent: list[int] = []  # the same, for writes of the queue
+        # The frame being sent: (buffers, total bytes, bytes sent before).
+        self._partial: tuple[list[Buffer], int, int] | None = None
+        self._small_max = self._small
+        self._hold_max = 0
         if write_buffer:
-            self._held = bytearray()
             self._wlimit = write_buffer
-            self._wlock = threading.Lock()
             # Small messages are held, not sent: off send()'s fast path.
             self._hold_max = self._small
             self._small = -1
+        _CHANNELS.add(self)
 
     @property
     def write_buffer(self) -> int:
@@ -863,176 +1112,391 @@ class Channel(ChannelBase):
         with contextlib.suppress(OSError):
             self.close()
 
+    # -- life cycle -------------------------------------------------------------
+
     def close(self) -> None:
-        """Send what a write buffer holds, then close the socket and every
+        """Send what the send queue holds (a write buffer's messages, the rest
+        of a frame a timeout cut short), then close the socket and every
         descriptor received but not yet delivered.
 
-        Idempotent. Any later operation raises ``OSError`` (``EBADF``).
+        Idempotent; any later operation raises ``OSError`` (``EBADF``).
+
+        From any thread: calls blocked in this channel (``send``, ``recv*``,
+        iteration) are woken with :class:`ChannelClosed` (the socket is shut
+        down), and the descriptor is closed by whichever call leaves last,
+        never under a running call. ``close()`` itself never waits for
+        another thread, so it is safe in a signal handler; the send queue is
+        then written only if no other call is sending, and dropped otherwise.
 
         Raises:
-            BrokenPipeError: the peer had closed before the held messages
+            BrokenPipeError: the peer had closed before the queued messages
                 could go (the channel is closed nonetheless).
         """
-        if self._held and not self._closed:
-            try:
-                self.flush()
-            finally:
-                super().close()
+        if self._closed:
             return
-        super().close()
+        try:
+            if (self._queue or self._partial is not None) and self._slock.acquire(False):
+                try:
+                    self._repair_partial()
+                    self._flush_queue(None)
+                finally:
+                    self._slock.release()
+        finally:
+            self._closed = True
+            self._small = -1
+            if not self._try_release():
+                # A call is inside: wake it; it releases on its way out.
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                self._try_release()
+
+    def _try_release(self) -> bool:
+        """Release the channel's resources if no call is inside; True if done
+        (now or before)."""
+        if self._busy or not self._rlock.acquire(False):
+            return False
+        try:
+            if not self._slock.acquire(False):
+                return False
+            try:
+                if self._sock.fileno() >= 0:
+                    self._queue.clear()
+                    self._release()
+            finally:
+                self._slock.release()
+        finally:
+            self._rlock.release()
+        return True
+
+    def _left(self) -> None:
+        """A call left after close() was called: release if it was the last."""
+        self._try_release()
 
     def __del__(self) -> None:
         if getattr(self, "_closed", True):
             return
-        held = getattr(self, "_held", None)
+        queue = getattr(self, "_queue", None)
         note = ""
-        if held:
-            note = f"; dropped {len(held)} bytes of messages it held back (call close() or flush())"
-            held.clear()  # never block in the garbage collector
+        if queue:
+            note = (
+                f"; dropped {len(queue)} bytes of messages it held back (call close() or flush())"
+            )
+            queue.clear()  # never block in the garbage collector
         warnings.warn(f"unclosed {self!r}{note}", ResourceWarning, stacklevel=2, source=self)
         self.close()
 
-    def flush(self) -> None:
-        """Send the messages held back by ``write_buffer`` now (nothing to do
-        without one).
+    def _after_fork(self) -> None:
+        """In a child process after ``os.fork()``: what the parent's copy queued
+        is the parent's to send; locks another thread held are free again."""
+        self._slock = threading.Lock()
+        self._rlock = threading.Lock()
+        self._qlock = threading.Lock()
+        self._queue.clear()
+        self._partial = None
+        if not self._closed and self._broken_send is None:
+            self._small = -1 if self._wlimit else self._small_max
+        self._sent.clear()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Send what the send queue holds now: a write buffer's messages, or the
+        rest of a frame a timeout cut short (nothing to do otherwise).
 
         Raises:
             OSError: ``EBADF`` once closed; ``BrokenPipeError`` if the peer has
-                closed (the held messages are then dropped: they cannot arrive).
+                closed (the queued messages are then dropped: they cannot arrive).
+            TimeoutError: *timeout* passed first; what is left stays queued.
+            ChannelClosed: :meth:`close` was called meanwhile.
         """
         self._check_open()
-        if self._held is not None:
-            self._flush_held()
-
-    def _flush_held(self) -> None:
-        with self._wlock:
-            self._flush_locked()
-
-    def _flush_locked(self) -> None:
-        """Send everything held (the caller holds the write lock)."""
-        held = self._held
-        if not held:
+        if not self._queue and self._partial is None:
             return
-        self._check_open()
-        sock = self._sock
+        deadline = None if timeout is None else _Deadline(timeout)
+        lock = self._slock
         try:
-            while held:
-                # A signal handler's exception between two sends leaves the
-                # unsent rest held: a later flush goes on from there.
-                sent = sock.send(held, MSG_NOSIGNAL)
-                del held[:sent]
-        except OSError as exc:
-            held.clear()  # undeliverable: the peer or the socket is gone
-            raise self._send_error(exc, []) from exc
+            with lock:
+                if self._partial is not None:
+                    self._repair_partial()
+                self._flush_queue(deadline)
+        finally:
+            if self._closed:
+                self._left()
+
+    def shutdown_write(self) -> None:
+        """Tell the peer no more messages come (after what is queued); receiving
+        still works. Later sends raise ``BrokenPipeError``. ``SOCK_DGRAM`` has
+        no end of file: the peer is not told."""
+        self._check_open()
+        if self._queue:
+            self.flush()
+        self._sock.shutdown(socket.SHUT_WR)
+
+    # -- the send queue -----------------------------------------------------------
+
+    def _write_queue(self) -> None:
+        """Write what the queue holds without waiting (any thread)."""
+        with self._qlock:
+            queue = self._queue
+            sent = self._qsent
+            send = self._sock.send
+            while True:
+                if sent:
+                    # A count recorded (from C) but not yet applied: an
+                    # exception fell between; apply it before anything else.
+                    # These statements call nothing.
+                    n = sent[0]
+                    del queue[:n]
+                    del sent[0]
+                if not queue:
+                    return
+                try:
+                    sent.extend(map(send, (queue,), _SEND_FLAGS_T))
+                except BlockingIOError:
+                    return
+                except OSError as exc:
+                    queue.clear()  # undeliverable: the peer or the socket is gone
+                    raise self._send_error(exc, []) from exc
+
+    def _flush_queue(self, deadline: _Deadline | None) -> None:
+        """Write the whole queue, waiting for room (the caller holds _slock)."""
+        while self._queue:
+            self._write_queue()
+            if self._queue and deadline is None:
+                deadline = self._sndtimeo()
+            if self._queue and not _wait(self._sock, select.POLLOUT, deadline):
+                raise TimeoutError(
+                    f"the peer did not take the queued messages within "
+                    f"{deadline.timeout if deadline else 0:g} s; "
+                    f"{len(self._queue)} bytes stay queued"
+                )
+        self._fast_again()
 
     # -- sending ------------------------------------------------------------
 
-    def send(self, data: Buffer, *, fds: Iterable[int] = _NO_FDS) -> None:
+    def send(
+        self, data: Buffer, *, fds: Iterable[object] = _NO_FDS, timeout: float | None = None
+    ) -> None:
         """Send one message; return once the kernel has taken all of it.
 
         *data* is any bytes-like object (not copied if larger than 16 KiB).
-        *fds* are sent with the message (``SCM_RIGHTS``); they stay owned by the
-        caller (the peer receives duplicates).
+        *fds* (ints, or objects with ``fileno()``) are sent with the message
+        (``SCM_RIGHTS``); they stay owned by the caller (the peer receives
+        duplicates).
+
+        *timeout* (seconds; ``None``, ``math.inf``: no limit) bounds the wait
+        for room in the socket. When it passes, ``TimeoutError`` is raised:
+        either nothing of the message went (it was not sent), or part of it
+        did, and then the rest is kept (copied) in the send queue and goes
+        first on the next send or :meth:`flush`: the peer only ever sees
+        whole messages. Thread-safe: one message at a time goes out.
 
         Raises:
-            TypeError: *data* is not bytes-like, or an fd is not an int; nothing sent.
+            TypeError: *data* is not bytes-like, or an fd is neither an int nor
+                has ``fileno()``; nothing sent.
             MessageTooLarge: over ``max_message_size``, or (packet types) over
                 what one packet can carry; nothing sent.
             TooManyFds: more than ``max_fds`` descriptors; nothing sent.
+            OSError: ``EBADF`` naming the descriptor if an fd is not open
+                (nothing sent); ``EBADF`` "the channel is closed" after close().
             BrokenPipeError: the peer has closed (never SIGPIPE).
+            TimeoutError: *timeout* passed (see above).
+            ChannelClosed: :meth:`close` was called while this call waited.
+            ProtocolError: an earlier send failed part way through a message
+                (not a timeout); the channel refuses to send any more.
         """
         # The fast path: one system call per small bytes message, as little Python
-        # around it as possible (measured: within ~3-5% of an inline
-        # send(header + payload) loop). _small is -1 with a write buffer.
-        if fds is _NO_FDS and type(data) is bytes:
+        # around it as possible. _small is -1 with a write buffer, while the
+        # queue holds bytes, once broken and once closed.
+        if fds is _NO_FDS and type(data) is bytes and timeout is None:
             size = len(data)
+            frame = _pack(size) + data
+            # No lock here (an uncontended one costs more than the rest of this
+            # path, docs/performance.md): a frame this small is one kernel
+            # buffer, which the kernel takes whole or not at all (Linux), so
+            # two threads' small frames never mix; a send that may span
+            # several buffers sets _small to -1 under the send lock and then
+            # waits until no small send is in flight (_busy). Between the check
+            # below and the system call nothing can switch threads (no call).
+            # A count lost to a signal handler's exception loses nothing either.
             if size <= self._small:
-                frame = _pack(size) + data
-                # send(), not sendall(): less work per call, and a send that a
-                # signal handler's exception cuts short after part of the frame
-                # must leave the channel refusing further sends (_sendmsg_all).
+                self._busy += 1
                 try:
                     sent = self._sock.send(frame, MSG_NOSIGNAL)
                 except OSError as exc:
                     raise self._send_error(exc, [data]) from exc
-                if sent != size + HEADER_SIZE:
-                    self._sendmsg_all([memoryview(frame)[sent:]], [], partial=True)
+                finally:
+                    self._busy -= 1
+                    if self._closed:
+                        self._left()
+                if sent == size + HEADER_SIZE:
+                    return
+                # Part of it (not on Linux): the rest, under the lock.
+                with self._slock:
+                    self._send_frames([memoryview(frame)[sent:]], [], None, sent)
                 return
-        if self._held is not None:
-            self._send_held(data, fds)
-            return
-        bufs, anc = self._prepare(data, fds)
-        self._sendmsg_all(bufs, anc)
+        self._send_checked(data, fds, timeout)
 
-    def send_many(self, messages: Iterable[Buffer]) -> None:
+    def _send_checked(self, data: Buffer, fds: Iterable[object], timeout: float | None) -> None:
+        deadline = None if timeout is None else _Deadline(timeout)
+        bufs, anc = self._prepare(data, fds)
+        lock = self._slock
+        try:
+            with lock:
+                if self._partial is not None:
+                    self._repair_partial()  # a cut frame's rest goes first
+                self._check_send()
+                if (
+                    self._wlimit
+                    and not anc
+                    and len(bufs) == 1
+                    and memoryview(bufs[0]).nbytes <= self._hold_max + 4
+                ):
+                    with self._qlock:
+                        self._queue += bufs[0]
+                    if len(self._queue) >= self._wlimit:
+                        self._flush_queue(deadline)
+                    return
+                if self._queue:
+                    self._flush_queue(deadline)
+                self._send_frames(bufs, anc, deadline, 0)
+        finally:
+            if self._closed:
+                self._left()
+
+    def send_many(self, messages: Iterable[Buffer], *, timeout: float | None = None) -> None:
         """Send many messages, coalesced into as few system calls as possible.
 
-        Equivalent to calling :meth:`send` for each (without descriptors).
+        Equivalent to calling :meth:`send` for each (without descriptors), all
+        under the send lock: another thread's message never falls between them.
         If *messages* is a list or tuple, every item is checked first, so a bad
         item raises before anything is sent; other iterables are consumed in
         batches of about 256 KiB, each checked before it is sent.
 
+        *timeout* bounds the whole call; on ``TimeoutError`` the messages sent
+        so far arrived whole, a message started is completed by the next send
+        or :meth:`flush`, and the rest were not sent.
+
         Raises: as :meth:`send`.
         """
         self._check_send()
-        if self._stream:
-            if self._held is not None:
-                with self._wlock:
-                    self._flush_locked()
+        deadline = None if timeout is None else _Deadline(timeout)
+        if not self._stream:
+            items = messages if isinstance(messages, (list, tuple)) else None
+            if items is not None:
+                for item in items:
+                    self._prepare(item, _NO_FDS)
+        lock = self._slock
+        try:
+            with lock:
+                if self._partial is not None:
+                    self._repair_partial()
+                self._check_send()
+                if self._queue:
+                    self._flush_queue(deadline)
+                if self._stream:
                     for bufs in encode_many(messages, self._max):
-                        self._sendmsg_all(bufs, [])
-                return
-            for bufs in encode_many(messages, self._max):
-                self._sendmsg_all(bufs, [])
-            return
-        items = messages if isinstance(messages, (list, tuple)) else None
-        if items is not None:
-            for item in items:
-                self._prepare(item, _NO_FDS)
-        for item in messages:
-            bufs, anc = self._prepare(item, _NO_FDS)
-            self._sendmsg_all(bufs, anc)
-
-    def _send_held(self, data: Buffer, fds: Iterable[int]) -> None:
-        """send() with a write buffer: hold a small message, or send what is held
-        and then the message."""
-        with self._wlock:
-            if fds is _NO_FDS:
-                if type(data) is bytes:
-                    size = len(data)
+                        self._send_frames(bufs, [], deadline, 0)
                 else:
-                    data, size = payload_of(data)
-                if size <= self._hold_max:
-                    self._check_send()
-                    held = self._held
-                    assert held is not None
-                    held += _pack(size)
-                    held += data
-                    if len(held) >= self._wlimit:
-                        self._flush_locked()
-                    return
-            bufs, anc = self._prepare(data, fds)
-            self._flush_locked()
-            self._sendmsg_all(bufs, anc)
+                    for item in messages:
+                        bufs, anc = self._prepare(item, _NO_FDS)
+                        self._send_frames(bufs, anc, deadline, 0)
+        finally:
+            if self._closed:
+                self._left()
 
-    def _sendmsg_all(self, bufs: list[Buffer], anc: list[Any], partial: bool = False) -> None:
-        """Send all of *bufs* (*anc* with the first call); *partial*: part of
-        this message already went."""
-        sock = self._sock
+    def _send_frames(
+        self, bufs: list[Buffer], anc: list[Any], deadline: _Deadline | None, before: int
+    ) -> None:
+        """Send all of *bufs* (*anc* with the first byte), waiting for room; the
+        caller holds _slock. *before*: bytes of this frame that already went.
+
+        Each system call's count is appended to a log from C, and the frame
+        being sent is recorded before the first call, so an exception at any
+        bytecode (a timeout, a signal handler's) leaves enough to know how much
+        went: if part of the frame did, the rest is copied into the queue and
+        goes first on the next send (done here, and again by the next send
+        should an exception cut this repair short: _repair_partial). A failure
+        that makes the rest undeliverable refuses further sends instead.
+        """
+        sent: list[int] = []
+        total = sum(memoryview(b).nbytes for b in bufs)
+        self._sent, self._partial, self._small = sent, (bufs, total, before), -1
+        while self._busy and not before:
+            time.sleep(_BUSY_WAIT)  # a small send still in the kernel: let it finish
+        sendmsg = self._sock.sendmsg
+        rest = bufs
         try:
             while True:
-                sent = sock.sendmsg(bufs, anc, MSG_NOSIGNAL)
-                bufs = _advance(bufs, sent)
-                if not bufs:
+                try:
+                    sent.extend(map(sendmsg, (rest,), (anc,), _SEND_FLAGS_T))
+                except BlockingIOError:
+                    if deadline is None:
+                        deadline = self._sndtimeo()
+                    if not _wait(self._sock, select.POLLOUT, deadline):
+                        raise TimeoutError(
+                            f"the peer did not take the message within "
+                            f"{deadline.timeout if deadline else 0:g} s"
+                            + (
+                                "; the rest of it goes first on the next send"
+                                if sent or before
+                                else "; it was not sent"
+                            )
+                        ) from None
+                    continue
+                done = sum(sent)
+                if done >= total:
+                    self._partial = None
+                    self._fast_again()
                     return
+                rest = _advance(bufs, done)
                 anc = []
-                partial = True
-        except OSError as exc:
-            raise self._send_error(exc, bufs) from exc
-        except BaseException:
-            if partial:
-                self._break_send("a send was interrupted part way through a message")
+        except BaseException as exc:
+            if isinstance(exc, OSError) and not isinstance(exc, (TimeoutError, BlockingIOError)):
+                self._partial = None
+                if sum(sent) or before:
+                    self._break_send(f"a send failed part way through a message ({exc})")
+                raise self._send_error(exc, bufs, anc) from exc
+            self._repair_partial()
             raise
+
+    def _sndtimeo(self) -> _Deadline | None:
+        """A deadline from the socket's own ``SO_SNDTIMEO``, if its owner set one
+        (sends never block in the kernel, so the option would otherwise do
+        nothing); asked only when a send has to wait."""
+        try:
+            raw = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.size)
+        except OSError:
+            return None
+        seconds, micros = _TIMEVAL.unpack(raw[: _TIMEVAL.size])
+        if not seconds and not micros:
+            return None
+        return _Deadline(seconds + micros / 1e6)
+
+    def _repair_partial(self) -> None:
+        """If a frame was cut short (see _send_frames), queue its rest, in one
+        step with forgetting it, so the repair is done exactly once."""
+        partial = self._partial
+        if partial is None:
+            return
+        bufs, total, before = partial
+        done = sum(self._sent)
+        if (done or before) and done < total:
+            rest = b"".join([bytes(memoryview(part)) for part in _advance(bufs, done)])
+            with self._qlock:
+                self._queue, self._partial = self._queue + rest, None
+        else:
+            self._partial = None
+            self._fast_again()
+
+    def _fast_again(self) -> None:
+        """Back on send()'s fast path if nothing is queued or held."""
+        if (
+            not self._queue
+            and not self._wlimit
+            and self._broken_send is None
+            and not self._closed
+            and self._partial is None
+        ):
+            self._small = self._small_max
 
     # -- receiving ----------------------------------------------------------
 
@@ -1042,15 +1506,21 @@ class Channel(ChannelBase):
         Descriptors that came with it are closed: use :meth:`recv_with_fds`
         to take them.
 
-        *timeout* (seconds, ``None``: wait as long as it takes) bounds the wait
-        for the whole message; 0 takes only a message that is already there.
-        When it passes, ``TimeoutError`` is raised and nothing is lost: the part
+        *timeout* (seconds; ``None``, ``math.inf``: wait as long as it takes)
+        bounds the wait for the whole message, including writing what the
+        send queue holds; 0 takes only a message that is already there. When
+        it passes, ``TimeoutError`` is raised and nothing is lost: the part
         of a message that did arrive stays queued for the next receive.
 
+        Thread-safe: each message goes to exactly one receiving thread.
+
         Raises:
-            ChannelClosed: the peer closed at a message boundary.
+            ChannelClosed: the peer closed at a message boundary, or
+                :meth:`close` was called while this call waited.
             ProtocolError: broken framing; the channel is unusable.
-            FdError: descriptors truncated or over ``max_fds`` (all closed).
+            FdsTruncated: the kernel truncated the message's descriptors (this
+                process had no free slots); it was dropped, the channel is fine.
+            TooManyFds: descriptors over ``max_fds`` (all closed; unusable).
             TimeoutError: *timeout* passed first.
             TypeError, ValueError: *timeout* is not a number >= 0.
         """
@@ -1058,39 +1528,41 @@ class Channel(ChannelBase):
             payload, fds = self._next_with_fds(_Deadline(timeout))
             close_fds(fds)
             return payload
-        if self._stream:
-            dec = self._dec
-            msg = dec.next_message()
-            while msg is NEED_DATA:
-                # _fill() and _read() inlined: this is the path of a reader that
-                # waits for each message (ping-pong), where every Python call shows.
-                bufs = (dec.get_buffer(),)
-                if self._held:
-                    self._flush_held()
-                if self._probe:
-                    self._probe_tick()
-                try:
-                    n, anc, flags, _ = self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags)
-                except OSError as exc:
-                    n, anc, flags = self._recv_failed(exc, bufs)
-                if (
-                    anc
-                    and len(anc) == 1
-                    and anc[0][1] == SCM_CREDENTIALS
-                    and not flags & _MSG_CTRUNC
-                ):
-                    # The usual read on Linux: the sender's credentials, no fds.
-                    self._creds = anc[0][2]
-                    msg = dec.received(n)
-                elif (anc or flags & _MSG_CTRUNC) and self._take_fds_into(n, anc, flags):
+        lock = self._rlock
+        try:
+            with lock:
+                self._dec.handed, self._dec.handed_by = [], 0
+                if self._stream:
+                    dec = self._dec
                     msg = dec.next_message()
-                else:
-                    msg = dec.received(n)
-            return msg  # type: ignore[return-value]
-        self._check_open()
-        payload, fds = self._packet_message()
-        close_fds(fds)
-        return payload
+                    while msg is NEED_DATA:
+                        if self._closed:
+                            raise OSError(errno.EBADF, "the channel is closed")
+                        self._fill()
+                        msg = dec.next_message()
+                    return msg  # type: ignore[return-value]
+                payload, fds = self._packet_message()
+                close_fds(fds)
+                return payload
+        except ChannelError:
+            raise  # about the message itself: it is consumed, nothing to give back
+        except BaseException:
+            # Retried until done: the repair copies (a large message takes a
+            # while) and another exception may interrupt it. put_back() clears
+            # the record in the same step that puts the messages back.
+            while self._dec.handed and self._stream and not self._closed:
+                try:
+                    self._give_back()
+                except BaseException:  # retried; the first exception is re-raised
+                    continue
+            raise
+        finally:
+            # Returned (or given back by the except clause): forget them, so the
+            # record does not keep a large message alive after the call.
+            if self._forget:
+                self._dec.handed = []
+            if self._closed:
+                self._left()
 
     def recv_with_fds(self, timeout: float | None = None) -> tuple[bytes, list[int]]:
         """Return the next message and the descriptors sent with it.
@@ -1105,15 +1577,106 @@ class Channel(ChannelBase):
     def _next_with_fds(self, deadline: _Deadline | None) -> tuple[bytes, list[int]]:
         """The next message and its descriptors, waiting no later than *deadline*
         (None: as long as it takes)."""
-        self._check_open()
-        if not self._stream:
-            return self._packet_message(deadline)
-        dec = self._dec
-        result = dec.next_message_with_fds()
-        while result is NEED_DATA:
-            self._fill(deadline)
-            result = dec.next_message_with_fds()
-        return result  # type: ignore[return-value]
+        lock = self._rlock
+        try:
+            with lock:
+                self._dec.handed, self._dec.handed_by = [], 0
+                self._check_open()
+                if not self._stream:
+                    return self._packet_message(deadline)
+                dec = self._dec
+                result = dec.next_message_with_fds()
+                while result is NEED_DATA:
+                    self._check_open()
+                    self._fill(deadline)
+                    result = dec.next_message_with_fds()
+                return result  # type: ignore[return-value]
+        except ChannelError:
+            raise  # about the message itself: it is consumed, nothing to give back
+        except BaseException:
+            # Retried until done: the repair copies (a large message takes a
+            # while) and another exception may interrupt it. put_back() clears
+            # the record in the same step that puts the messages back.
+            while self._dec.handed and self._stream and not self._closed:
+                try:
+                    self._give_back()
+                except BaseException:  # retried; the first exception is re-raised
+                    continue
+            raise
+        finally:
+            # Returned (or given back by the except clause): forget them, so the
+            # record does not keep a large message alive after the call.
+            if self._forget:
+                self._dec.handed = []
+            if self._closed:
+                self._left()
+
+    def recv_many(
+        self, max_messages: int | None = None, *, timeout: float | None = None
+    ) -> list[bytes]:
+        """Every whole message already received (at most *max_messages*),
+        waiting only until there is at least one.
+
+        Descriptors that came with the messages are closed (as :meth:`recv`).
+        Small messages are cut out of the receive buffer in one batch, which
+        is what makes iteration fast. Thread-safe like :meth:`recv`: each
+        message goes to one caller; the list is in the order sent.
+
+        *timeout*: as :meth:`recv` (bounds the wait for the first message).
+
+        Raises: as :meth:`recv`; ``ValueError`` if *max_messages* < 1. An
+        error about a message (``FdsTruncated``, ``ProtocolError``) is raised
+        by the call that would return that message first; the messages before
+        it are returned by the call before.
+        """
+        if max_messages is None:
+            count = _NO_LIMIT
+        else:
+            count = _check_limit("max_messages", max_messages, 1, _NO_LIMIT)
+        deadline = None if timeout is None else _Deadline(timeout)
+        lock = self._rlock
+        try:
+            with lock:
+                self._dec.handed, self._dec.handed_by = [], _get_ident()
+                self._check_open()
+                if not self._stream:
+                    first, fds = self._packet_message(deadline)
+                    close_fds(fds)
+                    out = [first]
+                    while len(out) < count:
+                        try:
+                            msg, fds = self._packet_message(_NOW)
+                        except TimeoutError:
+                            break
+                        close_fds(fds)
+                        out.append(msg)
+                    return out
+                dec = self._dec
+                out = dec.take_ready(count)
+                while not out:
+                    self._check_open()
+                    self._fill(deadline)
+                    out = dec.take_ready(count)
+                return out
+        except ChannelError:
+            raise  # about the message itself: it is consumed, nothing to give back
+        except BaseException:
+            # Retried until done: the repair copies (a large message takes a
+            # while) and another exception may interrupt it. put_back() clears
+            # the record in the same step that puts the messages back.
+            while self._dec.handed and self._stream and not self._closed:
+                try:
+                    self._give_back()
+                except BaseException:  # retried; the first exception is re-raised
+                    continue
+            raise
+        finally:
+            # Returned (or given back by the except clause): forget them, so the
+            # record does not keep a large message alive after the call.
+            if self._forget:
+                self._dec.handed = []
+            if self._closed:
+                self._left()
 
     def recv_into(self, buffer: Buffer, timeout: float | None = None) -> int:
         """Receive the next message into *buffer*; return its size.
@@ -1133,51 +1696,139 @@ class Channel(ChannelBase):
         """
         target = _writable(buffer)
         deadline = None if timeout is None else _Deadline(timeout)
-        self._check_open()
-        if not self._stream:
-            size, fds = self._packet_into(target, deadline)
-            close_fds(fds)
-            return size
-        dec = self._dec
-        while True:
-            next_size = dec.next_size()
-            if next_size is NEED_DATA:
-                self._fill(deadline)
-                continue
-            size = int(next_size)  # type: ignore[arg-type]
-            if size > len(target):
-                raise self._too_small(size, len(target))
-            if dec.buffered() >= HEADER_SIZE + size or (
-                deadline is None and self._wants_direct(size)
-            ):
-                break
-            self._fill(deadline)
-        size, copied = dec.read_into(target)
-        if copied == size:
-            close_fds(dec.take_fds_for_buffered(size))
-            return size
+        lock = self._rlock
         try:
-            while True:
-                n, done = self._direct_step(target[copied:size])
-                if done is not None:
-                    close_fds(done)
+            with lock:
+                self._dec.handed, self._dec.handed_by = [], 0
+                self._check_open()
+                if not self._stream:
+                    size, fds = self._packet_into(target, deadline)
+                    close_fds(fds)
                     return size
-                copied += n
+                dec = self._dec
+                if dec.inbox and not dec.reading_direct:
+                    # A read into the decoder's buffer that an exception left
+                    # unaccounted for comes before any direct read.
+                    self._commit_stream()
+                while True:
+                    next_size = dec.next_size()
+                    if next_size is NEED_DATA:
+                        self._check_open()
+                        self._fill(deadline)
+                        continue
+                    size = int(next_size)  # type: ignore[arg-type]
+                    if size > len(target):
+                        raise self._too_small(size, len(target))
+                    if dec.buffered() >= HEADER_SIZE + size or (
+                        deadline is None and self._wants_direct(size)
+                    ):
+                        break
+                    self._check_open()
+                    self._fill(deadline)
+                # Once read_into() starts a direct read, the rest goes straight
+                # into *target*; an exception part way (a signal handler's)
+                # puts what arrived back into the decoder.
+                try:
+                    _, copied = dec.read_into(target)
+                    if copied == size:
+                        close_fds(dec.take_fds_for_buffered(size))
+                        return size
+                    while True:
+                        done = self._direct_step(target[copied:size])
+                        if done is not None:
+                            close_fds(done)
+                            return size
+                        copied = size - dec.direct_remaining()
+                except ChannelClosed:
+                    dec.abort_direct()
+                    raise
+                except BaseException:
+                    if dec.reading_direct:
+                        self._undo_direct(target, size)
+                    raise
+        except ChannelError:
+            raise  # about the message itself (or nothing taken): as above
         except BaseException:
-            dec.abort_direct()
+            while self._dec.handed and self._stream and not self._closed:
+                try:
+                    self._give_back(target)
+                except BaseException:  # retried; the first exception is re-raised
+                    continue
             raise
+        finally:
+            # Returned (or given back by the except clause): forget them, so the
+            # record does not keep a large message alive after the call.
+            if self._forget:
+                self._dec.handed = []
+            if self._closed:
+                self._left()
 
     def __iter__(self) -> Iterator[bytes]:
         """Yield each message until the peer closes (then simply stop).
 
-        Stopping early loses nothing: a later ``recv`` or iteration goes on from
-        the next message.
+        Stream channels read in batches (:meth:`recv_many`): a message is taken
+        from the channel with its batch, and an iterator that stops early puts
+        the rest of its batch back in front, so a later ``recv`` or iteration
+        goes on from the next message. Under threads, each message goes to
+        one consumer.
         """
         if self._stream:
-            # One read (_fill, as in recv()) whenever no whole message is in;
-            # the many messages of one read are sliced out of one copy.
-            return self._dec.iter_messages(self._fill)
+            return self._iterate()
         return self._iter_packets()
+
+    def _give_back(self, target: memoryview | None = None) -> None:
+        """An exception (a signal handler's) is leaving a receive call: put the
+        messages it took but could not return back in front (see
+        StreamDecoder.handed), so the next receive returns them."""
+        dec = self._dec
+        handed = dec.handed
+        if not handed or not self._stream:
+            return
+        with self._rlock:
+            messages = [
+                target[: dec.last_into].tobytes() if item is HANDED_INTO and target else item
+                for item in handed
+                if item is not HANDED_INTO or target is not None
+            ]
+            fds = dec.handed_fds if len(messages) == 1 else None
+            if not self._closed:
+                _uninterrupted(dec, dec.put_back, messages, fds)
+
+    def _iterate(self) -> Iterator[bytes]:
+        recv_many = self.recv_many
+        dec = self._dec
+        batch: list[bytes] = []
+        i = 0
+        fetching = False
+        try:
+            while True:
+                fetching = True
+                try:
+                    # The list returned is the decoder's record of what this
+                    # call took (see StreamDecoder.handed).
+                    self._forget = False  # keep the record until the batch is bound
+                    batch, i, fetching = recv_many(), 0, False
+                    self._forget = True
+                except ChannelClosed:
+                    return
+                # Each statement below calls nothing: whatever exception is
+                # raised in here (a signal handler's, at a check between
+                # bytecodes) the finally clause knows exactly which messages
+                # were not handed out yet.
+                for msg in batch:
+                    i += 1
+                    yield msg
+        finally:
+            self._forget = True
+            # If recv_many() returned but the exception came before its list was
+            # bound, what it took is still the decoder's record (this thread's).
+            rest: list[Any] = (
+                (dec.handed if dec.handed_by == _get_ident() else []) if fetching else batch[i:]
+            )
+            if rest:
+                with self._rlock:
+                    if not self._closed:
+                        _uninterrupted(dec, dec.put_back, rest, None)
 
     def _iter_packets(self) -> Iterator[bytes]:
         while True:
@@ -1185,3 +1836,18 @@ class Channel(ChannelBase):
                 yield self.recv()
             except ChannelClosed:
                 return
+
+
+_CHANNELS: weakref.WeakSet[Channel] = weakref.WeakSet()
+_get_ident = threading.get_ident
+_NOW = _Deadline(0)
+_NO_LIMIT = 1 << 62
+
+
+def _after_fork_in_child() -> None:
+    for channel in list(_CHANNELS):
+        channel._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

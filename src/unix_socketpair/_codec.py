@@ -26,15 +26,17 @@ soon as the 4 header bytes are in, before any memory is set aside for it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from ._ancillary import SCM_MAX_FD, close_fds
-from ._errors import ChannelClosed, MessageTooLarge, ProtocolError, TooManyFds
+from ._ancillary import MSG_CTRUNC, SCM_MAX_FD, close_fds, split_ancillary
+from ._errors import ChannelClosed, FdsTruncated, MessageTooLarge, ProtocolError, TooManyFds
+from ._framing import join_frames, split_frames
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -43,6 +45,7 @@ else:
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "HANDED_INTO",
     "HEADER_SIZE",
     "MAX_WIRE_LENGTH",
     "NEED_DATA",
@@ -99,6 +102,32 @@ class _NeedData:
 
 #: Returned by the decoder when no whole message is buffered yet.
 NEED_DATA: Final = _NeedData()
+
+
+#: Recorded in ``StreamDecoder.handed`` for a message read_into() copied out whole.
+HANDED_INTO: Final = _NeedData()
+
+
+class TruncatedFds(list[int]):
+    """The descriptors that did arrive with a read whose control data the kernel
+    truncated (``MSG_CTRUNC``: this process had no free descriptor slots, or a
+    peer sent more than the control buffer holds). The message they belong to
+    is delivered as :class:`FdsTruncated`; the byte stream stays in sync."""
+
+    __slots__ = ()
+
+
+def _deliverable(fds: list[int]) -> list[int]:
+    """*fds* of a message being delivered; raise FdsTruncated (closing them) if
+    the kernel truncated them. The message is consumed either way."""
+    if type(fds) is TruncatedFds:
+        close_fds(fds)
+        raise FdsTruncated(
+            f"the kernel truncated the descriptors sent with this message (MSG_CTRUNC: "
+            f"this process may have no free descriptor slots); the {len(fds)} that did "
+            f"arrive were closed; the message was dropped and the channel is still usable"
+        )
+    return fds
 
 
 def payload_of(data: object) -> tuple[Buffer, int]:
@@ -187,14 +216,11 @@ def _join_small(
     messages: list[bytes] | tuple[bytes, ...], sizes: list[int]
 ) -> Iterator[list[Buffer]]:
     count = len(messages)
-    parts: list[bytes] = [b""] * (2 * count)
-    parts[0::2] = map(_pack, sizes)
-    parts[1::2] = messages
     total = sum(sizes) + HEADER_SIZE * count
     per_batch = max(1, count * _BATCH_BYTES // total) if total > _BATCH_BYTES else count
-    step = 2 * per_batch
-    for start in range(0, 2 * count, step):
-        yield [b"".join(parts[start : start + step])]
+    for start in range(0, count, per_batch):
+        # The per-message work, in the one function an accelerator replaces.
+        yield [join_frames(list(messages[start : start + per_batch]))]
 
 
 def _encode_batches(messages: Iterable[object], limit: int) -> Iterator[list[Buffer]]:
@@ -254,8 +280,15 @@ class StreamDecoder:
         "_max",
         "_max_fds",
         "_rpos",
+        "_target",
         "_view",
         "_wpos",
+        "handed",
+        "handed_by",
+        "handed_fds",
+        "inbox",
+        "last_into",
+        "repairs",
     )
 
     def __init__(
@@ -265,8 +298,28 @@ class StreamDecoder:
     ) -> None:
         self._max = min(max_message_size, MAX_WIRE_LENGTH)
         self._max_fds = max_fds
-        self._buf: bytearray | mmap.mmap = bytearray(_START_CAPACITY)
+        # Allocated on the first read: an idle channel costs no receive buffer.
+        self._buf: bytearray | mmap.mmap = bytearray()
         self._view = memoryview(self._buf)
+        #: Results of reads into :meth:`get_buffer` not yet accounted for:
+        #: ``(nbytes, ...)`` tuples. The I/O layer appends a system call's result
+        #: here from C (``inbox.extend(map(sock.recvmsg_into, ...))``), so that
+        #: no Python code, and so no signal handler, runs between the call
+        #: returning and its result being recorded; :meth:`commit` then accounts
+        #: for it in one step that calls nothing. See docs/concurrency.md.
+        self.inbox: list[tuple[Any, ...]] = []
+        #: Messages taken out since the I/O layer last cleared it: each is
+        #: recorded in the same step that consumes it, so a call interrupted
+        #: by an exception before it could return them can put them back
+        #: (:meth:`put_back`); ``HANDED_INTO`` for one copied by read_into().
+        self.handed: list[object] = []
+        #: The thread that took them, where recorded (0: not recorded).
+        self.handed_by = 0
+        #: The descriptors of the last message taken with its descriptors.
+        self.handed_fds: list[int] = []
+        self.last_into = 0
+        #: Counts completed put_back()/restore_direct() calls (see _uninterrupted).
+        self.repairs = 0
         self._rpos = 0  # first unconsumed byte
         self._wpos = 0  # end of the received bytes
         self._base = 0  # stream offset of _buf[0]
@@ -277,6 +330,8 @@ class StreamDecoder:
         # While a message's payload goes straight into a caller's buffer:
         # (stream offset of the message start, of its end); else None.
         self._direct: tuple[int, int] | None = None
+        # The caller's buffer of that read (to recover from an interrupted one).
+        self._target: memoryview | None = None
 
     # -- input --------------------------------------------------------------
 
@@ -288,9 +343,14 @@ class StreamDecoder:
         header is in (so a large message is read in place, compacting at most
         once). Valid only until the next call on the decoder.
         """
+        if self.inbox:
+            raise RuntimeError("commit() the last read before asking for a buffer")
         r = self._rpos
         w = self._wpos
         cap = len(self._buf)
+        if not cap:
+            self._replace(_START_CAPACITY)
+            return self._view
         if r == w:
             # Everything consumed (the usual case): the whole buffer is free.
             if r:
@@ -322,11 +382,14 @@ class StreamDecoder:
             w = self._wpos
         if cap - w < want:
             if held + want <= cap and held <= r:
-                # Slide the partial message to the front (the regions do not overlap).
+                # Slide the partial message to the front (the regions do not
+                # overlap, so until the positions move below, both copies are
+                # whole); then move the positions in one statement that calls
+                # nothing, so an exception from a signal handler cannot fall
+                # between them.
                 self._buf[:held] = self._view[r:w]
-                self._base += r
-                self._rpos = 0
-                self._wpos = w = held
+                self._base, self._rpos, self._wpos = self._base + r, 0, held
+                w = held
             else:
                 # Exactly what a known large message needs; otherwise (complete
                 # messages nobody has taken yet) grow geometrically.
@@ -346,13 +409,70 @@ class StreamDecoder:
         buf: bytearray | mmap.mmap = (
             mmap.mmap(-1, capacity) if capacity > _RETAIN_CAPACITY else bytearray(capacity)
         )
+        view = memoryview(buf)
+        old = self._view
+        # The copy and the stores below call nothing: a signal handler's
+        # exception cannot throw the (possibly large) copy away.
         buf[:held] = self._view[r : self._wpos]
-        self._view.release()
-        self._buf = buf
-        self._view = memoryview(buf)
-        self._base += r
-        self._rpos = 0
-        self._wpos = held
+        # One statement that calls nothing: consistent at every bytecode boundary.
+        self._buf, self._view, self._base, self._rpos, self._wpos = (
+            buf,
+            view,
+            self._base + r,
+            0,
+            held,
+        )
+        if old.nbytes:
+            with contextlib.suppress(BufferError):
+                old.release()
+
+    def commit(self, fds: list[int] | None = None) -> None:
+        """Account for the oldest result in :attr:`inbox` (its first item is the
+        byte count read into the last :meth:`get_buffer`; *fds* the descriptors
+        that came with it, owned by the decoder from now on, a
+        :class:`TruncatedFds` if the kernel truncated them).
+
+        The common case (bytes, no descriptors) moves the write position and
+        drops the inbox entry with no call in between: an exception raised by
+        a signal handler either sees the entry still there (and a later commit
+        accounts for it) or sees it accounted for, never half of it.
+
+        Raises: as :meth:`buffer_updated`.
+        """
+        inbox = self.inbox
+        nbytes = inbox[0][0]
+        if nbytes and fds is None and not self._eof:
+            self._wpos += nbytes
+            del inbox[0]
+            return
+        if not nbytes and fds is None:
+            self._eof = True
+            del inbox[0]
+            return
+        del inbox[0]
+        self.buffer_updated(nbytes, fds)
+
+    def commit_direct(self, fds: list[int] | None = None) -> list[int] | None:
+        """:meth:`commit` for a read straight into the caller's buffer (see
+        :meth:`read_into`): as :meth:`direct_updated`."""
+        inbox = self.inbox
+        nbytes = inbox[0][0]
+        direct = self._direct
+        if nbytes and fds is None and direct is not None:
+            base = self._base + nbytes
+            if base < direct[1]:
+                self._base = base
+                del inbox[0]
+                return None
+            # The message is complete: consumed, recorded, then its descriptors.
+            self._base = base
+            self.last_into = direct[1] - direct[0] - HEADER_SIZE
+            self._direct = None
+            del inbox[0]
+            self.handed.append(HANDED_INTO)
+            return _deliverable(self._take_fds(direct[0], direct[1]))
+        del inbox[0]
+        return self.direct_updated(nbytes, fds)
 
     def buffer_updated(self, nbytes: int, fds: list[int] | None = None) -> None:
         """Report that *nbytes* were written into the last :meth:`get_buffer`.
@@ -367,7 +487,7 @@ class StreamDecoder:
         if nbytes and fds is None and not self._eof:
             self._wpos += nbytes
             return
-        if fds:
+        if fds or type(fds) is TruncatedFds:
             start = self._base + self._wpos
             self._fds_arrived(start, start + nbytes, fds)
         if nbytes:
@@ -422,7 +542,7 @@ class StreamDecoder:
         if self._broken is not None:
             close_fds(fds)
             self._raise_broken()
-        if len(fds) > self._max_fds:
+        if len(fds) > self._max_fds and type(fds) is not TruncatedFds:
             close_fds(fds)
             self._break(
                 f"the peer sent {len(fds)} file descriptors with one message, over "
@@ -432,6 +552,8 @@ class StreamDecoder:
             )
         if end == start:
             close_fds(fds)
+            if type(fds) is TruncatedFds:
+                return  # nothing of the stream came with them: nothing to report
             self._break(f"{len(fds)} file descriptor(s) arrived without any data")
         if self._direct is not None:
             close_fds(fds)
@@ -459,8 +581,11 @@ class StreamDecoder:
             size = _unpack_from(self._buf, r)[0]
             end = r + HEADER_SIZE + size
             if end <= w and size <= self._max:
+                payload = self._view[r + HEADER_SIZE : end].tobytes()
+                # Consumed and recorded with no call in between (see handed).
                 self._rpos = end
-                return self._view[r + HEADER_SIZE : end].tobytes()
+                self.handed.append(payload)
+                return payload
         elif r == w and not self._eof and self._broken is None and self._direct is None:
             return NEED_DATA
         result = self._next_slow()
@@ -547,6 +672,95 @@ class StreamDecoder:
                     continue
             yield msg  # type: ignore[misc]
 
+    def take_ready(self, max_count: int) -> list[bytes]:
+        """Up to *max_count* whole messages already buffered (payloads; the
+        descriptors that came with them are closed); an empty list if none is.
+
+        Messages with no descriptor-carrying read in their span are cut out by
+        :func:`~unix_socketpair._framing.split_frames` in one call; the first
+        message that needs more care (descriptors, a declared length over the
+        limit, end of file) goes through :meth:`next_message`, which raises
+        what it means, but only when it would be the first of the list.
+
+        Raises: as :meth:`next_message` (``ChannelClosed`` at end of file), only
+        when no message is returned.
+        """
+        out: list[bytes] = []
+        while len(out) < max_count:
+            r = self._rpos
+            stop = self._wpos
+            if self._groups:
+                # Only up to the first read that carried descriptors: the
+                # message that starts in it owns them.
+                stop = min(stop, self._groups[0][0] - self._base)
+            if self._broken is None and self._direct is None and stop - r >= HEADER_SIZE:
+                msgs, pos = split_frames(self._view, r, stop, self._max, max_count - len(out))
+                if msgs:
+                    self._rpos = pos
+                    self.handed.extend(msgs)
+                    out += msgs
+                    continue
+            if out:
+                return out
+            msg = self.next_message()  # recorded in handed
+            if msg is NEED_DATA:
+                return out
+            out.append(msg)  # type: ignore[arg-type]
+        return out
+
+    def put_back(self, messages: list[bytes], fds: list[int] | None = None) -> None:
+        """Make *messages* (payloads taken with :meth:`take_ready`, in order)
+        the next ones out again, ahead of everything buffered; clear
+        :attr:`handed` in the same step.
+
+        Their frames are written just before the read position (into bytes
+        already consumed, or a new buffer when there is not room), so every
+        later call sees them as if they had never been taken.
+        """
+        if not messages or self._direct is not None or self._broken is not None:
+            self.handed, self.repairs = [], self.repairs + 1  # nothing to do: done
+            return
+        data = join_frames(messages)
+        total = len(data)
+        r = self._rpos
+        start = self._base + r - total
+        if r >= total:
+            # Into bytes already consumed; the slice assignment and the store
+            # call nothing, so this is all or nothing under a signal.
+            self._buf[r - total : r] = data
+            self._rpos, self.repairs, self.handed = r - total, self.repairs + 1, []
+        else:
+            held = self._wpos - r
+            cap = max(len(self._buf), total + held)
+            buf: bytearray | mmap.mmap = bytearray(cap)
+            view = memoryview(buf)
+            old = self._view
+            buf[:total] = data
+            buf[total : total + held] = self._view[r : self._wpos]
+            self._buf, self._view, self._base, self._rpos, self._wpos, self.repairs, self.handed = (
+                buf,
+                view,
+                start,
+                0,
+                total + held,
+                self.repairs + 1,
+                [],
+            )
+            with contextlib.suppress(BufferError):
+                old.release()
+        if fds:
+            # The first message's descriptors: owned by the decoder again.
+            self._groups.appendleft((start, start + 1, fds))
+
+    def pending_fds(self) -> int:
+        """Descriptors received and held for messages not yet taken."""
+        return sum(len(group[2]) for group in self._groups) if self._groups else 0
+
+    def direct_remaining(self) -> int:
+        """Payload bytes still to come straight into the caller's buffer."""
+        direct = self._direct
+        return 0 if direct is None else direct[1] - self._base
+
     def next_message_with_fds(self) -> tuple[bytes, list[int]] | _NeedData:
         """Like :meth:`next_message`, but return ``(payload, fds)``; the caller
         owns the descriptors (close-on-exec if the reader asked the kernel so)."""
@@ -564,7 +778,7 @@ class StreamDecoder:
         if self._broken is not None:
             self._raise_broken()
         if self._direct is not None:
-            raise RuntimeError("a message is still being read with read_into()")
+            self._recover_direct()
         r = self._rpos
         held = self._wpos - r
         if held >= HEADER_SIZE:
@@ -593,11 +807,15 @@ class StreamDecoder:
         copied = min(size, self._wpos - start)
         target[:copied] = self._view[start : start + copied]
         self._rpos = start + copied
+        if copied == size:
+            self.last_into = size
+            self.handed.append(HANDED_INTO)
         if copied < size:
             # The whole buffer belonged to this message: the rest comes directly.
             msg_start = self._base + r
             self._base += self._rpos
             self._rpos = self._wpos = 0
+            self._target = target
             self._direct = (msg_start, msg_start + HEADER_SIZE + size)
         return size, copied
 
@@ -613,7 +831,7 @@ class StreamDecoder:
         direct = self._direct
         if direct is None:
             raise RuntimeError("direct_updated() without read_into()")
-        if fds:
+        if fds or type(fds) is TruncatedFds:
             start = self._base
             self._fds_arrived(start, start + nbytes, fds)
         if nbytes == 0:
@@ -629,8 +847,10 @@ class StreamDecoder:
         msg_start, msg_end = direct
         if self._base < msg_end:
             return None
+        self.last_into = msg_end - msg_start - HEADER_SIZE
         self._direct = None
-        return self._take_fds(msg_start, msg_end)
+        self.handed.append(HANDED_INTO)
+        return _deliverable(self._take_fds(msg_start, msg_end))
 
     def fail(self, reason: str) -> None:
         """Mark the decoder unusable for *reason* (an error the I/O layer saw,
@@ -641,8 +861,70 @@ class StreamDecoder:
         self._close_groups()
         self._rpos = self._wpos = 0
 
+    def restore_direct(self, payload: memoryview, size: int, fds: list[int] | None) -> None:
+        """Undo :meth:`read_into` for a message of *size* bytes whose read was
+        interrupted (a signal handler's exception, a cancellation): *payload*
+        is what arrived of it in the caller's buffer; it goes back into the
+        decoder behind its header, so the next receive starts the message
+        over. *fds*: the message's descriptors if its last byte was in (the
+        decoder owns them again)."""
+        got = payload.nbytes
+        start = self._base - HEADER_SIZE - got  # stream offset of the message
+        held = self._wpos - self._rpos
+        length = HEADER_SIZE + got
+        buf: bytearray | mmap.mmap = bytearray(max(_START_CAPACITY, length + held))
+        header = _pack(size)
+        view = memoryview(buf)
+        old = self._view
+        buf[:HEADER_SIZE] = header
+        buf[HEADER_SIZE:length] = payload
+        buf[length : length + held] = self._view[self._rpos : self._wpos]
+        self._buf, self._view, self._base, self._rpos, self._wpos, self._direct, self.repairs = (
+            buf,
+            view,
+            start,
+            0,
+            length + held,
+            None,
+            self.repairs + 1,
+        )
+        self._target = None
+        if fds is not None:
+            self._groups.appendleft((start, start + 1, fds))
+        with contextlib.suppress(BufferError):
+            old.release()
+
+    def _recover_direct(self) -> None:
+        """A read straight into a caller's buffer was left unfinished by an
+        exception that also cut its own clean-up short: account for a read
+        result still in the inbox, then put what arrived back (from the
+        caller's buffer, which the caller got back with the exception) so the
+        next receive starts the message over."""
+        direct = self._direct
+        target = self._target
+        if direct is None:
+            return
+        if target is None:
+            self.abort_direct()
+            self._raise_broken()
+            return
+        msg_start, msg_end = direct
+        size = msg_end - msg_start - HEADER_SIZE
+        fds = None
+        if self.inbox:
+            _n, anc, flags = self.inbox[0][:3]
+            got: list[int] = split_ancillary(anc)[0] if anc else []
+            if flags & MSG_CTRUNC:
+                got = TruncatedFds(got)
+            fds = self.commit_direct(got if got or type(got) is TruncatedFds else None)
+            if self._direct is None and self.handed and self.handed[-1] is HANDED_INTO:
+                del self.handed[-1]  # restored below, not by the caller's give-back
+        arrived = size - (msg_end - self._base) if self._direct is not None else size
+        self.restore_direct(target[:arrived], size, fds)
+
     def abort_direct(self) -> None:
         """A direct read failed part way: the stream position is lost; break."""
+        self._target = None
         if self._direct is not None:
             self._direct = None
             self._broken = self._broken or "a message was only partly read (interrupted read_into)"
@@ -682,7 +964,7 @@ class StreamDecoder:
         if self._broken is not None:
             self._raise_broken()
         if self._direct is not None:
-            raise RuntimeError("a message is still being read with read_into()")
+            self._recover_direct()
         r = self._rpos
         held = self._wpos - r
         if held >= HEADER_SIZE:
@@ -692,8 +974,11 @@ class StreamDecoder:
             end = r + HEADER_SIZE + size
             if end <= self._wpos:
                 fds = self._take_fds(self._base + r, self._base + end) if self._groups else []
+                payload = self._view[r + HEADER_SIZE : end].tobytes()
                 self._rpos = end
-                return self._view[r + HEADER_SIZE : end].tobytes(), fds
+                self.handed.append(payload)
+                self.handed_fds = fds
+                return payload, _deliverable(fds)
         if self._eof:
             self._at_eof(held)
         return NEED_DATA
@@ -704,16 +989,18 @@ class StreamDecoder:
         if not self._groups:
             return []
         end = self._base + self._rpos
-        return self._take_fds(end - HEADER_SIZE - size, end)
+        return _deliverable(self._take_fds(end - HEADER_SIZE - size, end))
 
     def _take_fds(self, start: int, end: int) -> list[int]:
         """Descriptors of the message at stream offsets [start, end)."""
         groups = self._groups
         fds: list[int] = []
+        found = False
         while groups and groups[0][1] <= end:
             g_start, g_end, g_fds = groups.popleft()
-            if g_start <= start and not fds:
+            if g_start <= start and not found:
                 fds = g_fds
+                found = True
                 continue
             close_fds(g_fds)
             close_fds(fds)

@@ -204,6 +204,18 @@ def _create_project(n: int) -> Sample:
     return Sample(clock.elapsed(), n)
 
 
+def _create_channel_pair(n: int) -> Sample:
+    pair = _project("Channel").pair
+    clock = Clock()
+    clock.start()
+    for _ in range(n):
+        a, b = pair()
+        a.close()
+        b.close()
+    clock.stop()
+    return Sample(clock.elapsed(), n)
+
+
 def _create_socket_detach(n: int) -> Sample:
     pair, close = socket.socketpair, os.close
     clock = Clock()
@@ -859,6 +871,7 @@ def _create_case(c: CPrograms, first: int) -> Case:
         "pair/s",
         [
             Variant("unix_socketpair.socketpair()", _create_project, first, "project", "project"),
+            Variant("Channel.pair() + close()", _create_channel_pair, first, "project", "channel"),
             Variant(
                 "socket.socketpair() + detach()", _create_socket_detach, first, key="socket-detach"
             ),

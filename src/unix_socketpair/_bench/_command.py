@@ -145,6 +145,8 @@ BATCHED_PY = (
 TARGETS = (
     Target("socketpair() creates pairs at no less than 95% of the speed of "
            "socket.socketpair() + detach()", "create", "project", "socket-detach", 0.95),
+    Target("Channel.pair() creates channel pairs at no less than half the speed of "
+           "socket.socketpair() + close()", "create", "channel", "socket-close", 0.5),
     Target("Channel.send_many + iteration carries 64 B messages at least 5x as fast as "
            "multiprocessing.Pipe", "framed-64b", "channel-many", "pipe", 5.0),
     Target("Channel.send / recv carries 64 B messages one at a time at least 1.5x as fast as "
