@@ -122,12 +122,18 @@ _WHEN_MAIN_SLEEPS = textwrap.dedent(
     MAIN = threading.get_native_id()
 
     def when_main_sleeps_on(fd):
-        # Return once the main thread sleeps in a system call on *fd*.
+        # Return once the main thread is in a blocking system call on *fd*: its third
+        # argument (recvmsg's flags) without MSG_DONTWAIT (0x40). A non-blocking try also
+        # shows up here while strace holds it at its entry or exit, and must not count.
         path = f"/proc/self/task/{MAIN}/syscall"
         while True:
             with open(path) as f:
                 fields = f.read().split()
-            if fields[0] != "running" and int(fields[1], 16) == fd:
+            if (
+                fields[0] != "running"
+                and int(fields[1], 16) == fd
+                and not int(fields[3], 16) & 0x40
+            ):
                 return
             os.sched_yield()
     """
