@@ -193,3 +193,18 @@ def test_async_channel_refuses_blocking_only_options(no_fd_leak: None) -> None:
     with pytest.raises(TypeError, match="spin"):
         run(main())
     assert my_children() == before
+
+
+# ------------------------------------------------------------------- Child.wait(timeout)
+
+
+def test_wait_with_a_timeout_times_out_then_returns_the_status_once_the_child_exits() -> None:
+    # Child.wait(timeout) waits on a pidfd on Linux (no polling): it must still give up on
+    # time with TimeoutExpired, leave the child unreaped, and then see its exit.
+    with spawn(UNTIL_EOF) as child:
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(0.05)
+        assert child.returncode is None and child.pid in my_children()
+        child.close()  # end-of-file: the child exits by itself
+        assert child.wait(TIMEOUT) == 0
+    assert child.returncode == 0 and child.pid not in my_children()

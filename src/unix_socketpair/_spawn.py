@@ -87,6 +87,7 @@ import contextlib
 import fcntl
 import os
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -730,6 +731,34 @@ def _new_pair(
     return sock, child_fd
 
 
+def _wait_exit(process: subprocess.Popen[bytes], timeout: float | None) -> int:
+    """``process.wait(timeout)``, without its polling where the OS allows.
+
+    ``Popen.wait`` with a timeout sleeps in a loop (0.5 ms, then doubling), which made
+    leaving ``with spawn(...)`` cost about a millisecond more than the child took to exit
+    (measured: ~2x a plain ``Popen().wait()`` of ``true``). On Linux a pidfd becomes
+    readable the moment the child exits: wait for that in ``poll``, then reap.
+
+    Raises:
+        subprocess.TimeoutExpired: *timeout* seconds passed first (the child is not reaped).
+    """
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if timeout is None or pidfd_open is None or process.returncode is not None:
+        return process.wait(timeout)
+    try:
+        pidfd = pidfd_open(process.pid)
+    except OSError:  # an old kernel, or no such process any more: let Popen find out
+        return process.wait(timeout)
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if not poller.poll(max(0, min(int(timeout * 1000) + 1, 2**31 - 1))):
+            raise subprocess.TimeoutExpired(process.args, timeout)
+    finally:
+        os.close(pidfd)
+    return process.wait()
+
+
 def _shut(sock: socket.socket) -> None:
     """Shut both directions, so the child sees end-of-file even if another process
     (a fork-based worker) still holds a copy of our end. Never raises."""
@@ -796,7 +825,7 @@ class Child:
         Raises:
             subprocess.TimeoutExpired: *timeout* seconds passed first.
         """
-        return self._process.wait(timeout)
+        return _wait_exit(self._process, timeout)
 
     def terminate(self) -> None:
         """Send SIGTERM (nothing happens if the child has already been reaped)."""
@@ -842,7 +871,7 @@ class Child:
             except OSError:
                 if exc is None:
                     raise  # unsent messages are news; a block's own exception is bigger news
-            self._process.wait(self.exit_timeout)
+            _wait_exit(self._process, self.exit_timeout)
         except subprocess.TimeoutExpired:
             pass
         finally:
