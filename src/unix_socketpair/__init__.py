@@ -12,11 +12,13 @@ from ._errors import (
     ChannelError,
     FdError,
     FdsTruncated,
+    HandleRefused,
     MessageTooLarge,
     ProtocolError,
     TooManyFds,
 )
 from ._framing import ACCELERATED
+from ._nodechannel import NodeChannel
 from ._pair import SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, socketpair
 from ._spawn import AsyncChild, Child, spawn, spawn_async
 from ._version import __version__
@@ -54,7 +56,9 @@ __all__ = [
     "Credentials",
     "FdError",
     "FdsTruncated",
+    "HandleRefused",
     "MessageTooLarge",
+    "NodeChannel",
     "ProtocolError",
     "TooManyFds",
     "__version__",
