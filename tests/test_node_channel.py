@@ -6,8 +6,10 @@ from __future__ import annotations
 import array
 import os
 import socket
+import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -17,6 +19,7 @@ from unix_socketpair import (
     MessageTooLarge,
     NodeChannel,
     ProtocolError,
+    spawn,
 )
 
 MODES = ["json", "advanced"]
@@ -201,3 +204,44 @@ def test_closed_channel_raises(no_fd_leak: None) -> None:
         left.send(1)
     with pytest.raises(OSError):
         left.recv()
+
+
+# ------------------------------------------------------------------ spawn(node_ipc=...)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"node_ipc": "yaml"}, "json' or 'advanced"),
+        ({"node_ipc": "json", "type": socket.SOCK_SEQPACKET}, "SOCK_STREAM"),
+        ({"node_ipc": "json", "fd": "stdio"}, "descriptor number"),
+    ],
+)
+def test_spawn_node_ipc_refuses_what_node_cannot_use(
+    options: dict[str, Any], match: str, no_fd_leak: None
+) -> None:
+    # A missing program would raise FileNotFoundError: the check comes first.
+    with pytest.raises(ValueError, match=match):
+        spawn(["/nonexistent/program"], **options)
+
+
+def test_spawn_node_ipc_channel_options(no_fd_leak: None) -> None:
+    with pytest.raises(TypeError, match="max_fds"):
+        spawn(["/nonexistent/program"], node_ipc="json", channel_options={"max_fds": 1})
+
+
+def test_spawn_node_ipc_sets_the_environment_and_the_channel(no_fd_leak: None) -> None:
+    script = (
+        "import os, socket\n"
+        "from unix_socketpair import NodeChannel\n"
+        "env = dict(os.environ)\n"
+        "with NodeChannel.from_env() as channel:\n"
+        "    channel.send([env['NODE_CHANNEL_FD'], env['NODE_CHANNEL_SERIALIZATION_MODE'],\n"
+        "                  'NODE_CHANNEL_FD' in os.environ])\n"
+    )
+    with spawn([sys.executable, "-c", script], fd=5, node_ipc="advanced") as child:
+        assert isinstance(child.channel, NodeChannel)
+        assert child.channel.serialization == "advanced"
+        assert child.channel.recv(timeout=30) == ["5", "advanced", False]
+        assert list(child.channel) == []
+    assert child.returncode == 0

@@ -218,6 +218,13 @@ class NodeChannel:
         while not protocol.outcome(ticket) or protocol.awaiting_answer:
             self._pump(deadline)
 
+    def flush(self, timeout: float | None = None) -> None:
+        """Write what an interrupted call (``TimeoutError``, a signal handler's
+        exception) left unwritten; return at once if nothing is. Raises as :meth:`send`
+        (``TimeoutError``: the rest stays queued)."""
+        self._check_open()
+        self._flush(None if timeout is None else _Deadline(timeout))
+
     # -- receiving ------------------------------------------------------------
 
     def recv_with_handle(self, timeout: float | None = None) -> tuple[Any, socket.socket | None]:

@@ -11,12 +11,12 @@ import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from support import require
 
-from unix_socketpair import NodeChannel, ProtocolError
+from unix_socketpair import NodeChannel, ProtocolError, spawn
 from unix_socketpair._nodeipc import node_environment
 
 MODES = ["json", "advanced"]
@@ -188,3 +188,21 @@ def test_python_child_of_a_node_parent(mode: str) -> None:
         'parent read "served by the child" from the handed-over server',
         "child exited with 0",
     ]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_spawn_node_ipc(mode: Literal["json", "advanced"], no_fd_leak: None) -> None:
+    with spawn([require("node"), str(NODE_CHILD)], node_ipc=mode) as child:
+        channel = child.channel
+        assert isinstance(channel, NodeChannel) and channel.serialization == mode
+        channel.send({"op": "echo", "value": {"from": "spawn"}}, timeout=10)
+        assert channel.recv(timeout=10) == {"from": "spawn"}
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            channel.send({"text": "handle after spawn"}, theirs, timeout=10)
+            assert channel.recv(timeout=10) == {"kind": "Socket", "text": "handle after spawn"}
+            ours.settimeout(10)
+            assert ours.recv(100) == b"handle after spawn"
+        channel.send({"op": "bye"}, timeout=10)
+        assert list(channel) == []
+    assert child.returncode == 0
