@@ -391,6 +391,9 @@ class NodeChannel:
             # no descriptor and the protocol asks for a retransmission (NACK).
             close_quietly(*fds)
             fds = []
+        if not _RECV_FLAGS:  # pragma: no cover - no MSG_CMSG_CLOEXEC (macOS)
+            for fd in fds:
+                os.set_inheritable(fd, False)
         if size == 0:
             self._eof = True
         self._protocol.receive_data(memoryview(self._buffer)[:size], fds)
