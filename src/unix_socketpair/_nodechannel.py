@@ -7,13 +7,14 @@ only moves bytes and descriptors between it and the socket, and waits.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import socket
 from collections import deque
 from collections.abc import Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._ancillary import pack_fds, split_ancillary
 from ._channel import _adopt, _check_limit, _Deadline
@@ -47,7 +48,213 @@ _SO_NOSIGPIPE: int | None = getattr(socket, "SO_NOSIGPIPE", None)
 _MAX_SIZE = 0xFFFFFFFF
 
 
-class NodeChannel:
+_T = TypeVar("_T", bound="NodeChannelBase")
+
+
+class NodeChannelBase:
+    """What :class:`NodeChannel` and ``AsyncNodeChannel`` share: adoption of the
+    socket, the write queue, the read step, ownership (not public)."""
+
+    def __init__(
+        self,
+        sock_or_fd: socket.socket | int,
+        serialization: Serialization = "json",
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        self._closed = True  # until set up (for __del__)
+        max_message_size = _check_limit("max_message_size", max_message_size, 0, _MAX_SIZE)
+        protocol = NodeProtocol(serialization, max_message_size=max_message_size)
+        sock = _adopt(sock_or_fd)
+        if sock.type != socket.SOCK_STREAM:
+            if not isinstance(sock_or_fd, socket.socket):
+                sock.detach()
+            raise ValueError(
+                f"a Node IPC channel needs an AF_UNIX SOCK_STREAM socket, not {sock.type!r} "
+                "(Node reads its channel as a stream)"
+            )
+        sock.setblocking(False)
+        if _SO_NOSIGPIPE is not None:  # pragma: no cover - macOS/BSD
+            sock.setsockopt(socket.SOL_SOCKET, _SO_NOSIGPIPE, 1)
+        self._sock = sock
+        self._protocol = protocol
+        # Bytes taken from the protocol and not written yet; each descriptor is a
+        # duplicate this channel owns until the write that carries it succeeds.
+        self._out: deque[tuple[memoryview, tuple[int, ...]]] = deque()
+        self._buffer = bytearray(_READ_SIZE)
+        self._eof = False
+        self._closed = False
+
+    # -- construction -------------------------------------------------------
+
+    @classmethod
+    def pair(
+        cls: type[_T],
+        serialization: Serialization = "json",
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> tuple[_T, _T]:
+        """Two connected channels over a new socketpair (the caller owns both)."""
+        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            return (
+                cls(left, serialization, max_message_size=max_message_size),
+                cls(right, serialization, max_message_size=max_message_size),
+            )
+        except BaseException:
+            left.close()
+            right.close()
+            raise
+
+    @classmethod
+    def from_env(cls: type[_T], *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> _T:
+        """The channel a Node parent gave this process (``'ipc'`` in its ``stdio``).
+
+        Reads ``NODE_CHANNEL_FD`` and ``NODE_CHANNEL_SERIALIZATION_MODE`` (missing:
+        ``"json"``) and removes both from ``os.environ``, as Node does, so that
+        this process's own children do not inherit them.
+
+        Raises:
+            ValueError: the variables are missing or malformed (removed anyway), or
+                the descriptor is not a stream Unix socket.
+            OSError: the descriptor is not open or not a socket.
+        """
+        fd, serialization = take_node_environment(os.environ)
+        return cls(fd, serialization, max_message_size=max_message_size)
+
+    # -- properties -----------------------------------------------------------
+
+    @property
+    def serialization(self) -> Serialization:
+        """``"json"`` or ``"advanced"``."""
+        return self._protocol.serialization
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def fileno(self) -> int:
+        """The socket's descriptor (still owned by the channel); -1 once closed."""
+        return self._sock.fileno()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd={self._sock.fileno()}"
+        return f"<{type(self).__name__} {state} serialization={self.serialization!r}>"
+
+    # -- shared steps (no waiting) -------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise OSError(errno.EBADF, "the Node IPC channel is closed")
+
+    def _queue(self, value: object, handle: socket.socket | None) -> int:
+        """Encode *value* into the protocol (with a duplicate of *handle*); the ticket."""
+        self._check_open()
+        described: Handle | None = None
+        if handle is not None:
+            if not isinstance(handle, socket.socket):
+                raise TypeError(f"handle must be a socket.socket, not {type(handle).__name__}")
+            kind, dgram_type = describe_handle(handle)
+            described = Handle(os.dup(handle.fileno()), kind, dgram_type)
+        try:
+            return self._protocol.send(value, described)
+        except BaseException:
+            if described is not None:
+                os.close(described.fd)
+            raise
+
+    def _sent(self, ticket: int) -> bool:
+        """Whether the message of *ticket* is through, and nothing waits behind a handle
+        (raises ``HandleRefused``)."""
+        return self._protocol.outcome(ticket) and not self._protocol.awaiting_answer
+
+    def _next(self) -> tuple[Any, socket.socket | None] | None:
+        """The next user message as the receive calls return it; None: read more."""
+        message = self._protocol.next_message()
+        if message is NEED_DATA:
+            return None
+        if message is CLOSED:
+            raise ChannelClosed("the peer closed the Node IPC channel")
+        assert isinstance(message, Message)
+        if message.fd is None:
+            return message.value, None
+        try:
+            return message.value, socket.socket(fileno=message.fd)
+        except OSError as exc:
+            close_quietly(message.fd)
+            raise ProtocolError(
+                f"a {message.handle_type} handle arrived that is not a socket ({exc})"
+            ) from None
+
+    def _take_output(self) -> None:
+        for write in self._protocol.data_to_send():
+            fds = tuple(os.dup(fd) for fd in write.fds)
+            self._out.append((memoryview(write.data), fds))
+
+    def _write_ready(self) -> bool:
+        """Write what the protocol has to send without waiting; True once all is out."""
+        self._take_output()
+        out = self._out
+        sock = self._sock
+        while out:
+            data, fds = out[0]
+            try:
+                sent = sock.sendmsg([data], pack_fds(list(fds)), _SEND_FLAGS)
+            except BlockingIOError:
+                return False
+            if fds:
+                close_quietly(*fds)  # in flight now: the peer has its own copies
+            if sent == len(data):
+                out.popleft()
+            else:
+                out[0] = (data[sent:], ())
+        return True
+
+    def _read(self) -> bool:
+        """One non-blocking read into the protocol; False if nothing was there."""
+        try:
+            size, ancdata, flags, _ = self._sock.recvmsg_into(
+                [self._buffer], _ANCBUFSIZE, _RECV_FLAGS
+            )
+        except BlockingIOError:
+            return False
+        fds, _ = split_ancillary(ancdata)
+        if flags & socket.MSG_CTRUNC:
+            # A partial set means nothing: drop it; the peer's NODE_HANDLE then finds
+            # no descriptor and the protocol asks for a retransmission (NACK).
+            close_quietly(*fds)
+            fds = []
+        if not _RECV_FLAGS:  # pragma: no cover - no MSG_CMSG_CLOEXEC (macOS)
+            for fd in fds:
+                os.set_inheritable(fd, False)
+        if size == 0:
+            self._eof = True
+        self._protocol.receive_data(memoryview(self._buffer)[:size], fds)
+        return True
+
+    def _release(self) -> None:
+        """Close the socket and every descriptor held (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._protocol.close()
+        out = list(self._out)
+        self._out.clear()
+        for _data, fds in out:
+            close_quietly(*fds)
+        self._sock.close()
+
+    def __del__(self) -> None:
+        # The socket warns (ResourceWarning) about itself; the descriptors the
+        # protocol and the write queue hold must not leak either.
+        if not getattr(self, "_closed", True):
+            self._protocol.close()
+            for _data, fds in self._out:
+                close_quietly(*fds)
+
+
+class NodeChannel(NodeChannelBase):
     """A Node.js IPC channel over a connected ``AF_UNIX`` ``SOCK_STREAM`` socket:
     the peer is a Node process's ``process.send()`` / ``process.on('message')`` (or
     ``subprocess.send()`` in a Node parent), or another :class:`NodeChannel`.
@@ -85,93 +292,6 @@ class NodeChannel:
         OSError: the descriptor is not a socket.
     """
 
-    def __init__(
-        self,
-        sock_or_fd: socket.socket | int,
-        serialization: Serialization = "json",
-        *,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-    ) -> None:
-        self._closed = True  # until set up (for __del__)
-        max_message_size = _check_limit("max_message_size", max_message_size, 0, _MAX_SIZE)
-        protocol = NodeProtocol(serialization, max_message_size=max_message_size)
-        sock = _adopt(sock_or_fd)
-        if sock.type != socket.SOCK_STREAM:
-            if not isinstance(sock_or_fd, socket.socket):
-                sock.detach()
-            raise ValueError(
-                f"a Node IPC channel needs an AF_UNIX SOCK_STREAM socket, not {sock.type!r} "
-                "(Node reads its channel as a stream)"
-            )
-        sock.setblocking(False)
-        if _SO_NOSIGPIPE is not None:  # pragma: no cover - macOS/BSD
-            sock.setsockopt(socket.SOL_SOCKET, _SO_NOSIGPIPE, 1)
-        self._sock = sock
-        self._protocol = protocol
-        # Bytes taken from the protocol and not written yet; each descriptor is a
-        # duplicate this channel owns until the write that carries it succeeds.
-        self._out: deque[tuple[memoryview, tuple[int, ...]]] = deque()
-        self._buffer = bytearray(_READ_SIZE)
-        self._eof = False
-        self._closed = False
-
-    # -- construction -------------------------------------------------------
-
-    @classmethod
-    def pair(
-        cls,
-        serialization: Serialization = "json",
-        *,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-    ) -> tuple[NodeChannel, NodeChannel]:
-        """Two connected channels over a new socketpair (the caller owns both)."""
-        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            return (
-                cls(left, serialization, max_message_size=max_message_size),
-                cls(right, serialization, max_message_size=max_message_size),
-            )
-        except BaseException:
-            left.close()
-            right.close()
-            raise
-
-    @classmethod
-    def from_env(cls, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> NodeChannel:
-        """The channel a Node parent gave this process (``'ipc'`` in its ``stdio``).
-
-        Reads ``NODE_CHANNEL_FD`` and ``NODE_CHANNEL_SERIALIZATION_MODE`` (missing:
-        ``"json"``) and removes both from ``os.environ``, as Node does, so that
-        this process's own children do not inherit them.
-
-        Raises:
-            ValueError: the variables are missing or malformed (removed anyway), or
-                the descriptor is not a stream Unix socket.
-            OSError: the descriptor is not open or not a socket.
-        """
-        fd, serialization = take_node_environment(os.environ)
-        return cls(fd, serialization, max_message_size=max_message_size)
-
-    # -- properties -----------------------------------------------------------
-
-    @property
-    def serialization(self) -> Serialization:
-        """``"json"`` or ``"advanced"``."""
-        return self._protocol.serialization
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._closed
-
-    def fileno(self) -> int:
-        """The socket's descriptor (still owned by the channel); -1 once closed."""
-        return self._sock.fileno()
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else f"fd={self._sock.fileno()}"
-        return f"<NodeChannel {state} serialization={self.serialization!r}>"
-
     # -- sending --------------------------------------------------------------
 
     def send(
@@ -197,25 +317,10 @@ class NodeChannel:
             BrokenPipeError, ConnectionResetError: the peer is gone.
             OSError: the channel is closed (``EBADF``).
         """
-        self._check_open()
         deadline = None if timeout is None else _Deadline(timeout)
-        described: Handle | None = None
-        if handle is not None:
-            if not isinstance(handle, socket.socket):
-                raise TypeError(f"handle must be a socket.socket, not {type(handle).__name__}")
-            kind, dgram_type = describe_handle(handle)
-            described = Handle(os.dup(handle.fileno()), kind, dgram_type)
-        protocol = self._protocol
-        try:
-            ticket = protocol.send(value, described)
-        except BaseException:
-            if described is not None:
-                os.close(described.fd)
-            raise
+        ticket = self._queue(value, handle)
         self._flush(deadline)
-        # outcome() raises HandleRefused; waiting on awaiting_answer also lets a plain
-        # message held behind an earlier handle (after a timeout) go out first.
-        while not protocol.outcome(ticket) or protocol.awaiting_answer:
+        while not self._sent(ticket):
             self._pump(deadline)
 
     def flush(self, timeout: float | None = None) -> None:
@@ -246,24 +351,9 @@ class NodeChannel:
         """
         self._check_open()
         deadline = None if timeout is None else _Deadline(timeout)
-        protocol = self._protocol
-        while True:
-            message = protocol.next_message()
-            if message is NEED_DATA:
-                self._pump(deadline)
-                continue
-            if message is CLOSED:
-                raise ChannelClosed("the peer closed the Node IPC channel")
-            assert isinstance(message, Message)
-            if message.fd is None:
-                return message.value, None
-            try:
-                return message.value, socket.socket(fileno=message.fd)
-            except OSError as exc:
-                close_quietly(message.fd)
-                raise ProtocolError(
-                    f"a {message.handle_type} handle arrived that is not a socket ({exc})"
-                ) from None
+        while (result := self._next()) is None:
+            self._pump(deadline)
+        return result
 
     def recv(self, timeout: float | None = None) -> Any:
         """The next message's value (a handle that came with it is closed: use
@@ -289,15 +379,7 @@ class NodeChannel:
         not yet taken, handles of ours in flight). Idempotent. Does not wait:
         bytes a ``TimeoutError`` left unwritten are dropped, and so are messages held
         behind a handle still waiting for its answer."""
-        if self._closed:
-            return
-        self._closed = True
-        self._protocol.close()
-        out = list(self._out)
-        self._out.clear()
-        for _data, fds in out:
-            close_quietly(*fds)
-        self._sock.close()
+        self._release()
 
     def __enter__(self) -> Self:
         return self
@@ -310,52 +392,16 @@ class NodeChannel:
     ) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        # The socket warns (ResourceWarning) about itself; the descriptors the
-        # protocol and the write queue hold must not leak either.
-        if not getattr(self, "_closed", True):
-            self._protocol.close()
-            for _data, fds in self._out:
-                close_quietly(*fds)
-
-    # -- I/O --------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise OSError(9, "the Node IPC channel is closed")  # EBADF
-
-    def _take_output(self) -> None:
-        for write in self._protocol.data_to_send():
-            fds = tuple(os.dup(fd) for fd in write.fds)
-            self._out.append((memoryview(write.data), fds))
+    # -- waiting ----------------------------------------------------------------
 
     def _flush(self, deadline: _Deadline | None) -> None:
         """Write everything the protocol has to send, reading meanwhile whenever the
         socket is not writable (so two ends writing at once cannot block each other)."""
-        self._take_output()
-        out = self._out
-        sock = self._sock
-        while out:
-            data, fds = out[0]
-            try:
-                sent = sock.sendmsg([data], pack_fds(list(fds)), _SEND_FLAGS)
-            except BlockingIOError:
-                self._wait(select.POLLOUT, deadline)
-                self._take_output()
-                continue
-            if fds:
-                close_quietly(*fds)  # in flight now: the peer has its own copies
-            if sent == len(data):
-                out.popleft()
-            else:
-                out[0] = (data[sent:], ())
+        while not self._write_ready():
+            self._wait(select.POLLOUT, deadline)
 
     def _pump(self, deadline: _Deadline | None) -> None:
         """Wait for and process one read (its ACKs are written before returning)."""
-        if self._eof:
-            # Only reached while a send waits for an answer after the end of file,
-            # which the protocol settles itself; nothing more can come.
-            raise ChannelClosed("the peer closed the Node IPC channel")  # pragma: no cover
         self._wait(select.POLLIN, deadline)
         self._flush(deadline)
 
@@ -374,27 +420,5 @@ class NodeChannel:
             revents = ready[0][1]
             if revents & select.POLLIN and not self._eof and self._read():
                 return
-            if revents & events or revents & (select.POLLHUP | select.POLLERR):
+            if revents & (events | select.POLLHUP | select.POLLERR):
                 return
-
-    def _read(self) -> bool:
-        """One non-blocking read into the protocol; False if nothing was there."""
-        try:
-            size, ancdata, flags, _ = self._sock.recvmsg_into(
-                [self._buffer], _ANCBUFSIZE, _RECV_FLAGS
-            )
-        except BlockingIOError:
-            return False
-        fds, _ = split_ancillary(ancdata)
-        if flags & socket.MSG_CTRUNC:
-            # A partial set means nothing: drop it; the peer's NODE_HANDLE then finds
-            # no descriptor and the protocol asks for a retransmission (NACK).
-            close_quietly(*fds)
-            fds = []
-        if not _RECV_FLAGS:  # pragma: no cover - no MSG_CMSG_CLOEXEC (macOS)
-            for fd in fds:
-                os.set_inheritable(fd, False)
-        if size == 0:
-            self._eof = True
-        self._protocol.receive_data(memoryview(self._buffer)[:size], fds)
-        return True
