@@ -25,6 +25,7 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from ._aio import AsyncChannel
+    from ._aionode import AsyncNodeChannel
 
 
 def __getattr__(name: str) -> object:
@@ -35,6 +36,11 @@ def __getattr__(name: str) -> object:
 
         globals()[name] = AsyncChannel  # later look-ups find it directly
         return AsyncChannel
+    if name == "AsyncNodeChannel":
+        from ._aionode import AsyncNodeChannel
+
+        globals()[name] = AsyncNodeChannel
+        return AsyncNodeChannel
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -49,6 +55,7 @@ __all__ = [
     "SOCK_STREAM",
     "AsyncChannel",
     "AsyncChild",
+    "AsyncNodeChannel",
     "Channel",
     "ChannelClosed",
     "ChannelError",

@@ -115,6 +115,7 @@ if TYPE_CHECKING:  # imported on first use of ``.channel``
     import asyncio
 
     from ._aio import AsyncChannel
+    from ._aionode import AsyncNodeChannel
     from ._channel import Channel
     from ._nodechannel import NodeChannel
 
@@ -1134,7 +1135,10 @@ def _spawn_on(
 # -------------------------------------------------------------------------- AsyncChild
 
 
-class AsyncChild:
+_AC = TypeVar("_AC", bound="AsyncChannel | AsyncNodeChannel")
+
+
+class AsyncChild(Generic[_AC]):
     """The asyncio twin of :class:`Child`; returned by :func:`spawn_async`.
 
     Owns the parent's end (:attr:`socket`, non-blocking; or :attr:`channel`) and the
@@ -1152,11 +1156,11 @@ class AsyncChild:
         self,
         process: asyncio.subprocess.Process,
         sock: socket.socket,
-        channel: AsyncChannel | None = None,
+        channel: _AC | None = None,
     ) -> None:
         self._process = process
         self._socket = sock
-        self._channel = channel
+        self._channel: _AC | None = channel
 
     @property
     def pid(self) -> int:
@@ -1174,13 +1178,14 @@ class AsyncChild:
         return self._socket
 
     @property
-    def channel(self) -> AsyncChannel:
+    def channel(self) -> _AC:
         """An ``AsyncChannel`` over :attr:`socket` (with the ``channel_options`` given to
-        :func:`spawn_async`; made on first use if there were none). It then owns the socket."""
+        :func:`spawn_async`; made on first use if there were none). It then owns the socket.
+        With ``spawn_async(node_ipc=...)``: an ``AsyncNodeChannel``, made before the start."""
         if self._channel is None:
             from ._aio import AsyncChannel
 
-            self._channel = AsyncChannel(self._socket)
+            self._channel = cast(_AC, AsyncChannel(self._socket))
         return self._channel
 
     @property
@@ -1238,7 +1243,7 @@ class AsyncChild:
                 self.kill()
             await _reap(self._process)
 
-    async def __aenter__(self) -> AsyncChild:
+    async def __aenter__(self) -> AsyncChild[_AC]:
         return self
 
     async def __aexit__(
@@ -1268,6 +1273,7 @@ async def _reap(process: asyncio.subprocess.Process) -> None:
         raise asyncio.CancelledError
 
 
+@overload
 async def spawn_async(
     args: Sequence[_Arg] | _Arg,
     *,
@@ -1282,14 +1288,53 @@ async def spawn_async(
     channel_options: Mapping[str, Any] | None = None,
     listen_fds: bool = False,
     fd_names: Mapping[int, str] | None = None,
-) -> AsyncChild:
+    node_ipc: None = None,
+) -> AsyncChild[AsyncChannel]: ...
+
+
+@overload
+async def spawn_async(
+    args: Sequence[_Arg] | _Arg,
+    *,
+    fd: int | str = 3,
+    type: int = SOCK_STREAM,
+    fd_map: Mapping[int, int | _HasFileno] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: _Arg | None = None,
+    stdin: _Stdio = None,
+    stdout: _Stdio = None,
+    stderr: _Stdio = None,
+    channel_options: Mapping[str, Any] | None = None,
+    listen_fds: bool = False,
+    fd_names: Mapping[int, str] | None = None,
+    node_ipc: Literal["json", "advanced"],
+) -> AsyncChild[AsyncNodeChannel]: ...
+
+
+async def spawn_async(
+    args: Sequence[_Arg] | _Arg,
+    *,
+    fd: int | str = 3,
+    type: int = SOCK_STREAM,
+    fd_map: Mapping[int, int | _HasFileno] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: _Arg | None = None,
+    stdin: _Stdio = None,
+    stdout: _Stdio = None,
+    stderr: _Stdio = None,
+    channel_options: Mapping[str, Any] | None = None,
+    listen_fds: bool = False,
+    fd_names: Mapping[int, str] | None = None,
+    node_ipc: Literal["json", "advanced"] | None = None,
+) -> AsyncChild[Any]:
     """The asyncio twin of :func:`spawn`: same arguments, same guarantees, same errors.
 
     The child is started with ``asyncio.create_subprocess_exec`` (so ``stdout=PIPE`` gives
     a ``StreamReader``) with the same ``Popen`` arguments, from the same planner, as
     ``spawn``'s. The parent's end is switched to non-blocking (the child's stays blocking).
     *channel_options* go to ``AsyncChannel`` (``max_message_size``, ``max_fds``), made
-    before the child starts.
+    before the child starts. With *node_ipc* (see :func:`spawn`), :attr:`AsyncChild.channel`
+    is an ``AsyncNodeChannel`` (option: ``max_message_size``).
 
     Returns:
         An :class:`AsyncChild` owning the parent's end and the process.
@@ -1297,7 +1342,10 @@ async def spawn_async(
     import asyncio  # here, not at the top: importing the package stays asyncio-free
 
     sock_type = check_type(type)
-    options = _check_channel_options(channel_options, _ASYNC_CHANNEL_OPTIONS)
+    if node_ipc is not None:
+        env = _node_ipc_env(node_ipc, fd, sock_type, env)
+    allowed = _ASYNC_CHANNEL_OPTIONS if node_ipc is None else _NODE_CHANNEL_OPTIONS
+    options = _check_channel_options(channel_options, allowed)
     req = _prepare(
         args, fd, fd_map, env, cwd, (stdin, stdout, stderr), options, 0, False, listen_fds, fd_names
     )
@@ -1308,8 +1356,13 @@ async def spawn_async(
         with contextlib.ExitStack() as always:
             sock, child_fd = _new_pair(sock_type, req.target, on_failure, always)
             sock.setblocking(False)
-            channel = None
-            if options is not None:
+            channel: AsyncChannel | AsyncNodeChannel | None = None
+            if node_ipc is not None:
+                from ._aionode import AsyncNodeChannel
+
+                channel = AsyncNodeChannel(sock, node_ipc, **(options or {}))
+                on_failure.callback(channel.close)
+            elif options is not None:
                 from ._aio import AsyncChannel
 
                 channel = AsyncChannel(sock, **options)
@@ -1338,7 +1391,7 @@ async def spawn_async(
                     signals.hold()
                 if data:
                     raise _report_error(data, req.argv[0])
-        child = AsyncChild(process, sock, channel)
+        child: AsyncChild[Any] = AsyncChild(process, sock, channel)
         signals.release()  # the last call (see _spawn)
     except BaseException:
         signals.hold()
