@@ -245,3 +245,15 @@ def test_spawn_node_ipc_sets_the_environment_and_the_channel(no_fd_leak: None) -
         assert child.channel.recv(timeout=30) == ["5", "advanced", False]
         assert list(child.channel) == []
     assert child.returncode == 0
+
+
+def test_a_handle_node_cannot_rebuild_is_a_type_error_before_sending(no_fd_leak: None) -> None:
+    left, right = NodeChannel.pair()
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with left, right, a, b:
+        with pytest.raises(TypeError, match="handle"):
+            left.send("x", a)  # a Unix datagram socket
+        with pytest.raises(TypeError, match=r"socket\.socket"):
+            left.send("x", a.fileno())  # type: ignore[arg-type]
+        left.send("next")
+        assert right.recv(timeout=5) == "next"  # nothing else was written

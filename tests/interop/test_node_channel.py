@@ -206,3 +206,17 @@ def test_spawn_node_ipc(mode: Literal["json", "advanced"], no_fd_leak: None) -> 
         channel.send({"op": "bye"}, timeout=10)
         assert list(channel) == []
     assert child.returncode == 0
+
+
+def test_udp_socket_to_node(node: NodeChannel) -> None:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sent,
+    ):
+        receiver.bind(("127.0.0.1", 0))
+        receiver.settimeout(10)
+        sent.bind(("127.0.0.1", 0))
+        node.send({"text": "datagram", "port": receiver.getsockname()[1]}, sent, timeout=10)
+        assert node.recv(timeout=10) == {"kind": "Socket", "type": "udp4", "text": "datagram"}
+        data, source = receiver.recvfrom(100)
+        assert data == b"datagram" and source == sent.getsockname()
