@@ -12,17 +12,20 @@ from ._errors import (
     ChannelError,
     FdError,
     FdsTruncated,
+    HandleRefused,
     MessageTooLarge,
     ProtocolError,
     TooManyFds,
 )
 from ._framing import ACCELERATED
+from ._nodechannel import NodeChannel
 from ._pair import SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, socketpair
 from ._spawn import AsyncChild, Child, spawn, spawn_async
 from ._version import __version__
 
 if TYPE_CHECKING:
     from ._aio import AsyncChannel
+    from ._aionode import AsyncNodeChannel
 
 
 def __getattr__(name: str) -> object:
@@ -33,6 +36,11 @@ def __getattr__(name: str) -> object:
 
         globals()[name] = AsyncChannel  # later look-ups find it directly
         return AsyncChannel
+    if name == "AsyncNodeChannel":
+        from ._aionode import AsyncNodeChannel
+
+        globals()[name] = AsyncNodeChannel
+        return AsyncNodeChannel
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -47,6 +55,7 @@ __all__ = [
     "SOCK_STREAM",
     "AsyncChannel",
     "AsyncChild",
+    "AsyncNodeChannel",
     "Channel",
     "ChannelClosed",
     "ChannelError",
@@ -54,7 +63,9 @@ __all__ = [
     "Credentials",
     "FdError",
     "FdsTruncated",
+    "HandleRefused",
     "MessageTooLarge",
+    "NodeChannel",
     "ProtocolError",
     "TooManyFds",
     "__version__",

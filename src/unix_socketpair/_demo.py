@@ -19,11 +19,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ._pair import SOCK_DGRAM, SOCK_STREAM, socketpair
 
 if TYPE_CHECKING:
+    from ._channel import Channel
     from ._spawn import Child
 
 STEP_TIMEOUT = 10.0  # seconds; a step takes well under one
@@ -142,12 +143,12 @@ class _Watchdog:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.fired = False
-        self._children: list[Child] = []
+        self._children: list[Child[Any]] = []
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._fire)
         self._timer.daemon = True
 
-    def watch(self, child: Child) -> Child:
+    def watch(self, child: Child[Any]) -> Child[Any]:
         with self._lock:
             self._children.append(child)
             if self.fired:
@@ -182,10 +183,10 @@ class _Tour:
         self.out.write(f"    {text}\n")
         self.out.flush()
 
-    def spawn(self, args: list[str], **options: object) -> Child:
+    def spawn(self, args: list[str], **options: object) -> Child[Channel]:
         from ._spawn import spawn
 
-        return self.dog.watch(spawn(args, **options))  # type: ignore[arg-type]
+        return self.dog.watch(spawn(args, **options))  # type: ignore[call-overload]
 
 
 def _print_descriptors(tour: _Tour) -> bool:

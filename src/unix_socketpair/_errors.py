@@ -15,6 +15,7 @@ the built-in they already handle (``EOFError``, ``ValueError``, ``OSError``).
                          that did arrive was closed (``OSError``)
 ``TooManyFds``           more descriptors than ``max_fds`` (``FdError``)
 ``FdsTruncated``         the kernel truncated the control data (``MSG_CTRUNC``)
+``HandleRefused``        a Node IPC peer did not take a handle (``FdError``)
 =======================  ==========================================================
 """
 
@@ -25,6 +26,7 @@ __all__ = [
     "ChannelError",
     "FdError",
     "FdsTruncated",
+    "HandleRefused",
     "MessageTooLarge",
     "ProtocolError",
     "TooManyFds",
@@ -106,3 +108,10 @@ class TooManyFds(FdError):
 class FdsTruncated(FdError):
     """The kernel truncated the control data (``MSG_CTRUNC``): some descriptors
     were dropped by the kernel; the ones that did arrive have been closed."""
+
+
+class HandleRefused(FdError):
+    """A Node IPC peer did not take a handle: it answered ``NODE_HANDLE_NACK`` to
+    every retransmission, or closed the channel before answering. The message that
+    carried the handle was not delivered (messages sent after it were); the
+    duplicate that was to travel is closed, the caller's socket is untouched."""

@@ -36,7 +36,7 @@ from collections.abc import Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from . import _v8
-from ._errors import FdError, MessageTooLarge, ProtocolError
+from ._errors import HandleRefused, MessageTooLarge, ProtocolError
 from ._pair import close_quietly
 
 if TYPE_CHECKING:
@@ -93,12 +93,6 @@ class _Marker:
 NEED_DATA: Final = _Marker("NEED_DATA")
 #: :meth:`next_message`: the peer closed its end at a message boundary; nothing follows.
 CLOSED: Final = _Marker("CLOSED")
-
-
-class HandleRefused(FdError):
-    """The peer did not take a handle: it answered ``NODE_HANDLE_NACK`` to every
-    retransmission, or closed the channel before answering. The message that
-    carried the handle was not delivered; messages sent after it were."""
 
 
 def is_internal(value: object) -> bool:

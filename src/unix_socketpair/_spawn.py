@@ -96,7 +96,18 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType, TracebackType
-from typing import IO, TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import (
+    IO,
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    Protocol,
+    TypeVar,
+    cast,
+    overload,
+)
 
 from ._ancillary import enable_passcred
 from ._pair import SOCK_STREAM, check_type, socketpair
@@ -105,7 +116,9 @@ if TYPE_CHECKING:  # imported on first use of ``.channel``
     import asyncio
 
     from ._aio import AsyncChannel
+    from ._aionode import AsyncNodeChannel
     from ._channel import Channel
+    from ._nodechannel import NodeChannel
 
 __all__ = ["ENV_VAR", "AsyncChild", "Child", "spawn", "spawn_async", "spawn_on"]
 
@@ -766,7 +779,11 @@ def _shut(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-class Child:
+# The kind of channel a Child hands out: a Channel, or with spawn(node_ipc=...) a NodeChannel.
+_C = TypeVar("_C", bound="Channel | NodeChannel")
+
+
+class Child(Generic[_C]):
     """A child process holding the other end of a socketpair; returned by :func:`spawn`.
 
     The ``Child`` owns the parent's end (:attr:`socket`, or :attr:`channel` once used) and
@@ -780,11 +797,11 @@ class Child:
     exit_timeout: float = 5.0
 
     def __init__(
-        self, process: subprocess.Popen[bytes], sock: socket.socket, channel: Channel | None = None
+        self, process: subprocess.Popen[bytes], sock: socket.socket, channel: _C | None = None
     ) -> None:
         self._process = process
         self._socket = sock
-        self._channel = channel
+        self._channel: _C | None = channel
 
     @property
     def pid(self) -> int:
@@ -802,16 +819,17 @@ class Child:
         return self._socket
 
     @property
-    def channel(self) -> Channel:
+    def channel(self) -> _C:
         """A framed-message ``Channel`` over :attr:`socket` (with the ``channel_options``
-        given to :func:`spawn`; made on first use if there were none).
+        given to :func:`spawn`; made on first use if there were none); with
+        ``spawn(node_ipc=...)`` a :class:`NodeChannel`, made before the child started.
 
         The channel then owns the socket; closing the Child closes the channel.
         """
         if self._channel is None:
             from ._channel import Channel
 
-            self._channel = Channel(self._socket)
+            self._channel = cast(_C, Channel(self._socket))
         return self._channel
 
     @property
@@ -856,7 +874,7 @@ class Child:
                 channel.close()
             self._socket.close()
 
-    def __enter__(self) -> Child:
+    def __enter__(self) -> Child[_C]:
         return self
 
     def __exit__(
@@ -888,6 +906,64 @@ class Child:
 
 _CHANNEL_OPTIONS = ("max_message_size", "max_fds", "spin", "write_buffer")
 _ASYNC_CHANNEL_OPTIONS = ("max_message_size", "max_fds")
+_NODE_CHANNEL_OPTIONS = ("max_message_size",)
+
+
+def _node_ipc_env(
+    node_ipc: object, fd: object, sock_type: int, env: Mapping[str, str] | None
+) -> dict[str, str]:
+    """The child's environment for ``spawn(node_ipc=...)``; ``ValueError`` for a mode,
+    socket type or *fd* Node cannot use (before anything is created)."""
+    from ._nodeipc import node_environment
+
+    if node_ipc not in ("json", "advanced"):
+        raise ValueError(f"node_ipc must be 'json' or 'advanced', not {node_ipc!r}")
+    if sock_type != SOCK_STREAM:
+        raise ValueError("node_ipc needs type=SOCK_STREAM: Node reads its channel as a stream")
+    if isinstance(fd, bool) or not isinstance(fd, int):
+        raise ValueError(
+            f"node_ipc needs the channel at a descriptor number (NODE_CHANNEL_FD), not fd={fd!r}"
+        )
+    base = os.environ if env is None else env
+    return {**base, **node_environment(fd, node_ipc)}
+
+
+@overload
+def spawn(
+    args: Sequence[_Arg] | _Arg,
+    *,
+    fd: int | str = 3,
+    type: int = SOCK_STREAM,
+    fd_map: Mapping[int, int | _HasFileno] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: _Arg | None = None,
+    stdin: _Stdio = None,
+    stdout: _Stdio = None,
+    stderr: _Stdio = None,
+    channel_options: Mapping[str, Any] | None = None,
+    listen_fds: bool = False,
+    fd_names: Mapping[int, str] | None = None,
+    node_ipc: None = None,
+) -> Child[Channel]: ...
+
+
+@overload
+def spawn(
+    args: Sequence[_Arg] | _Arg,
+    *,
+    fd: int | str = 3,
+    type: int = SOCK_STREAM,
+    fd_map: Mapping[int, int | _HasFileno] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: _Arg | None = None,
+    stdin: _Stdio = None,
+    stdout: _Stdio = None,
+    stderr: _Stdio = None,
+    channel_options: Mapping[str, Any] | None = None,
+    listen_fds: bool = False,
+    fd_names: Mapping[int, str] | None = None,
+    node_ipc: Literal["json", "advanced"],
+) -> Child[NodeChannel]: ...
 
 
 def spawn(
@@ -904,7 +980,8 @@ def spawn(
     channel_options: Mapping[str, Any] | None = None,
     listen_fds: bool = False,
     fd_names: Mapping[int, str] | None = None,
-) -> Child:
+    node_ipc: Literal["json", "advanced"] | None = None,
+) -> Child[Any]:
     """Start *args* with one end of a new socketpair at descriptor *fd* in the child.
 
     Args:
@@ -931,6 +1008,13 @@ def spawn(
         fd_names: with *listen_fds*, ``{child number: name}`` for ``LISTEN_FDNAMES``
             (``sd_listen_fds_with_names()``); numbers left out are named ``unknown``. A
             name is 1 to 255 printable characters without ``:``.
+        node_ipc: ``"json"`` or ``"advanced"``: the child is a Node.js program (or any
+            program speaking Node's IPC) whose ``process.send()`` channel is the socket:
+            its environment gets ``NODE_CHANNEL_FD=<fd>`` and
+            ``NODE_CHANNEL_SERIALIZATION_MODE=<node_ipc>``, and :attr:`Child.channel` is
+            a :class:`NodeChannel` (made before the child starts; the only
+            ``channel_options`` is ``max_message_size``). Needs ``type=SOCK_STREAM`` and
+            a descriptor number for *fd* (``ValueError`` otherwise).
 
     The child inherits no other descriptor of ours. The parent's copy of the child's end
     is closed before this returns or raises. Thread-safe.
@@ -957,6 +1041,7 @@ def spawn(
         channel_options,
         listen_fds=listen_fds,
         fd_names=fd_names,
+        node_ipc=node_ipc,
     )
 
 
@@ -973,10 +1058,14 @@ def _spawn(
     new_group: bool = False,
     listen_fds: bool = False,
     fd_names: Mapping[int, str] | None = None,
-) -> Child:
+    node_ipc: Literal["json", "advanced"] | None = None,
+) -> Child[Any]:
     """:func:`spawn`, plus what only the command line asks for (see :func:`_spawn_on`)."""
     sock_type = check_type(type)
-    options = _check_channel_options(channel_options, _CHANNEL_OPTIONS)
+    if node_ipc is not None:
+        env = _node_ipc_env(node_ipc, fd, sock_type, env)
+    allowed = _CHANNEL_OPTIONS if node_ipc is None else _NODE_CHANNEL_OPTIONS
+    options = _check_channel_options(channel_options, allowed)
     req = _prepare(
         args, fd, fd_map, env, cwd, std, options, deathsig, new_group, listen_fds, fd_names
     )
@@ -986,15 +1075,20 @@ def _spawn(
     try:
         with contextlib.ExitStack() as always:
             sock, child_fd = _new_pair(sock_type, req.target, on_failure, always)
-            channel = None
-            if options is not None:
+            channel: Channel | NodeChannel | None = None
+            if node_ipc is not None:
+                from ._nodechannel import NodeChannel
+
+                channel = NodeChannel(sock, node_ipc, **(options or {}))
+                on_failure.callback(channel.close)
+            elif options is not None:
                 from ._channel import Channel
 
                 channel = Channel(sock, **options)
                 on_failure.callback(channel.close)
             placements = _placements(req.target, child_fd, req.extra)
             process = _start(req, placements, signals, always, on_failure)
-        child = Child(process, sock, channel)
+        child: Child[Any] = Child(process, sock, channel)
         # The last call: a deferred handler may raise in it, and is then cleaned up after.
         # (Nothing may run between a successful return from it and ours.)
         signals.release()
@@ -1070,7 +1164,10 @@ def _spawn_on(
 # -------------------------------------------------------------------------- AsyncChild
 
 
-class AsyncChild:
+_AC = TypeVar("_AC", bound="AsyncChannel | AsyncNodeChannel")
+
+
+class AsyncChild(Generic[_AC]):
     """The asyncio twin of :class:`Child`; returned by :func:`spawn_async`.
 
     Owns the parent's end (:attr:`socket`, non-blocking; or :attr:`channel`) and the
@@ -1088,11 +1185,11 @@ class AsyncChild:
         self,
         process: asyncio.subprocess.Process,
         sock: socket.socket,
-        channel: AsyncChannel | None = None,
+        channel: _AC | None = None,
     ) -> None:
         self._process = process
         self._socket = sock
-        self._channel = channel
+        self._channel: _AC | None = channel
 
     @property
     def pid(self) -> int:
@@ -1110,13 +1207,14 @@ class AsyncChild:
         return self._socket
 
     @property
-    def channel(self) -> AsyncChannel:
+    def channel(self) -> _AC:
         """An ``AsyncChannel`` over :attr:`socket` (with the ``channel_options`` given to
-        :func:`spawn_async`; made on first use if there were none). It then owns the socket."""
+        :func:`spawn_async`; made on first use if there were none). It then owns the socket.
+        With ``spawn_async(node_ipc=...)``: an ``AsyncNodeChannel``, made before the start."""
         if self._channel is None:
             from ._aio import AsyncChannel
 
-            self._channel = AsyncChannel(self._socket)
+            self._channel = cast(_AC, AsyncChannel(self._socket))
         return self._channel
 
     @property
@@ -1174,7 +1272,7 @@ class AsyncChild:
                 self.kill()
             await _reap(self._process)
 
-    async def __aenter__(self) -> AsyncChild:
+    async def __aenter__(self) -> AsyncChild[_AC]:
         return self
 
     async def __aexit__(
@@ -1204,6 +1302,7 @@ async def _reap(process: asyncio.subprocess.Process) -> None:
         raise asyncio.CancelledError
 
 
+@overload
 async def spawn_async(
     args: Sequence[_Arg] | _Arg,
     *,
@@ -1218,14 +1317,53 @@ async def spawn_async(
     channel_options: Mapping[str, Any] | None = None,
     listen_fds: bool = False,
     fd_names: Mapping[int, str] | None = None,
-) -> AsyncChild:
+    node_ipc: None = None,
+) -> AsyncChild[AsyncChannel]: ...
+
+
+@overload
+async def spawn_async(
+    args: Sequence[_Arg] | _Arg,
+    *,
+    fd: int | str = 3,
+    type: int = SOCK_STREAM,
+    fd_map: Mapping[int, int | _HasFileno] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: _Arg | None = None,
+    stdin: _Stdio = None,
+    stdout: _Stdio = None,
+    stderr: _Stdio = None,
+    channel_options: Mapping[str, Any] | None = None,
+    listen_fds: bool = False,
+    fd_names: Mapping[int, str] | None = None,
+    node_ipc: Literal["json", "advanced"],
+) -> AsyncChild[AsyncNodeChannel]: ...
+
+
+async def spawn_async(
+    args: Sequence[_Arg] | _Arg,
+    *,
+    fd: int | str = 3,
+    type: int = SOCK_STREAM,
+    fd_map: Mapping[int, int | _HasFileno] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: _Arg | None = None,
+    stdin: _Stdio = None,
+    stdout: _Stdio = None,
+    stderr: _Stdio = None,
+    channel_options: Mapping[str, Any] | None = None,
+    listen_fds: bool = False,
+    fd_names: Mapping[int, str] | None = None,
+    node_ipc: Literal["json", "advanced"] | None = None,
+) -> AsyncChild[Any]:
     """The asyncio twin of :func:`spawn`: same arguments, same guarantees, same errors.
 
     The child is started with ``asyncio.create_subprocess_exec`` (so ``stdout=PIPE`` gives
     a ``StreamReader``) with the same ``Popen`` arguments, from the same planner, as
     ``spawn``'s. The parent's end is switched to non-blocking (the child's stays blocking).
     *channel_options* go to ``AsyncChannel`` (``max_message_size``, ``max_fds``), made
-    before the child starts.
+    before the child starts. With *node_ipc* (see :func:`spawn`), :attr:`AsyncChild.channel`
+    is an ``AsyncNodeChannel`` (option: ``max_message_size``).
 
     Returns:
         An :class:`AsyncChild` owning the parent's end and the process.
@@ -1233,7 +1371,10 @@ async def spawn_async(
     import asyncio  # here, not at the top: importing the package stays asyncio-free
 
     sock_type = check_type(type)
-    options = _check_channel_options(channel_options, _ASYNC_CHANNEL_OPTIONS)
+    if node_ipc is not None:
+        env = _node_ipc_env(node_ipc, fd, sock_type, env)
+    allowed = _ASYNC_CHANNEL_OPTIONS if node_ipc is None else _NODE_CHANNEL_OPTIONS
+    options = _check_channel_options(channel_options, allowed)
     req = _prepare(
         args, fd, fd_map, env, cwd, (stdin, stdout, stderr), options, 0, False, listen_fds, fd_names
     )
@@ -1244,8 +1385,13 @@ async def spawn_async(
         with contextlib.ExitStack() as always:
             sock, child_fd = _new_pair(sock_type, req.target, on_failure, always)
             sock.setblocking(False)
-            channel = None
-            if options is not None:
+            channel: AsyncChannel | AsyncNodeChannel | None = None
+            if node_ipc is not None:
+                from ._aionode import AsyncNodeChannel
+
+                channel = AsyncNodeChannel(sock, node_ipc, **(options or {}))
+                on_failure.callback(channel.close)
+            elif options is not None:
                 from ._aio import AsyncChannel
 
                 channel = AsyncChannel(sock, **options)
@@ -1274,7 +1420,7 @@ async def spawn_async(
                     signals.hold()
                 if data:
                     raise _report_error(data, req.argv[0])
-        child = AsyncChild(process, sock, channel)
+        child: AsyncChild[Any] = AsyncChild(process, sock, channel)
         signals.release()  # the last call (see _spawn)
     except BaseException:
         signals.hold()
