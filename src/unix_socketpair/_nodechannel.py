@@ -285,8 +285,8 @@ class NodeChannel(NodeChannelBase):
     what was not written yet is written first by the next call, and what was read
     stays queued.
 
-    Raises (constructor):
-        TypeError: *sock_or_fd* is neither a socket nor an int.
+    Raises:
+        TypeError: (constructor) *sock_or_fd* is neither a socket nor an int.
         ValueError: not an ``AF_UNIX`` ``SOCK_STREAM`` socket, a closed socket, or
             an unknown *serialization*.
         OSError: the descriptor is not a socket.
