@@ -99,6 +99,10 @@ def _on_readable(ref: weakref.ref[AsyncChannel]) -> None:
 # exception leaves it (zero cost on the normal path).
 
 
+def _woken_by_close() -> ChannelClosed:
+    return ChannelClosed("close() was called while this call was waiting")
+
+
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -116,6 +120,9 @@ class AsyncChannel(ChannelBase):
     Any number of tasks may ``send`` at once (messages are never interleaved:
     a task finishes its message before the next starts); only one task at a
     time may receive (a second concurrent receiver gets ``RuntimeError``).
+    :meth:`close`, from any task or callback of the channel's loop, wakes every
+    task waiting in the channel with ``ChannelClosed`` (the channel is not
+    thread-safe: from another thread use ``loop.call_soon_threadsafe``).
 
     ``send`` may return before the kernel has taken a small message: it is then
     held (copied) in a write-behind buffer of at most about 256 KiB, written
@@ -275,8 +282,12 @@ class AsyncChannel(ChannelBase):
     # -- life cycle ---------------------------------------------------------
 
     def close(self) -> None:
-        """Close the channel now (see ``Channel.close``). A task waiting in a
-        send or receive gets ``OSError(EBADF)``."""
+        """Close the channel now (see ``Channel.close``); idempotent. Every task
+        waiting in the channel when it is called (in a receive, ``send``,
+        ``send_many``, ``drain`` or ``aclose``) is woken with ``ChannelClosed``;
+        a waiting ``async for`` just stops. A call made after it raises
+        ``OSError(EBADF)``. Messages still in the write-behind buffer are
+        dropped (:meth:`aclose` writes them first)."""
         if self._closed:
             return
         self._stop_reading()
@@ -297,7 +308,7 @@ class AsyncChannel(ChannelBase):
         waiters.extend(fut for _, fut in self._drain_waiters)
         for waiter in waiters:
             if waiter is not None and not waiter.done():
-                waiter.set_exception(OSError(errno.EBADF, "the channel was closed"))
+                waiter.set_exception(_woken_by_close())
         self._read_waiter = self._write_waiter = None
         self._drain_waiters.clear()
         self._read_error = None
@@ -330,7 +341,8 @@ class AsyncChannel(ChannelBase):
 
         Raises:
             BrokenPipeError: the peer closed before all of it was written.
-            OSError: ``EBADF`` if the channel is (or gets) closed.
+            ChannelClosed: :meth:`close` was called while this waited.
+            OSError: ``EBADF`` if the channel was already closed.
         """
         self._check_open()
         try:
@@ -461,6 +473,8 @@ class AsyncChannel(ChannelBase):
     async def _send_jobs(self, jobs: list[_Job]) -> None:
         try:
             async with self._send_lock:
+                if self._closed:  # while these waited for the lock
+                    raise _woken_by_close()
                 # Buffered messages go first; then these directly (descriptors
                 # travel with their message's first byte and no other's).
                 await self._drain_to(0, sending=True)
