@@ -243,13 +243,13 @@ def _waiting_call(name: str, channel: AsyncChannel) -> Coroutine[Any, Any, Any]:
 
 
 RECEIVING = ["recv", "recv_into", "recv_with_fds", "recv_many", "iteration"]
-SENDING = ["send", "send_fds", "send_many", "drain"]
+SENDING = ["send", "send_fds", "send_many", "drain", "aclose"]
 WAITING_CALLS = [
     pytest.param(sock_type, call, id=f"{name}-{call}")
     for sock_type, name in zip(ALL_TYPES, ["stream", "seqpacket", "dgram"], strict=True)
     for call in RECEIVING + SENDING
-    # Packets are never held back: drain() has nothing to wait for there.
-    if call != "drain" or sock_type == SOCK_STREAM
+    # Packets are never held back: drain() and aclose() have nothing to wait for.
+    if call not in ("drain", "aclose") or sock_type == SOCK_STREAM
 ]
 
 
@@ -257,8 +257,8 @@ WAITING_CALLS = [
 def test_close_wakes_every_waiting_task_with_channel_closed(
     sock_type: int, call: str, run: Any, no_fd_leak: None
 ) -> None:
-    """A task waiting in a receive (the peer sends nothing) or in a send or drain
-    (the peer does not read) when close() comes, from another task, is woken
+    """A task waiting in a receive (the peer sends nothing) or in a send, drain or
+    aclose (the peer does not read) when close() comes, from another task, is woken
     with ChannelClosed; a waiting iteration just stops. A call started after
     close() gets OSError(EBADF)."""
 
