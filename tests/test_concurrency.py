@@ -1084,18 +1084,7 @@ channel.close()
 
 
 @pytest.mark.skipif(not LINUX, reason="VmHWM and clear_refs are Linux's")
-@pytest.mark.parametrize(
-    "count",
-    [
-        1,
-        pytest.param(
-            3,
-            marks=pytest.mark.xfail(
-                strict=False, reason="open: three 16 MiB messages in a row peak at ~48 MiB"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("count", [1, 3])
 def test_the_reader_peak_memory_stays_under_twice_max_message_size(
     count: int, no_fd_leak: None
 ) -> None:
