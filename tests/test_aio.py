@@ -210,16 +210,79 @@ def test_cancelled_recv_loses_nothing(run: Any, no_fd_leak: None) -> None:
     run(main())
 
 
-def test_close_wakes_a_waiting_receiver(run: Any, no_fd_leak: None) -> None:
+async def _fill(channel: AsyncChannel) -> None:
+    """Send until a send has to wait (the peer does not read): each send gets
+    50 ms; the one that runs out of it is cancelled, and is delivered whole in
+    the background (or held in the write-behind buffer)."""
+    chunk = b"f" * (4096 if channel.type == SOCK_STREAM else 512)
+    for _ in range(100_000):
+        try:
+            await asyncio.wait_for(channel.send(chunk), 0.05)
+        except asyncio.TimeoutError:
+            return
+    pytest.fail("sending to a peer that does not read never had to wait")
+
+
+def _waiting_call(name: str, channel: AsyncChannel) -> Coroutine[Any, Any, Any]:
+    if name == "recv_into":
+        return channel.recv_into(bytearray(1 << 20))
+    if name == "send":
+        return channel.send(b"s" * 100)
+    if name == "send_fds":
+        return channel.send(b"s", fds=[0])
+    if name == "send_many":
+        return channel.send_many([b"m"] * 10)
+    if name == "iteration":
+
+        async def collect() -> list[bytes]:
+            return [message async for message in channel]
+
+        return collect()
+    method: Callable[[], Coroutine[Any, Any, Any]] = getattr(channel, name)
+    return method()
+
+
+RECEIVING = ["recv", "recv_into", "recv_with_fds", "recv_many", "iteration"]
+SENDING = ["send", "send_fds", "send_many", "drain", "aclose"]
+WAITING_CALLS = [
+    pytest.param(sock_type, call, id=f"{name}-{call}")
+    for sock_type, name in zip(ALL_TYPES, ["stream", "seqpacket", "dgram"], strict=True)
+    for call in RECEIVING + SENDING
+    # Packets are never held back: drain() and aclose() have nothing to wait for.
+    if call not in ("drain", "aclose") or sock_type == SOCK_STREAM
+]
+
+
+@pytest.mark.parametrize(("sock_type", "call"), WAITING_CALLS)
+def test_close_wakes_every_waiting_task_with_channel_closed(
+    sock_type: int, call: str, run: Any, no_fd_leak: None
+) -> None:
+    """A task waiting in a receive (the peer sends nothing) or in a send, drain or
+    aclose (the peer does not read) when close() comes, from another task, is woken
+    with ChannelClosed; a waiting iteration just stops. A call started after
+    close() gets OSError(EBADF)."""
+
     async def main() -> None:
-        a, b = AsyncChannel.pair()
-        async with a:
-            waiting = asyncio.ensure_future(b.recv())
-            await asyncio.sleep(0)
-            await b.aclose()
+        a, b = AsyncChannel.pair(sock_type)
+        try:
+            if call in SENDING:
+                await _fill(a)
+            waiting = asyncio.ensure_future(_waiting_call(call, a))
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert not waiting.done(), f"{call} did not wait"
+            asyncio.get_running_loop().call_soon(a.close)
+            if call == "iteration":
+                assert await waiting == []
+            else:
+                with pytest.raises(ChannelClosed):
+                    await waiting
             with pytest.raises(OSError) as info:
-                await waiting
+                await _waiting_call("recv" if call in RECEIVING else "send", a)
             assert info.value.errno == errno.EBADF
+        finally:
+            a.close()
+            b.close()
 
     run(main())
 

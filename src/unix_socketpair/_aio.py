@@ -90,6 +90,19 @@ def _on_readable(ref: weakref.ref[AsyncChannel]) -> None:
         channel._on_readable()
 
 
+# Tracebacks: an exception that leaves a coroutine (a CancelledError above all)
+# carries the frames it passed through, and asyncio keeps it for a while (the
+# finished task holds it; the task that awaited that task holds it until its
+# own step ends). A frame that still holds ``self`` would keep a dropped channel
+# alive, its socket open and without a ResourceWarning, for as long. So every
+# coroutine below that can wait deletes ``self`` from its frame when an
+# exception leaves it (zero cost on the normal path).
+
+
+def _woken_by_close() -> ChannelClosed:
+    return ChannelClosed("close() was called while this call was waiting")
+
+
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -107,6 +120,9 @@ class AsyncChannel(ChannelBase):
     Any number of tasks may ``send`` at once (messages are never interleaved:
     a task finishes its message before the next starts); only one task at a
     time may receive (a second concurrent receiver gets ``RuntimeError``).
+    :meth:`close`, from any task or callback of the channel's loop, wakes every
+    task waiting in the channel with ``ChannelClosed`` (the channel is not
+    thread-safe: from another thread use ``loop.call_soon_threadsafe``).
 
     ``send`` may return before the kernel has taken a small message: it is then
     held (copied) in a write-behind buffer of at most about 256 KiB, written
@@ -236,9 +252,11 @@ class AsyncChannel(ChannelBase):
         self._read_waiter = fut
         try:
             await fut
-        finally:
+        except BaseException:
             if self._read_waiter is fut:
                 self._read_waiter = None
+            del self  # see the note on tracebacks
+            raise
 
     def _raise_read_error(self) -> None:
         err = self._read_error
@@ -259,12 +277,17 @@ class AsyncChannel(ChannelBase):
             self._write_waiter = None
             if not self._closed:
                 loop.remove_writer(fd)
+            del self  # see the note on tracebacks
 
     # -- life cycle ---------------------------------------------------------
 
     def close(self) -> None:
-        """Close the channel now (see ``Channel.close``). A task waiting in a
-        send or receive gets ``OSError(EBADF)``."""
+        """Close the channel now (see ``Channel.close``); idempotent. Every task
+        waiting in the channel when it is called (in a receive, ``send``,
+        ``send_many``, ``drain`` or ``aclose``) is woken with ``ChannelClosed``;
+        a waiting ``async for`` just stops. A call made after it raises
+        ``OSError(EBADF)``. Messages still in the write-behind buffer are
+        dropped (:meth:`aclose` writes them first)."""
         if self._closed:
             return
         self._stop_reading()
@@ -285,7 +308,7 @@ class AsyncChannel(ChannelBase):
         waiters.extend(fut for _, fut in self._drain_waiters)
         for waiter in waiters:
             if waiter is not None and not waiter.done():
-                waiter.set_exception(OSError(errno.EBADF, "the channel was closed"))
+                waiter.set_exception(_woken_by_close())
         self._read_waiter = self._write_waiter = None
         self._drain_waiters.clear()
         self._read_error = None
@@ -311,16 +334,22 @@ class AsyncChannel(ChannelBase):
                 await self._drain_to(0)
         finally:
             self.close()
+            del self  # see the note on tracebacks
 
     async def drain(self) -> None:
         """Wait until the write-behind buffer is written to the kernel.
 
         Raises:
             BrokenPipeError: the peer closed before all of it was written.
-            OSError: ``EBADF`` if the channel is (or gets) closed.
+            ChannelClosed: :meth:`close` was called while this waited.
+            OSError: ``EBADF`` if the channel was already closed.
         """
         self._check_open()
-        await self._drain_to(0)
+        try:
+            await self._drain_to(0)
+        except BaseException:
+            del self  # see the note on tracebacks
+            raise
 
     def shutdown_write(self) -> None:
         """As ``Channel.shutdown_write``; buffered messages are written first
@@ -347,7 +376,11 @@ class AsyncChannel(ChannelBase):
         """:meth:`aclose`; when leaving with an exception, just :meth:`close`
         (buffered data is dropped rather than waited for)."""
         if exc_type is None:
-            await self.aclose()
+            try:
+                await self.aclose()
+            except BaseException:
+                del self  # see the note on tracebacks
+                raise
         else:
             self.close()
 
@@ -373,7 +406,11 @@ class AsyncChannel(ChannelBase):
                 if self._flush_handle is None and not self._flushing:
                     self._flush_handle = self._bind().call_soon(self._flush)
                 if len(wbuf) >= _HIGH_WATER:
-                    await self._drain_to(_LOW_WATER, sending=True)
+                    try:
+                        await self._drain_to(_LOW_WATER, sending=True)
+                    except BaseException:
+                        del self  # see the note on tracebacks
+                        raise
                 return
             frame = _pack(len(data)) + data
             try:
@@ -389,7 +426,11 @@ class AsyncChannel(ChannelBase):
             self._start_flushing()
             return
         bufs, anc = self._prepare(data, fds)
-        await self._run([_Job(bufs, anc)])
+        try:
+            await self._run([_Job(bufs, anc)])
+        except BaseException:
+            del self  # see the note on tracebacks
+            raise
 
     async def send_many(self, messages: Iterable[Buffer]) -> None:
         """Send many messages, coalesced (see ``Channel.send_many``); whatever
@@ -401,7 +442,11 @@ class AsyncChannel(ChannelBase):
             jobs = [_Job(bufs, []) for bufs in encode_many(list(messages), self._max)]
         else:
             jobs = [_Job(*self._prepare(item, _NO_FDS)) for item in list(messages)]
-        await self._run(jobs)
+        try:
+            await self._run(jobs)
+        except BaseException:
+            del self  # see the note on tracebacks
+            raise
 
     async def _run(self, jobs: list[_Job]) -> None:
         """Send *jobs* in order, in a task of their own: the message is accepted
@@ -415,17 +460,21 @@ class AsyncChannel(ChannelBase):
         task = loop.create_task(self._send_jobs(jobs))
         try:
             await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if not task.done():
-                for job in jobs:
-                    job.detach()
-            # Nobody waits for its outcome now: keep an error for later calls.
-            task.add_done_callback(self._job_done)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                if not task.done():
+                    for job in jobs:
+                        job.detach()
+                # Nobody waits for its outcome now: keep an error for later calls.
+                task.add_done_callback(self._job_done)
+            del self, task, exc  # see the note on tracebacks
             raise
 
     async def _send_jobs(self, jobs: list[_Job]) -> None:
         try:
             async with self._send_lock:
+                if self._closed:  # while these waited for the lock
+                    raise _woken_by_close()
                 # Buffered messages go first; then these directly (descriptors
                 # travel with their message's first byte and no other's).
                 await self._drain_to(0, sending=True)
@@ -433,6 +482,7 @@ class AsyncChannel(ChannelBase):
                     await self._send_job(job)
         finally:
             self._jobs -= 1
+            del self  # see the note on tracebacks
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -525,9 +575,11 @@ class AsyncChannel(ChannelBase):
             self._drain_waiters.append(entry)
             try:
                 await fut
-            finally:
+            except BaseException:
                 if entry in self._drain_waiters:
                     self._drain_waiters.remove(entry)
+                del self  # see the note on tracebacks
+                raise
 
     async def _send_job(self, job: _Job) -> None:
         """Send what is left of *job*; the caller holds the send lock."""
@@ -545,10 +597,13 @@ class AsyncChannel(ChannelBase):
                 job.anc = []
                 partial = True
         except OSError as exc:
-            raise self._send_error(exc, job.bufs) from exc
+            err = self._send_error(exc, job.bufs)
+            del self  # see the note on tracebacks
+            raise err from exc
         except BaseException:
             if partial and job.bufs:
                 self._break_send("a send was interrupted part way through a message")
+            del self  # see the note on tracebacks
             raise
 
     # -- receiving ----------------------------------------------------------
@@ -562,7 +617,11 @@ class AsyncChannel(ChannelBase):
                 return
             except BlockingIOError:
                 pass
-        await self._wait_readable()
+        try:
+            await self._wait_readable()
+        except BaseException:
+            del self  # see the note on tracebacks
+            raise
         self._raise_read_error()
 
     async def recv(self) -> bytes:
@@ -571,11 +630,19 @@ class AsyncChannel(ChannelBase):
             dec = self._dec
             dec.handed = []  # (only Channel's signal rollback reads it)
             msg = dec.next_message()
-            while msg is NEED_DATA:
-                await self._fill_async()
-                msg = dec.next_message()
+            try:
+                while msg is NEED_DATA:
+                    await self._fill_async()
+                    msg = dec.next_message()
+            except BaseException:
+                del self  # see the note on tracebacks
+                raise
             return msg  # type: ignore[return-value]
-        payload, fds = await self._packet_message_async()
+        try:
+            payload, fds = await self._packet_message_async()
+        except BaseException:
+            del self  # see the note on tracebacks
+            raise
         close_fds(fds)
         return payload
 
@@ -586,65 +653,81 @@ class AsyncChannel(ChannelBase):
         if self._stream:
             dec = self._dec
             result = dec.next_message_with_fds()
-            while result is NEED_DATA:
-                await self._fill_async()
-                result = dec.next_message_with_fds()
+            try:
+                while result is NEED_DATA:
+                    await self._fill_async()
+                    result = dec.next_message_with_fds()
+            except BaseException:
+                del self  # see the note on tracebacks
+                raise
             return result  # type: ignore[return-value]
-        return await self._packet_message_async()
+        try:
+            return await self._packet_message_async()
+        except BaseException:
+            del self  # see the note on tracebacks
+            raise
 
     async def _packet_message_async(self) -> tuple[bytes, list[int]]:
         self._check_open()
-        while True:
-            try:
-                return self._packet_message()
-            except BlockingIOError:
-                await self._wait_readable()
+        try:
+            while True:
+                try:
+                    return self._packet_message()
+                except BlockingIOError:
+                    await self._wait_readable()
+        except BaseException:
+            del self  # see the note on tracebacks
+            raise
 
     async def recv_into(self, buffer: Buffer) -> int:
         """Receive the next message into *buffer* (see ``Channel.recv_into``)."""
         target = _writable(buffer)
-        self._check_open()
-        self._dec.handed = []
-        if not self._stream:
-            while True:
-                try:
-                    size, fds = self._packet_into(target)
-                    break
-                except BlockingIOError:
-                    await self._wait_readable()
-            close_fds(fds)
-            return size
-        dec = self._dec
-        while True:
-            next_size = dec.next_size()
-            if next_size is NEED_DATA:
-                await self._fill_async()
-                continue
-            size = int(next_size)  # type: ignore[arg-type]
-            if size > len(target):
-                raise self._too_small(size, len(target))
-            if dec.buffered() >= HEADER_SIZE + size or self._wants_direct(size):
-                break
-            await self._fill_async()
-        if self._read_waiter is not None:
-            raise RuntimeError("another task is already receiving on this channel")
-        size, copied = dec.read_into(target)
-        if copied == size:
-            close_fds(dec.take_fds_for_buffered(size))
-            return size
         try:
+            self._check_open()
+            self._dec.handed = []
+            if not self._stream:
+                while True:
+                    try:
+                        size, fds = self._packet_into(target)
+                        break
+                    except BlockingIOError:
+                        await self._wait_readable()
+                close_fds(fds)
+                return size
+            dec = self._dec
             while True:
-                try:
-                    done = self._direct_step(target[copied:size])
-                except BlockingIOError:
-                    await self._wait_readable()
+                next_size = dec.next_size()
+                if next_size is NEED_DATA:
+                    await self._fill_async()
                     continue
-                if done is not None:
-                    close_fds(done)
-                    return size
-                copied = size - dec.direct_remaining()
+                size = int(next_size)  # type: ignore[arg-type]
+                if size > len(target):
+                    raise self._too_small(size, len(target))
+                if dec.buffered() >= HEADER_SIZE + size or self._wants_direct(size):
+                    break
+                await self._fill_async()
+            if self._read_waiter is not None:
+                raise RuntimeError("another task is already receiving on this channel")
+            size, copied = dec.read_into(target)
+            if copied == size:
+                close_fds(dec.take_fds_for_buffered(size))
+                return size
+            try:
+                while True:
+                    try:
+                        done = self._direct_step(target[copied:size])
+                    except BlockingIOError:
+                        await self._wait_readable()
+                        continue
+                    if done is not None:
+                        close_fds(done)
+                        return size
+                    copied = size - dec.direct_remaining()
+            except BaseException:
+                dec.abort_direct()
+                raise
         except BaseException:
-            dec.abort_direct()
+            del self  # see the note on tracebacks
             raise
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -652,23 +735,22 @@ class AsyncChannel(ChannelBase):
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[bytes]:
-        if not self._stream:
-            while True:
-                try:
-                    yield await self.recv()
-                except ChannelClosed:
-                    return
-        dec = self._dec
-        ready = dec.iter_ready
-        fill = self._fill_async
         try:
+            if not self._stream:
+                while True:
+                    yield await self.recv()
+            dec = self._dec
+            ready = dec.iter_ready
             while True:
                 dec.handed = []  # (only Channel's signal rollback reads it)
                 for msg in ready():
                     yield msg
-                await fill()
+                await self._fill_async()
         except ChannelClosed:
             return
+        except BaseException:
+            del self  # see the note on tracebacks
+            raise
 
     async def recv_many(self, max_messages: int | None = None) -> list[bytes]:
         """Every whole message already received (at most *max_messages*),
@@ -683,7 +765,11 @@ class AsyncChannel(ChannelBase):
         else:
             count = max_messages
         if not self._stream:
-            first, fds = await self._packet_message_async()
+            try:
+                first, fds = await self._packet_message_async()
+            except BaseException:
+                del self  # see the note on tracebacks
+                raise
             close_fds(fds)
             out = [first]
             while len(out) < count:
@@ -697,8 +783,12 @@ class AsyncChannel(ChannelBase):
         dec = self._dec
         dec.handed = []
         out = dec.take_ready(count)
-        while not out:
-            await self._fill_async()
-            dec.handed = []
-            out = dec.take_ready(count)
+        try:
+            while not out:
+                await self._fill_async()
+                dec.handed = []
+                out = dec.take_ready(count)
+        except BaseException:
+            del self  # see the note on tracebacks
+            raise
         return out

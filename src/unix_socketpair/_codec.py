@@ -363,19 +363,24 @@ class StreamDecoder:
             return self._view
         default = want = min(_MIN_FREE, cap >> 1)
         held = w - r
+        step = 0  # growth for a large message whose bytes are still arriving
         if held >= HEADER_SIZE:
             size = _unpack_from(self._buf, r)[0]
             if size <= self._max:
                 rest = HEADER_SIZE + size - held
                 if HEADER_SIZE + size <= _RETAIN_CAPACITY:
                     want = max(want, rest)  # a few MiB at most: room for all of it
-                else:
-                    # Grow by half of what has actually arrived: a peer that
-                    # declares 60 MiB and sends 10 bytes does not make us set
-                    # aside 60 MiB, and a truncated large message costs about
-                    # twice what arrived at the peak of a copy, no more.
-                    want = max(want, min(rest, max(held // 2, _GROW_STEP)))
-        if w == cap and cap < _STEADY_CAPACITY and want == default:
+                elif rest > 0:
+                    # Any room will do for the next read (at most the rest:
+                    # a short rest is no reason to double the buffer). When
+                    # it must grow, grow by half of what has actually arrived:
+                    # a peer that declares 60 MiB and sends 10 bytes does not
+                    # make us set aside 60 MiB, a truncated large message
+                    # costs about twice what arrived at the peak of a copy,
+                    # and the copies stay few (geometric, not one per read).
+                    want = min(want, rest)
+                    step = max(want, min(rest, max(held // 2, _GROW_STEP)))
+        if w == cap and cap < _STEADY_CAPACITY and want == default and not step:
             # The last read filled the buffer to its end: read more at once.
             self._replace(2 * cap)
             cap = len(self._buf)
@@ -391,10 +396,11 @@ class StreamDecoder:
                 self._base, self._rpos, self._wpos = self._base + r, 0, held
                 w = held
             else:
-                # Exactly what a known large message needs; otherwise (complete
-                # messages nobody has taken yet) grow geometrically.
-                new_cap = held + want
-                if want == default:
+                # Exactly what a known message needs, a step for a large one
+                # still arriving; otherwise (complete messages nobody has
+                # taken yet) grow geometrically.
+                new_cap = held + (step or want)
+                if want == default and not step:
                     new_cap = max(new_cap, 2 * cap)
                 self._replace(new_cap)
                 w = self._wpos
