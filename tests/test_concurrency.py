@@ -791,9 +791,16 @@ def test_a_signal_handler_exception_inside_a_receive_loses_nothing(how: str) -> 
     """A 1 ms timer whose handler raises, inside recv/recv_into/recv_with_fds/
     iteration of messages from 5 B to 3 MiB: after each exception the next receive
     returns the next whole message; none lost, none duplicated."""
-    report = _run_child(SIGNAL_RECV_CHILD, how, "120", "5,100,20000,70000,1048576,3145728")
-    assert report["messages"] == 120
-    assert report["interrupts"] >= 10, f"only {report['interrupts']} interrupts: nothing tested"
+    # On a loaded machine one run may see few interrupts: run again (each run must be
+    # right) until at least 10 were tested in all.
+    interrupts = 0
+    for _ in range(8):
+        report = _run_child(SIGNAL_RECV_CHILD, how, "120", "5,100,20000,70000,1048576,3145728")
+        assert report["messages"] == 120
+        interrupts += report["interrupts"]
+        if interrupts >= 10:
+            break
+    assert interrupts >= 10, f"only {interrupts} interrupts in 8 runs: nothing tested"
 
 
 @pytest.mark.parametrize("how", ["send", "send_many"])

@@ -1808,6 +1808,10 @@ class Channel(ChannelBase):
                     # call took (see StreamDecoder.handed).
                     self._forget = False  # keep the record until the batch is bound
                     batch, i, fetching = recv_many(), 0, False
+                    # Bound: the batch is the record now. Left in place, the old
+                    # record would be put back (again) by an exception that comes
+                    # at the start of the next recv_many(), before it takes anything.
+                    dec.handed = []
                     self._forget = True
                 except ChannelClosed:
                     return
