@@ -34,7 +34,8 @@ class AsyncNodeChannel(NodeChannelBase):
     The channel binds to the event loop that first makes it wait. Any number of
     tasks may send and receive at once: sends go out one after another, whole
     (with a handle, the next send starts once the peer answered), and each
-    message goes to one receiving task.
+    message goes to one receiving task. Like every asyncio object, it is used from
+    its event loop's thread only.
 
     Cancellation loses nothing received: what was read stays queued for the next
     receive. A send cancelled after its value was queued (while it writes or waits

@@ -1021,6 +1021,12 @@ class Channel(ChannelBase):
     descriptor is closed when the last call inside the channel leaves, so its
     number is never reused under a running call. docs/concurrency.md has the
     whole contract, including signals and ``fork``.
+
+    Cancellation (a blocking call has no other): a call ends early by its
+    ``timeout=`` (``TimeoutError``), by :meth:`close` from another thread
+    (``ChannelClosed``), or by an exception a signal handler raises; in each
+    case nothing received is lost, and a send cut short finishes its frame on
+    the next send, ``flush`` or ``close``.
     """
 
     __slots__ = (

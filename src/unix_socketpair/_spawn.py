@@ -791,6 +791,11 @@ class Child(Generic[_C]):
     end (the child sees end-of-file), waits up to :attr:`exit_timeout` seconds for the child
     to exit, then kills it, and always reaps it: no zombie is left behind. (``SOCK_DGRAM``
     has no end-of-file: a datagram child that waits for more is killed after the timeout.)
+
+    Thread-safety: the channel follows its own rules (a ``Channel`` may be shared by
+    threads); :meth:`close`, :meth:`wait`, :meth:`kill` and leaving the block are meant
+    for the thread that owns the Child. Interruption: an exception raised by a signal
+    handler while leaving the block still kills and reaps the child before it propagates.
     """
 
     #: Seconds ``__exit__`` waits for the child after closing the socket, before SIGKILL.
@@ -1175,6 +1180,13 @@ class AsyncChild(Generic[_AC]):
     write-behind buffer holds (for at most :attr:`exit_timeout` seconds), shuts and closes
     the parent's end, waits up to :attr:`exit_timeout` seconds for the child, then kills
     it, and always reaps it: it takes at most about twice :attr:`exit_timeout`.
+
+    Thread-safety: like every asyncio object, use it from its event loop's thread only.
+    Cancellation: cancelling :meth:`aclose` (or the task leaving ``async with``) still
+    kills the child if it is running; the channel is closed either way.
+
+    Raises (from :meth:`aclose`): nothing for a child's exit status, which is in
+    :attr:`returncode`; a send's ``BrokenPipeError`` already reported is not raised again.
     """
 
     #: Seconds :meth:`aclose` waits for the child after closing the socket, before SIGKILL
@@ -1365,8 +1377,17 @@ async def spawn_async(
     before the child starts. With *node_ipc* (see :func:`spawn`), :attr:`AsyncChild.channel`
     is an ``AsyncNodeChannel`` (option: ``max_message_size``).
 
+    Thread-safety and cancellation: call it from the event loop's thread. Cancelled (or
+    interrupted by a signal handler's exception) at any point, it leaves nothing behind:
+    no descriptor open and no child unreaped.
+
     Returns:
         An :class:`AsyncChild` owning the parent's end and the process.
+
+    Raises:
+        TypeError, ValueError: bad arguments (as :func:`spawn`), before anything starts.
+        OSError: the program could not be started (``FileNotFoundError``,
+            ``PermissionError``, with ``filename`` set), or a system call failed.
     """
     import asyncio  # here, not at the top: importing the package stays asyncio-free
 
