@@ -28,6 +28,7 @@ from ._harness import (
     run_case,
 )
 from ._limits import CPrograms
+from ._node_cases import build_node_cases
 
 __all__ = ["add_bench_arguments", "main", "run_bench"]
 
@@ -77,7 +78,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="ID",
         help="run only this case (repeatable): create, stream-4kib, stream-64kib, "
-        "stream-1mib, framed-64b, framed-1mib, rtt, batched-64b, framing-loops-64b, spawn, scale",
+        "stream-1mib, framed-64b, framed-1mib, rtt, batched-64b, framing-loops-64b, spawn, "
+        "node-64b, node-rtt, scale",
     )
 
 
@@ -463,7 +465,7 @@ def run_bench(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
     info = machine()
     with CPrograms() as c:
-        cases = build_cases(c, quick=args.quick)
+        cases = build_cases(c, quick=args.quick) + build_node_cases(quick=args.quick)
         scale_case = Case(
             "scale",
             "5. Scale: concurrent children, one echo each over AsyncChannel, one event loop",
