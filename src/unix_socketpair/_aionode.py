@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import ChannelClosed
 from ._nodechannel import NodeChannelBase
-from ._nodeipc import DEFAULT_MAX_MESSAGE_SIZE, Serialization
+from ._nodeipc import DEFAULT_MAX_MESSAGE_SIZE, NEED_DATA, Serialization
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -82,9 +82,9 @@ class AsyncNodeChannel(NodeChannelBase):
         """The next message's value and its handle (a ``socket.socket`` the caller
         owns), or ``None``. Raises as :meth:`NodeChannel.recv_with_handle`."""
         self._check_open()
-        while (result := self._next()) is None:
+        while (item := self._next()) is NEED_DATA:
             await self._pump()
-        return result
+        return self._with_handle(item)
 
     async def recv(self) -> Any:
         """The next message's value (a handle that came with it is closed)."""

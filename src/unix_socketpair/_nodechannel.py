@@ -46,6 +46,8 @@ _RECV_FLAGS = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
 _SEND_FLAGS = int(getattr(socket, "MSG_NOSIGNAL", 0)) | int(socket.MSG_DONTWAIT)
 _SO_NOSIGPIPE: int | None = getattr(socket, "SO_NOSIGPIPE", None)
 _MAX_SIZE = 0xFFFFFFFF
+# A plain int: testing flags against the enum member costs a Python-level call.
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
 
 
 _T = TypeVar("_T", bound="NodeChannelBase")
@@ -80,8 +82,10 @@ class NodeChannelBase:
         self._protocol = protocol
         # Bytes taken from the protocol and not written yet; each descriptor is a
         # duplicate this channel owns until the write that carries it succeeds.
-        self._out: deque[tuple[memoryview, tuple[int, ...]]] = deque()
+        self._out: deque[tuple[bytes | memoryview, tuple[int, ...]]] = deque()
         self._buffer = bytearray(_READ_SIZE)
+        self._view = memoryview(self._buffer)
+        self._pollers: dict[int, Any] = {}  # the blocking channel's, by event mask
         self._eof = False
         self._closed = False
 
@@ -169,38 +173,45 @@ class NodeChannelBase:
         (raises ``HandleRefused``)."""
         return self._protocol.outcome(ticket) and not self._protocol.awaiting_answer
 
-    def _next(self) -> tuple[Any, socket.socket | None] | None:
-        """The next user message as the receive calls return it; None: read more."""
-        message = self._protocol.next_message()
-        if message is NEED_DATA:
-            return None
-        if message is CLOSED:
+    def _next(self) -> Any:
+        """The next message as the protocol's ``next_value()`` gives it (a value, or a
+        ``Message`` with a descriptor); NEED_DATA: read more."""
+        item = self._protocol.next_value()
+        if item is CLOSED:
             raise ChannelClosed("the peer closed the Node IPC channel")
-        assert isinstance(message, Message)
-        if message.fd is None:
-            return message.value, None
+        return item
+
+    @staticmethod
+    def _with_handle(item: Any) -> tuple[Any, socket.socket | None]:
+        """``(value, handle)`` of an item :meth:`_next` returned."""
+        if type(item) is not Message:
+            return item, None
+        assert item.fd is not None
         try:
-            return message.value, socket.socket(fileno=message.fd)
+            return item.value, socket.socket(fileno=item.fd)
         except OSError as exc:
-            close_quietly(message.fd)
+            close_quietly(item.fd)
             raise ProtocolError(
-                f"a {message.handle_type} handle arrived that is not a socket ({exc})"
+                f"a {item.handle_type} handle arrived that is not a socket ({exc})"
             ) from None
 
     def _take_output(self) -> None:
-        for write in self._protocol.data_to_send():
-            fds = tuple(os.dup(fd) for fd in write.fds)
-            self._out.append((memoryview(write.data), fds))
+        for data, fds in self._protocol.data_to_send():
+            self._out.append((data, tuple(os.dup(fd) for fd in fds) if fds else ()))
 
     def _write_ready(self) -> bool:
         """Write what the protocol has to send without waiting; True once all is out."""
-        self._take_output()
+        if self._protocol.has_output:
+            self._take_output()
         out = self._out
         sock = self._sock
         while out:
             data, fds = out[0]
             try:
-                sent = sock.sendmsg([data], pack_fds(list(fds)), _SEND_FLAGS)
+                if fds:
+                    sent = sock.sendmsg([data], pack_fds(list(fds)), _SEND_FLAGS)
+                else:
+                    sent = sock.send(data, _SEND_FLAGS)
             except BlockingIOError:
                 return False
             if fds:
@@ -208,7 +219,7 @@ class NodeChannelBase:
             if sent == len(data):
                 out.popleft()
             else:
-                out[0] = (data[sent:], ())
+                out[0] = (memoryview(data)[sent:], ())
         return True
 
     def _read(self) -> bool:
@@ -219,18 +230,20 @@ class NodeChannelBase:
             )
         except BlockingIOError:
             return False
-        fds, _ = split_ancillary(ancdata)
-        if flags & socket.MSG_CTRUNC:
-            # A partial set means nothing: drop it; the peer's NODE_HANDLE then finds
-            # no descriptor and the protocol asks for a retransmission (NACK).
-            close_quietly(*fds)
-            fds = []
-        if not _RECV_FLAGS:  # pragma: no cover - no MSG_CMSG_CLOEXEC (macOS)
-            for fd in fds:
-                os.set_inheritable(fd, False)
+        fds: list[int] = []
+        if ancdata:
+            fds, _ = split_ancillary(ancdata)
+            if flags & _MSG_CTRUNC:
+                # A partial set means nothing: drop it; the peer's NODE_HANDLE then
+                # finds no descriptor and the protocol asks for a retransmission (NACK).
+                close_quietly(*fds)
+                fds = []
+            if not _RECV_FLAGS:  # pragma: no cover - no MSG_CMSG_CLOEXEC (macOS)
+                for fd in fds:
+                    os.set_inheritable(fd, False)
         if size == 0:
             self._eof = True
-        self._protocol.receive_data(memoryview(self._buffer)[:size], fds)
+        self._protocol.receive_data(self._view[:size], fds)
         return True
 
     def _release(self) -> None:
@@ -351,17 +364,23 @@ class NodeChannel(NodeChannelBase):
         """
         self._check_open()
         deadline = None if timeout is None else _Deadline(timeout)
-        while (result := self._next()) is None:
+        while (item := self._next()) is NEED_DATA:
             self._pump(deadline)
-        return result
+        return self._with_handle(item)
 
     def recv(self, timeout: float | None = None) -> Any:
         """The next message's value (a handle that came with it is closed: use
         :meth:`recv_with_handle` to take it). Raises as :meth:`recv_with_handle`."""
-        value, handle = self.recv_with_handle(timeout)
-        if handle is not None:
-            handle.close()
-        return value
+        self._check_open()
+        deadline = None if timeout is None else _Deadline(timeout)
+        while (item := self._next()) is NEED_DATA:
+            self._pump(deadline)
+        if type(item) is Message:
+            value, handle = self._with_handle(item)
+            if handle is not None:
+                handle.close()
+            return value
+        return item
 
     def __iter__(self) -> Iterator[Any]:
         """The values of the messages, until the peer closes the channel (then the
@@ -409,8 +428,11 @@ class NodeChannel(NodeChannelBase):
         """Wait for *events*; whenever the socket is readable, read once instead.
 
         Raises ``TimeoutError`` when *deadline* passes first."""
-        poller = select.poll()
-        poller.register(self._sock, events | (0 if self._eof else select.POLLIN))
+        mask = events | (0 if self._eof else select.POLLIN)
+        poller = self._pollers.get(mask)
+        if poller is None:  # one per mask, kept: building it costs more than the poll
+            poller = self._pollers[mask] = select.poll()
+            poller.register(self._sock, mask)
         while True:
             ready = poller.poll(None if deadline is None else deadline.poll_ms())
             if not ready:
