@@ -330,8 +330,22 @@ class NodeChannel(NodeChannelBase):
             BrokenPipeError, ConnectionResetError: the peer is gone.
             OSError: the channel is closed (``EBADF``).
         """
+        if handle is None and not self._out:
+            # The common send, in one system call when the socket takes it all.
+            self._check_open()
+            data = self._protocol.send_plain(value)
+            if data is not None:
+                try:
+                    sent = self._sock.send(data, _SEND_FLAGS)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(data):
+                    return
+                self._out.append((memoryview(data)[sent:], ()))
+            ticket = 0
+        else:
+            ticket = self._queue(value, handle)
         deadline = None if timeout is None else _Deadline(timeout)
-        ticket = self._queue(value, handle)
         self._flush(deadline)
         while not self._sent(ticket):
             self._pump(deadline)

@@ -237,6 +237,14 @@ class JsonLineDecoder:
         if not chunk:
             self._eof = True
             return
+        if not self._partial and not self._skipping and len(chunk) <= self._limit:
+            # The common read: whole lines, none of them can be over the limit.
+            lines = chunk.split(b"\n")
+            tail = lines.pop()
+            self._lines.extend(lines)
+            if tail:
+                self._partial += tail
+            return
         start = 0
         if self._skipping:
             start = chunk.find(b"\n") + 1
@@ -758,6 +766,17 @@ class NodeProtocol:
         else:
             self._emit(outgoing)
         return outgoing.ticket
+
+    def send_plain(self, value: object) -> bytes | None:
+        """:meth:`send` of a message without a handle, for a caller that writes it
+        at once: when nothing waits to be sent before it (no output taken yet, no
+        handle awaiting its answer), the encoded bytes are returned and the protocol
+        is done with them; otherwise the message is queued as :meth:`send` queues it
+        and ``None`` is returned. Raises as :meth:`send`."""
+        if self._outbox or self._pending is not None or self._held or self._closed:
+            self.send(value)
+            return None
+        return self._encode(value)
 
     def _emit(self, outgoing: _Outgoing) -> None:
         if outgoing.handle is None:
