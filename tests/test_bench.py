@@ -63,6 +63,8 @@ EXPECTED_ROWS = {
     "spawn": ["popen", "spawn-taken", "spawn-free", "spawn-stdio"],
     "batched-64b": ["pipe", "many-c", "many-py", "floor-c", "floor-py", "c"],
     "framing-loops-64b": ["split-py", "split-c", "join-py", "join-c"],
+    "node-64b": ["node-json", "nodechannel-json", "node-advanced", "nodechannel-advanced"],
+    "node-rtt": ["node-json", "nodechannel-json", "node-advanced", "nodechannel-advanced"],
     "scale": ["spawn-async", "asyncio-subprocess"],
 }
 
@@ -310,3 +312,36 @@ def test_quick_run_says_which_framing_is_in_use(quick_run: tuple[str, dict[str, 
         assert rows[case_id, key] == "ok"
         c_key = key.replace("-py", "-c")
         assert rows[case_id, c_key] == ("ok" if unix_socketpair.ACCELERATED else "unavailable")
+
+
+def test_quick_run_measures_node_ipc_beside_a_node_parent(
+    quick_run: tuple[str, dict[str, Any]],
+) -> None:
+    from support import require
+
+    require("node")  # under CI=true a missing node fails here, not as "unavailable"
+    stdout, report = quick_run
+    cases = {case["id"]: case for case in report["cases"]}
+    for case_id in ("node-64b", "node-rtt"):
+        for row in cases[case_id]["rows"]:
+            assert row["status"] == "ok", f"{case_id}/{row['key']}: {row['reason']}"
+    checks = {check["target"]: check for check in report["targets"]}
+    for promise in (_command.NODE_STREAM, _command.NODE_RTT):
+        assert checks[promise]["achieved"] > 0
+        assert checks[promise]["met"] == (checks[promise]["achieved"] >= checks[promise]["minimum"])
+        assert _promise_lines(stdout, promise)[0].endswith(f"] {promise}")
+
+
+def test_node_rows_say_node_not_found_without_node(tmp_path: Path) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "unix_socketpair._bench", "--quick", "--rounds", "1",
+         "--case", "node-rtt", "--json", "bench.json"],
+        capture_output=True, text=True, timeout=100, cwd=tmp_path, env={"PATH": str(empty)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (case,) = json.loads((tmp_path / "bench.json").read_text())["cases"]
+    assert [row["status"] for row in case["rows"]] == ["unavailable"] * 4
+    assert all(row["reason"] == "node not found on PATH" for row in case["rows"])
+    assert "unavailable: node not found on PATH" in proc.stdout

@@ -144,6 +144,15 @@ BATCHED_PY = (
     "as multiprocessing.Pipe"
 )
 
+NODE_STREAM = (
+    "NodeChannel (json) receives 64 B messages from a Node child at least as fast as a Node "
+    "parent over child_process.fork"
+)
+NODE_RTT = (
+    "a NodeChannel (json) round trip to a Node child takes at most 1.2x the time of a Node "
+    "parent's over child_process.fork"
+)
+
 TARGETS = (
     Target("socketpair() creates pairs at no less than 95% of the speed of "
            "socket.socketpair() + detach()", "create", "project", "socket-detach", 0.95),
@@ -185,6 +194,8 @@ TARGETS = (
            "spawn-free", "popen", 1 / 1.5),
     Target("spawn(fd='stdio') costs at most 1.5x a plain Popen", "spawn", "spawn-stdio",
            "popen", 1 / 1.5),
+    Target(NODE_STREAM, "node-64b", "nodechannel-json", "node-json", 1.0),
+    Target(NODE_RTT, "node-rtt", "nodechannel-json", "node-json", 1 / 1.2),
 )  # fmt: skip
 
 SCALE_PROMISE = "spawn_async leaves no descriptor open after its children are done"
