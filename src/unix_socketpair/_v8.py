@@ -371,8 +371,11 @@ class _Decoder:
 
     def varint(self) -> int:
         data = self.data
-        result = shift = 0
         pos = self.pos
+        if pos < len(data) and data[pos] < 0x80:  # the common one-byte varint
+            self.pos = pos + 1
+            return data[pos]
+        result = shift = 0
         while True:
             if pos >= len(data):
                 self.pos = pos
@@ -392,6 +395,8 @@ class _Decoder:
         """The next tag, padding skipped, without consuming it."""
         data = self.data
         pos = self.pos
+        if pos < len(data) and data[pos]:  # no padding: the common case
+            return data[pos]
         while pos < len(data) and data[pos] == 0:
             pos += 1
         self.pos = pos
@@ -416,6 +421,12 @@ class _Decoder:
         tag = self.tag()
         self.pos += 1
         if tag == 0x22:  # '"' one-byte string
+            data, pos = self.data, self.pos
+            if pos < len(data) and data[pos] < 0x80:  # a short one, inline
+                end = pos + 1 + data[pos]
+                if end <= len(data):
+                    self.pos = end
+                    return data[pos + 1 : end].decode("latin-1")
             return self.take(self.length()).decode("latin-1")
         if tag == 0x49:  # 'I' int32, zigzag
             n = self.varint()
