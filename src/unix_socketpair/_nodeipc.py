@@ -20,9 +20,11 @@ which must be a ``SOCK_STREAM`` Unix socket. Three layers, one job each:
 Nothing here makes a system call except closing descriptors this module owns.
 The I/O layer (the channel) reads bytes and descriptors from the socket and
 hands them to :meth:`NodeProtocol.receive_data`, takes values out with
-:meth:`NodeProtocol.next_message`, and writes what :meth:`NodeProtocol.data_to_send`
-returns, each chunk with one ``sendmsg`` whose first call carries the chunk's
-descriptors.
+:meth:`NodeProtocol.next_message` (or :meth:`NodeProtocol.next_value`, which skips
+the wrapping of a message without a descriptor), and writes what
+:meth:`NodeProtocol.data_to_send` returns, each chunk with one ``sendmsg`` whose first
+call carries the chunk's descriptors; a message without a handle may instead be
+taken with :meth:`NodeProtocol.send_plain` and written at once.
 """
 
 from __future__ import annotations
