@@ -594,3 +594,106 @@ def test_take_node_environment_errors(environ: dict[str, str], match: str) -> No
     assert environ == {}
     with pytest.raises(ValueError, match="serialization"):
         node_environment(3, "v8")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------- batch and fast-path equivalents
+
+
+def batch(decoder: JsonLineDecoder | FrameDecoder) -> list[Any]:
+    """``decoder.drain()`` with errors recorded as their classes, as drain() above does."""
+    return [
+        type(item) if isinstance(item, (ProtocolError, MessageTooLarge)) else item
+        for item in decoder.drain()
+    ]
+
+
+def _json_stream_parts() -> st.SearchStrategy[list[bytes]]:
+    line = st.one_of(
+        json_values.map(encode_json),
+        st.sampled_from([b"NaN\n", b"\n", b"{\n", b" 1 \n", b"\xff\n", b'"' + b"x" * 40 + b'"\n']),
+    )
+    return st.lists(line, max_size=6)
+
+
+@given(_json_stream_parts(), st.data(), st.sampled_from([16, 64, 1 << 20]))
+def test_json_drain_gives_what_next_gives_in_any_chunking(
+    lines: list[bytes], data: st.DataObject, limit: int
+) -> None:
+    stream = b"".join(lines) + data.draw(st.binary(max_size=3))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    one, many = JsonLineDecoder(limit), JsonLineDecoder(limit)
+    by_next: list[Any] = []
+    by_batch: list[Any] = []
+    chunks = [
+        stream[start:end] for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True)
+    ]
+    for chunk in [*filter(None, chunks), b""]:  # b"" last: the end of file
+        one.feed(chunk)
+        many.feed(chunk)
+        by_next += drain(one)
+        by_batch += batch(many)
+    assert by_batch == by_next
+    assert by_batch[-1] is CLOSED
+
+
+@given(st.lists(st.binary(max_size=12), max_size=6), st.data())
+def test_frame_drain_gives_what_next_gives(chunks: list[bytes], data: st.DataObject) -> None:
+    frames = [encode_advanced(v) for v in data.draw(st.lists(json_values, max_size=3))]
+    stream = b"".join(frames + chunks)
+    one, many = FrameDecoder(64), FrameDecoder(64)
+    cut = data.draw(st.integers(0, len(stream)))
+    by_next: list[Any] = []
+    by_batch: list[Any] = []
+    for chunk in [*filter(None, (stream[:cut], stream[cut:])), b""]:
+        one.feed(chunk)
+        many.feed(chunk)
+        by_next += drain(one)
+        by_batch += batch(many)
+    assert by_batch == by_next
+
+
+@pytest.mark.parametrize("mode", ["json", "advanced"])
+def test_send_plain_hands_the_bytes_over_only_when_nothing_waits_before_them(
+    mode: Any, pipe: tuple[int, int]
+) -> None:
+    _, w = pipe
+    a, b = NodeProtocol(mode), NodeProtocol(mode)
+    first = a.send_plain("first")
+    assert first is not None and not a.has_output  # the caller writes it
+    b.receive_data(first)
+    ticket = a.send("h", Handle(w, "net.Socket"))
+    assert a.send_plain("held") is None  # behind the handle, as send() holds it
+    (write,) = a.data_to_send()
+    b.receive_data(write.data, [os.dup(w)])
+    assert b.has_output  # b's ACK is queued: b's own plain message must follow it
+    assert b.send_plain("reply") is None
+    deliver(b, a)
+    assert a.outcome(ticket)
+    deliver(a, b)
+    got = messages(b)
+    assert [m.value for m in got] == ["first", "h", "held"]
+    for m in got:
+        if m.fd is not None:
+            os.close(m.fd)
+    assert [m.value for m in messages(a)] == ["reply"]
+
+
+def test_next_value_skips_the_wrapping_only_for_messages_without_a_descriptor(
+    pipe: tuple[int, int],
+) -> None:
+    _, w = pipe
+    a, b = NodeProtocol(), NodeProtocol()
+    a.send({"plain": 1})
+    deliver(a, b)
+    deliver(b, a)
+    a.send("with", Handle(w, "net.Socket"))
+    a.send(["after"])
+    deliver(a, b)
+    assert b.next_value() == {"plain": 1}
+    got = b.next_value()
+    assert type(got) is Message and got.value == "with" and got.fd is not None
+    os.close(got.fd)
+    deliver(b, a)  # the ACK releases ["after"]
+    deliver(a, b)
+    assert b.next_message() == Message(["after"])
+    assert b.next_value() is NEED_DATA
