@@ -177,6 +177,12 @@ TARGETS = (
     Target("with the C accelerator, joining 64 B frames is at least 5x as fast as in pure "
            "Python", "framing-loops-64b", "join-c",
            "join-py", 5.0),
+    Target("an AsyncChannel round trip takes at most the time of asyncio streams' "
+           "(default loop)", "rtt", "async-channel", "asyncio", 1.0),
+    Target("on uvloop, an AsyncChannel round trip takes at most the time of asyncio streams'",
+           "rtt", "async-channel-uvloop", "asyncio-uvloop", 1.0),
+    Target("on uvloop, an AsyncChannel(spin=200) round trip takes at most 2x a blocking "
+           "Channel's", "rtt", "async-channel-uvloop-spin", "channel", 0.5),
     Target("spawn() with the fd number already taken costs at most 2x a plain Popen",
            "spawn", "spawn-taken", "popen", 0.5),
     Target("spawn() at a free fd number costs at most 1.5x a plain Popen", "spawn",
