@@ -66,7 +66,7 @@ EXPECTED_ROWS = {
     "spawn": ["popen", "spawn-taken", "spawn-free", "spawn-stdio"],
     "batched-64b": ["pipe", "many-c", "many-py", "floor-c", "floor-py", "c"],
     "framing-loops-64b": ["split-py", "split-c", "join-py", "join-c"],
-    "scale": ["spawn-async", "asyncio-subprocess"],
+    "scale": ["spawn-async", "asyncio-subprocess", "idle-channels"],
 }
 
 

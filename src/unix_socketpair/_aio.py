@@ -191,7 +191,9 @@ class AsyncChannel(ChannelBase):
         self._write_waiter: asyncio.Future[None] | None = None
         self._reading = False
         self._read_error: Exception | None = None
-        self._send_lock = asyncio.Lock()
+        # Made on first use (most channels never send anything large or with
+        # descriptors): an idle channel is small (10,000 of them at once).
+        self._send_lock: asyncio.Lock | None = None
         # Sends running in tasks of their own (see _run): small sends wait
         # behind them, so that order is kept.
         self._jobs = 0
@@ -203,7 +205,7 @@ class AsyncChannel(ChannelBase):
         self._flush_handle: asyncio.Handle | None = None
         self._flushing = False  # our writer callback is registered
         self._write_error: OSError | None = None
-        self._drain_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._drain_waiters: list[tuple[int, asyncio.Future[None]]] | None = None
         self._eof_pending = False  # shutdown_write() waits for the buffer to empty
         self._write_shut = False  # shutdown_write() was called
         super().__init__(sock_or_fd, max_message_size=max_message_size, max_fds=max_fds)
@@ -306,11 +308,20 @@ class AsyncChannel(ChannelBase):
             raise err
         if not self._reading:
             # Not registered (first read, or paused): nobody has looked yet.
+            # Peek first: a channel that waits for its first message (10,000
+            # idle ones at once) gets its receive buffer only when data comes.
             try:
-                self._fill()
-                return None
+                ready = self._sock.recv(1, socket.MSG_PEEK) is not None
             except BlockingIOError:
-                pass
+                ready = False
+            except OSError:
+                ready = True  # _fill() raises it as a channel error
+            if ready:
+                try:
+                    self._fill()
+                    return None
+                except BlockingIOError:
+                    pass
         elif self._spin_tries and self._spin_wait():
             try:
                 self._fill()
@@ -419,12 +430,12 @@ class AsyncChannel(ChannelBase):
         self._wbuf.clear()
         self._small = -1  # a later send takes the checked path: EBADF, not buffered
         waiters = [self._read_waiter, self._write_waiter]
-        waiters.extend(fut for _, fut in self._drain_waiters)
+        waiters.extend(fut for _, fut in self._drain_waiters or ())
         for waiter in waiters:
             if waiter is not None and not waiter.done():
                 waiter.set_exception(_woken_by_close())
         self._read_waiter = self._write_waiter = None
-        self._drain_waiters.clear()
+        self._drain_waiters = None
         self._read_error = None
         self._spin_poll = None
         super().close()
@@ -587,6 +598,8 @@ class AsyncChannel(ChannelBase):
 
     async def _send_jobs(self, jobs: list[_Job]) -> None:
         try:
+            if self._send_lock is None:
+                self._send_lock = asyncio.Lock()
             async with self._send_lock:
                 if self._closed:  # while these waited for the lock
                     raise _woken_by_close()
@@ -657,7 +670,7 @@ class AsyncChannel(ChannelBase):
                         fut.set_result(None)
                 else:
                     keep.append((mark, fut))
-            self._drain_waiters = keep
+            self._drain_waiters = keep or None
 
     def _flush(self) -> None:
         """The event loop's turn: write what accumulated; keep writing as the
@@ -687,11 +700,13 @@ class AsyncChannel(ChannelBase):
             self._start_flushing()
             fut: asyncio.Future[None] = loop.create_future()
             entry = (mark, fut)
+            if self._drain_waiters is None:
+                self._drain_waiters = []
             self._drain_waiters.append(entry)
             try:
                 await fut
             except BaseException:
-                if entry in self._drain_waiters:
+                if self._drain_waiters and entry in self._drain_waiters:
                     self._drain_waiters.remove(entry)
                 del self  # see the note on tracebacks
                 raise
