@@ -34,6 +34,7 @@ EXPECTED_ROWS = {
         "async-channel",
         "async-channel-many",
         "async-channel-uvloop",
+        "zmq",
         "c",
     ],
     "framed-1mib": [
@@ -61,6 +62,7 @@ EXPECTED_ROWS = {
         "asyncio-uvloop",
         "async-channel-uvloop",
         "async-channel-uvloop-spin",
+        "zmq",
         "c",
     ],
     "spawn": ["popen", "spawn-taken", "spawn-free", "spawn-stdio"],

@@ -1019,6 +1019,18 @@ def _framed_case(c: CPrograms, size: int, first: int) -> Case:
             _need_async_channel_uvloop,
         ),
     ]
+    if not large:
+        from ._zmq_cases import framed_zmq, need_zmq  # it imports this module
+
+        variants.append(
+            Variant(
+                "pyzmq PAIR over ipc:// send / recv",
+                _framed(framed_zmq, size),
+                first,
+                key="zmq",
+                available=need_zmq,
+            )
+        )
     if large:
         variants.append(
             Variant(
@@ -1042,6 +1054,8 @@ def _framed_case(c: CPrograms, size: int, first: int) -> Case:
 
 
 def _rtt_case(c: CPrograms, first: int) -> Case:
+    from ._zmq_cases import need_zmq, rtt_zmq  # it imports this module
+
     return Case(
         "rtt",
         "4. Round trip, 1-byte ping-pong",
@@ -1105,6 +1119,9 @@ def _rtt_case(c: CPrograms, first: int) -> Case:
                 "project",
                 "async-channel-uvloop-spin",
                 partial(_need_async_channel_option, "spin", uvloop=True),
+            ),
+            Variant(
+                "pyzmq PAIR over ipc:// send / recv", rtt_zmq, first, key="zmq", available=need_zmq
             ),
             Variant(
                 "C write(2) / read(2)", _bind_c(c, "pingpong"), first, "limit", "c", c.available
