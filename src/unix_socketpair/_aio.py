@@ -870,13 +870,21 @@ class AsyncChannel(ChannelBase):
                     yield await self.recv()
             dec = self._dec
             ready = dec.iter_ready
+            next_message = dec.next_message
             while True:
                 dec.handed = []  # (only Channel's signal rollback reads it)
-                for msg in ready():
-                    yield msg
-                fut = self._fill_or_arm()
-                if fut is not None:
-                    await fut
+                # One message at a time (a round trip) costs no batch
+                # generator; a batch goes through iter_ready().
+                msg = next_message()
+                if msg is NEED_DATA:
+                    fut = self._fill_or_arm()
+                    if fut is not None:
+                        await fut
+                    continue
+                yield msg  # type: ignore[misc]
+                if dec.buffered():
+                    for msg in ready():
+                        yield msg
         except ChannelClosed:
             return
         except BaseException:
