@@ -34,6 +34,7 @@ EXPECTED_ROWS = {
         "async-channel",
         "async-channel-many",
         "async-channel-uvloop",
+        "zmq",
         "c",
     ],
     "framed-1mib": [
@@ -58,6 +59,10 @@ EXPECTED_ROWS = {
         "pipe",
         "asyncio",
         "async-channel",
+        "asyncio-uvloop",
+        "async-channel-uvloop",
+        "async-channel-uvloop-spin",
+        "zmq",
         "c",
     ],
     "spawn": ["popen", "spawn-taken", "spawn-free", "spawn-stdio"],
@@ -65,7 +70,7 @@ EXPECTED_ROWS = {
     "framing-loops-64b": ["split-py", "split-c", "join-py", "join-c"],
     "node-64b": ["node-json", "nodechannel-json", "node-advanced", "nodechannel-advanced"],
     "node-rtt": ["node-json", "nodechannel-json", "node-advanced", "nodechannel-advanced"],
-    "scale": ["spawn-async", "asyncio-subprocess"],
+    "scale": ["spawn-async", "asyncio-subprocess", "idle-channels"],
 }
 
 

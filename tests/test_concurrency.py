@@ -1252,16 +1252,20 @@ def test_an_async_channel_dropped_after_a_cancelled_recv_is_collected(
         with pytest.raises(asyncio.CancelledError):
             await task
         ref = weakref.ref(a)
-        del a, task
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
+                # Usually freed right here (nothing refers to it any more); a
+                # reference cycle would leave it to the collector.
+                del a, task
                 gc.collect()
-            alive = ref()
-            assert alive is None, "the dropped AsyncChannel is still alive (held by the loop)"
             assert any(issubclass(w.category, ResourceWarning) for w in caught), (
                 "no ResourceWarning for the dropped AsyncChannel"
             )
+            del caught  # a warning holds its source: the channel
+            gc.collect()
+            alive = ref()
+            assert alive is None, "the dropped AsyncChannel is still alive (held by the loop)"
             try:
                 still = os.fstat(fd).st_ino == inode
             except OSError:

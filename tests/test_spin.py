@@ -15,7 +15,6 @@ from unix_socketpair import (
     SOCK_DGRAM,
     SOCK_SEQPACKET,
     SOCK_STREAM,
-    AsyncChannel,
     Channel,
     ChannelClosed,
     socketpair,
@@ -47,16 +46,6 @@ def test_bad_spin_is_refused_before_anything_is_adopted(
         os.close(fds[1])
     with pytest.raises(error, match=match):
         Channel.pair(spin=spin)
-
-
-def test_asyncio_channels_do_not_take_spin(no_fd_leak: None) -> None:
-    a, b = socketpair()
-    try:
-        with pytest.raises(TypeError, match="spin"):
-            AsyncChannel(a, spin=3)  # type: ignore[call-arg]
-    finally:
-        os.close(a)
-        os.close(b)
 
 
 @pytest.mark.parametrize("sock_type", ALL_TYPES)

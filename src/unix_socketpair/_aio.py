@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import select
 import socket
 import weakref
 from collections.abc import AsyncIterator, Iterable
@@ -32,10 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 from ._ancillary import SCM_MAX_FD, close_fds
 from ._channel import (
+    _MAX_SPIN,
     _NO_FDS,
+    _PROBE_READS,
     MSG_NOSIGNAL,
     ChannelBase,
     _advance,
+    _check_limit,
     _writable,
 )
 from ._codec import (
@@ -63,6 +67,14 @@ _PAUSE_FDS = 256
 # to the low-water mark (a quarter, as asyncio's transports do).
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = _HIGH_WATER // 4
+# Adaptive spinning (see _spin_wait): a wait whose tries found data earns a
+# credit, up to _SPIN_CREDIT_MAX; a wait whose tries all failed costs
+# _SPIN_FAIL_COST. So spinning goes on while at least two waits in three end
+# in a try (then it pays: each of those saves a sleep and a wake-up, which cost
+# more than a window of tries), survives a burst of failures (the peer's CPU
+# taken for a while by another process), and stops otherwise.
+_SPIN_CREDIT_MAX = 16
+_SPIN_FAIL_COST = 2
 
 
 class _Job:
@@ -112,10 +124,23 @@ class AsyncChannel(ChannelBase):
     """The asyncio twin of :class:`~unix_socketpair.Channel`: same wire format,
     same errors, coroutines for everything that may wait.
 
+    ``AsyncChannel(sock_or_fd, *, max_message_size=64 MiB, max_fds=253, spin=0)``
+
     The constructor is synchronous and may run outside a coroutine; the channel
     binds to the running loop the first time it has to wait, and must then
-    stay on that loop. The socket is switched to non-blocking mode; the channel
-    owns it (as ``Channel`` does).
+    stay on that loop (using it from another loop raises ``RuntimeError``). The
+    socket is switched to non-blocking mode; the channel owns it (as
+    ``Channel`` does). A bad option raises ``TypeError``/``ValueError`` before
+    the socket is adopted (the caller still owns it then).
+
+    *spin* (0 to 1000, default 0): a receive that finds nothing queued looks
+    that many more times (``poll`` with no timeout) before its task sleeps in
+    the event loop, so that a peer answering within microseconds costs no
+    sleep and wake-up. The event loop does not run meanwhile (other tasks wait:
+    opt in where round-trip latency matters most); the write-behind buffer is
+    written first. It adapts: spinning stops once fewer than about two waits
+    in three end in a try, and is tried again 256 waits later. About 100 to
+    200 suits a peer on another CPU (docs/performance.md).
 
     Any number of tasks may ``send`` at once (messages are never interleaved:
     a task finishes its message before the next starts); only one task at a
@@ -151,6 +176,10 @@ class AsyncChannel(ChannelBase):
         "_read_waiter",
         "_reading",
         "_send_lock",
+        "_spin_credit",
+        "_spin_poll",
+        "_spin_probe",
+        "_spin_tries",
         "_wbuf",
         "_write_error",
         "_write_shut",
@@ -163,13 +192,21 @@ class AsyncChannel(ChannelBase):
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_fds: int = SCM_MAX_FD,
+        spin: int = 0,
     ) -> None:
+        # Checked before the socket is adopted, so a bad value leaves it to the caller.
+        self._spin_tries = _check_limit("spin", spin, 0, _MAX_SPIN)
+        self._spin_credit = _SPIN_CREDIT_MAX // 2 if spin else 0
+        self._spin_probe = 0
+        self._spin_poll: select.poll | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._read_waiter: asyncio.Future[None] | None = None
         self._write_waiter: asyncio.Future[None] | None = None
         self._reading = False
         self._read_error: Exception | None = None
-        self._send_lock = asyncio.Lock()
+        # Made on first use (most channels never send anything large or with
+        # descriptors): an idle channel is small (10,000 of them at once).
+        self._send_lock: asyncio.Lock | None = None
         # Sends running in tasks of their own (see _run): small sends wait
         # behind them, so that order is kept.
         self._jobs = 0
@@ -181,7 +218,7 @@ class AsyncChannel(ChannelBase):
         self._flush_handle: asyncio.Handle | None = None
         self._flushing = False  # our writer callback is registered
         self._write_error: OSError | None = None
-        self._drain_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._drain_waiters: list[tuple[int, asyncio.Future[None]]] | None = None
         self._eof_pending = False  # shutdown_write() waits for the buffer to empty
         self._write_shut = False  # shutdown_write() was called
         super().__init__(sock_or_fd, max_message_size=max_message_size, max_fds=max_fds)
@@ -217,52 +254,153 @@ class AsyncChannel(ChannelBase):
 
     def _on_readable(self) -> None:
         dec = self._dec
-        eager = self._stream and not dec.reading_direct
-        if eager and self._read_error is None:
-            try:
-                self._fill()
-            except BlockingIOError:
-                return  # nothing there after all; stay registered
-            except Exception as exc:
-                self._read_error = exc
+        if self._stream and not dec.reading_direct:
+            # Eager: move what the kernel has into the decoder now, and stay
+            # registered (the next wait costs no epoll_ctl).
+            if self._read_error is None:
+                try:
+                    self._fill()
+                except BlockingIOError:
+                    return  # nothing there after all
+                except Exception as exc:
+                    self._read_error = exc
+            fut = self._read_waiter
+            if fut is not None:
+                self._read_waiter = None
+                if not fut.done():
+                    fut.set_result(None)
+            elif (
+                self._read_error is not None
+                or dec.at_eof
+                or dec.buffered() >= _PAUSE_BYTES
+                or dec.pending_fds() >= _PAUSE_FDS
+            ):
+                self._stop_reading()
+            return
+        # Packets, and a payload read straight into a caller's buffer: the task
+        # reads; the callback only wakes it.
         fut = self._read_waiter
         if fut is not None:
             self._read_waiter = None
             if not fut.done():
                 fut.set_result(None)
-            if not eager:
-                self._stop_reading()
-        elif (
-            not eager
-            or self._read_error is not None
-            or dec.at_eof
-            or dec.buffered() >= _PAUSE_BYTES
-            or dec.pending_fds() >= _PAUSE_FDS
-        ):
-            self._stop_reading()
+        self._stop_reading()
 
-    async def _wait_readable(self) -> None:
-        if self._read_waiter is not None:
+    # Receiving waits are on the hot path of every round trip, so they are
+    # plain functions that return the future to await (no coroutine of their
+    # own), and the loop is looked up only the first time (get_running_loop()
+    # costs a getpid() system call on CPython 3.11). Awaiting the future from a
+    # task of another loop then fails in asyncio itself ("attached to a
+    # different loop"); the next receive names our rule (see _arm_read).
+
+    def _arm_read(self) -> asyncio.Future[None]:
+        """Register interest in the socket becoming readable; return the
+        future the reader callback completes (close() fails it)."""
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            self._bind()  # another loop is the likelier mistake: name it
             raise RuntimeError("another task is already receiving on this channel")
         self._check_open()
-        loop = self._bind()
+        loop = self._loop or self._bind()
         self._burst = False  # the loop runs before our next send
-        self._start_reading(loop)
+        if not self._reading:
+            self._start_reading(loop)
         fut: asyncio.Future[None] = loop.create_future()
         self._read_waiter = fut
-        try:
-            await fut
-        except BaseException:
-            if self._read_waiter is fut:
-                self._read_waiter = None
-            del self  # see the note on tracebacks
-            raise
+        return fut
 
-    def _raise_read_error(self) -> None:
+    def _fill_or_arm(self) -> asyncio.Future[None] | None:
+        """Get more stream bytes into the decoder: at once if the kernel has
+        some (``None``), else the future to await before trying again.
+
+        Raises the error the reader callback ran into, once. With ``spin``,
+        looks again a few times before arming (see _spin_wait)."""
         err = self._read_error
         if err is not None:
             self._read_error = None
             raise err
+        if not self._reading:
+            # Not registered (first read, or paused): nobody has looked yet.
+            # Peek first: a channel that waits for its first message (10,000
+            # idle ones at once) gets its receive buffer only when data comes.
+            try:
+                ready = self._sock.recv(1, socket.MSG_PEEK) is not None
+            except BlockingIOError:
+                ready = False
+            except OSError:
+                ready = True  # _fill() raises it as a channel error
+            if ready:
+                try:
+                    self._fill()
+                    return None
+                except BlockingIOError:
+                    pass
+        elif self._spin_tries and self._spin_wait():
+            try:
+                self._fill()
+                return None
+            except BlockingIOError:
+                pass
+        # _arm_read() inlined: this is every stream wait.
+        waiter = self._read_waiter
+        loop = self._loop
+        if (waiter is not None and not waiter.done()) or self._closed or loop is None:
+            return self._arm_read()
+        self._burst = False  # the loop runs before our next send
+        if not self._reading:
+            self._start_reading(loop)
+        fut = self._read_waiter = loop.create_future()
+        return fut
+
+    def _spin_wait(self) -> bool:
+        """Look up to ``spin`` times whether the socket became readable, without
+        waiting; True as soon as it is (then the caller reads).
+
+        Waking a task costs a sleep in the event loop, a wake-up, a callback and
+        a task step; a peer that answers within a few microseconds is cheaper
+        to wait for awake. Spinning adapts (see _SPIN_CREDIT_MAX): with no
+        credit left the channel waits at once (no tries: they would only take
+        CPU from other tasks and from a peer sharing our CPU), and tries again
+        _PROBE_READS waits later. While it spins the event loop does not run:
+        the write-behind buffer is written first, or no spinning is done."""
+        if not self._spin_credit:
+            self._spin_probe -= 1
+            if self._spin_probe > 0:
+                return False
+            self._spin_credit = _SPIN_FAIL_COST
+        if self._wbuf:
+            # Our last messages wait for the loop to write them: the peer
+            # cannot answer them while we spin.
+            self._flush_now()
+            if self._wbuf:
+                return False
+        # A try is poll() with no timeout: no exception per failed try, and the
+        # read stays the caller's own.
+        poll = self._spin_poll
+        if poll is None:
+            poll = self._spin_poll = select.poll()
+            poll.register(self._sock.fileno(), select.POLLIN)
+        for _ in range(self._spin_tries):
+            if poll.poll(0):
+                self._spin_credit = min(self._spin_credit + 1, _SPIN_CREDIT_MAX)
+                self._burst = False  # a wait ended: the next send goes out at once
+                return True
+        self._spin_credit = max(self._spin_credit - _SPIN_FAIL_COST, 0)
+        if not self._spin_credit:
+            self._spin_probe = _PROBE_READS
+        return False
+
+    async def _wait_readable(self) -> None:
+        """Wait until the socket is readable (packets and direct reads, which
+        read in the task)."""
+        if self._spin_tries and self._spin_wait():
+            return
+        fut = self._arm_read()
+        try:
+            await fut
+        except BaseException:
+            del self  # see the note on tracebacks
+            raise
 
     async def _wait_writable(self) -> None:
         self._check_open()
@@ -305,13 +443,14 @@ class AsyncChannel(ChannelBase):
         self._wbuf.clear()
         self._small = -1  # a later send takes the checked path: EBADF, not buffered
         waiters = [self._read_waiter, self._write_waiter]
-        waiters.extend(fut for _, fut in self._drain_waiters)
+        waiters.extend(fut for _, fut in self._drain_waiters or ())
         for waiter in waiters:
             if waiter is not None and not waiter.done():
                 waiter.set_exception(_woken_by_close())
         self._read_waiter = self._write_waiter = None
-        self._drain_waiters.clear()
+        self._drain_waiters = None
         self._read_error = None
+        self._spin_poll = None
         super().close()
 
     async def aclose(self) -> None:
@@ -472,6 +611,8 @@ class AsyncChannel(ChannelBase):
 
     async def _send_jobs(self, jobs: list[_Job]) -> None:
         try:
+            if self._send_lock is None:
+                self._send_lock = asyncio.Lock()
             async with self._send_lock:
                 if self._closed:  # while these waited for the lock
                     raise _woken_by_close()
@@ -542,7 +683,7 @@ class AsyncChannel(ChannelBase):
                         fut.set_result(None)
                 else:
                     keep.append((mark, fut))
-            self._drain_waiters = keep
+            self._drain_waiters = keep or None
 
     def _flush(self) -> None:
         """The event loop's turn: write what accumulated; keep writing as the
@@ -572,11 +713,13 @@ class AsyncChannel(ChannelBase):
             self._start_flushing()
             fut: asyncio.Future[None] = loop.create_future()
             entry = (mark, fut)
+            if self._drain_waiters is None:
+                self._drain_waiters = []
             self._drain_waiters.append(entry)
             try:
                 await fut
             except BaseException:
-                if entry in self._drain_waiters:
+                if self._drain_waiters and entry in self._drain_waiters:
                     self._drain_waiters.remove(entry)
                 del self  # see the note on tracebacks
                 raise
@@ -609,30 +752,26 @@ class AsyncChannel(ChannelBase):
     # -- receiving ----------------------------------------------------------
 
     async def _fill_async(self) -> None:
-        """Get more stream bytes into the decoder (see the note on reading)."""
-        self._raise_read_error()
-        if not self._reading:
+        """Get more stream bytes into the decoder, waiting if need be."""
+        fut = self._fill_or_arm()
+        if fut is not None:
             try:
-                self._fill()
-                return
-            except BlockingIOError:
-                pass
-        try:
-            await self._wait_readable()
-        except BaseException:
-            del self  # see the note on tracebacks
-            raise
-        self._raise_read_error()
+                await fut
+            except BaseException:
+                del self  # see the note on tracebacks
+                raise
 
     async def recv(self) -> bytes:
         """Return the next message (see ``Channel.recv``)."""
         if self._stream:
             dec = self._dec
             dec.handed = []  # (only Channel's signal rollback reads it)
-            msg = dec.next_message()
             try:
+                msg = dec.next_message()
                 while msg is NEED_DATA:
-                    await self._fill_async()
+                    fut = self._fill_or_arm()
+                    if fut is not None:
+                        await fut
                     msg = dec.next_message()
             except BaseException:
                 del self  # see the note on tracebacks
@@ -652,10 +791,12 @@ class AsyncChannel(ChannelBase):
         self._dec.handed = []
         if self._stream:
             dec = self._dec
-            result = dec.next_message_with_fds()
             try:
+                result = dec.next_message_with_fds()
                 while result is NEED_DATA:
-                    await self._fill_async()
+                    fut = self._fill_or_arm()
+                    if fut is not None:
+                        await fut
                     result = dec.next_message_with_fds()
             except BaseException:
                 del self  # see the note on tracebacks
@@ -706,7 +847,8 @@ class AsyncChannel(ChannelBase):
                 if dec.buffered() >= HEADER_SIZE + size or self._wants_direct(size):
                     break
                 await self._fill_async()
-            if self._read_waiter is not None:
+            waiter = self._read_waiter
+            if waiter is not None and not waiter.done():
                 raise RuntimeError("another task is already receiving on this channel")
             size, copied = dec.read_into(target)
             if copied == size:
@@ -741,11 +883,21 @@ class AsyncChannel(ChannelBase):
                     yield await self.recv()
             dec = self._dec
             ready = dec.iter_ready
+            next_message = dec.next_message
             while True:
                 dec.handed = []  # (only Channel's signal rollback reads it)
-                for msg in ready():
-                    yield msg
-                await self._fill_async()
+                # One message at a time (a round trip) costs no batch
+                # generator; a batch goes through iter_ready().
+                msg = next_message()
+                if msg is NEED_DATA:
+                    fut = self._fill_or_arm()
+                    if fut is not None:
+                        await fut
+                    continue
+                yield msg  # type: ignore[misc]
+                if dec.buffered():
+                    for msg in ready():
+                        yield msg
         except ChannelClosed:
             return
         except BaseException:
@@ -785,7 +937,9 @@ class AsyncChannel(ChannelBase):
         out = dec.take_ready(count)
         try:
             while not out:
-                await self._fill_async()
+                fut = self._fill_or_arm()
+                if fut is not None:
+                    await fut
                 dec.handed = []
                 out = dec.take_ready(count)
         except BaseException:

@@ -78,7 +78,7 @@ _BATCH_BYTES: Final = 256 * 1024
 # at least min(_MIN_FREE, capacity / 2) is free, so one recvmsg can take many
 # small messages. Above _RETAIN_CAPACITY (after one very large message) the
 # buffer is given back once it is empty.
-_START_CAPACITY: Final = 16 * 1024
+_START_CAPACITY: Final = 1024
 _STEADY_CAPACITY: Final = 256 * 1024
 _MIN_FREE: Final = 64 * 1024
 _RETAIN_CAPACITY: Final = 4 * 1024 * 1024 + HEADER_SIZE

@@ -910,7 +910,7 @@ class Child(Generic[_C]):
 
 
 _CHANNEL_OPTIONS = ("max_message_size", "max_fds", "spin", "write_buffer")
-_ASYNC_CHANNEL_OPTIONS = ("max_message_size", "max_fds")
+_ASYNC_CHANNEL_OPTIONS = ("max_message_size", "max_fds", "spin")
 _NODE_CHANNEL_OPTIONS = ("max_message_size",)
 
 
@@ -1373,7 +1373,7 @@ async def spawn_async(
     The child is started with ``asyncio.create_subprocess_exec`` (so ``stdout=PIPE`` gives
     a ``StreamReader``) with the same ``Popen`` arguments, from the same planner, as
     ``spawn``'s. The parent's end is switched to non-blocking (the child's stays blocking).
-    *channel_options* go to ``AsyncChannel`` (``max_message_size``, ``max_fds``), made
+    *channel_options* go to ``AsyncChannel`` (``max_message_size``, ``max_fds``, ``spin``), made
     before the child starts. With *node_ipc* (see :func:`spawn`), :attr:`AsyncChild.channel`
     is an ``AsyncNodeChannel`` (option: ``max_message_size``).
 

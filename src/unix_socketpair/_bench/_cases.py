@@ -187,6 +187,14 @@ def _need_async_channel_uvloop() -> None:
     _need_uvloop()
 
 
+def _need_async_channel_option(name: str, *, uvloop: bool = False) -> None:
+    _need_async_channel()
+    if uvloop:
+        _need_uvloop()
+    if name not in inspect.signature(_project("AsyncChannel")).parameters:
+        raise Unavailable(f"this version's AsyncChannel has no {name} option")
+
+
 # --- case 1: create + close -----------------------------------------------------------------
 
 
@@ -760,7 +768,7 @@ def _rtt_pipe(n: int) -> Sample:
     return _two_process(child, parent, [b], [a])
 
 
-def _rtt_asyncio(n: int) -> Sample:
+def _rtt_asyncio(n: int, *, uvloop: bool = False) -> Sample:
     a, b = socket.socketpair()
 
     def child(wait_go: Callable[[], None]) -> None:
@@ -772,7 +780,7 @@ def _rtt_asyncio(n: int) -> Sample:
             writer.close()
             await writer.wait_closed()
 
-        _run_async(main, uvloop=False)
+        _run_async(main, uvloop=uvloop)
 
     def parent(race: _Race) -> int:
         async def main() -> None:
@@ -787,29 +795,29 @@ def _rtt_asyncio(n: int) -> Sample:
             writer.close()
             await writer.wait_closed()
 
-        _run_async(main, uvloop=False)
+        _run_async(main, uvloop=uvloop)
         return n
 
     return _two_process(child, parent, [b], [a])
 
 
-def _rtt_async_channel(n: int) -> Sample:
+def _rtt_async_channel(n: int, *, uvloop: bool = False, **options: Any) -> Sample:
     channel_class = _project("AsyncChannel")
     a, b = socket.socketpair()
 
     def child(wait_go: Callable[[], None]) -> None:
         async def main() -> None:
-            channel = channel_class(b)
+            channel = channel_class(b, **options)
             wait_go()
             async for message in channel:
                 await channel.send(message)
             await _aclose(channel)
 
-        _run_async(main, uvloop=False)
+        _run_async(main, uvloop=uvloop)
 
     def parent(race: _Race) -> int:
         async def main() -> None:
-            channel = channel_class(a)
+            channel = channel_class(a, **options)
             try:
                 send, recv = channel.send, channel.recv
                 race.go()
@@ -822,7 +830,7 @@ def _rtt_async_channel(n: int) -> Sample:
             finally:
                 await _aclose(channel)
 
-        _run_async(main, uvloop=False)
+        _run_async(main, uvloop=uvloop)
         return n
 
     return _two_process(child, parent, [b], [a])
@@ -1011,6 +1019,18 @@ def _framed_case(c: CPrograms, size: int, first: int) -> Case:
             _need_async_channel_uvloop,
         ),
     ]
+    if not large:
+        from ._zmq_cases import framed_zmq, need_zmq  # it imports this module
+
+        variants.append(
+            Variant(
+                "pyzmq PAIR over ipc:// send / recv",
+                _framed(framed_zmq, size),
+                first,
+                key="zmq",
+                available=need_zmq,
+            )
+        )
     if large:
         variants.append(
             Variant(
@@ -1034,6 +1054,8 @@ def _framed_case(c: CPrograms, size: int, first: int) -> Case:
 
 
 def _rtt_case(c: CPrograms, first: int) -> Case:
+    from ._zmq_cases import need_zmq, rtt_zmq  # it imports this module
+
     return Case(
         "rtt",
         "4. Round trip, 1-byte ping-pong",
@@ -1074,6 +1096,32 @@ def _rtt_case(c: CPrograms, first: int) -> Case:
                 "project",
                 "async-channel",
                 _need_async_channel,
+            ),
+            Variant(
+                "asyncio streams write / readexactly (uvloop)",
+                partial(_rtt_asyncio, uvloop=True),
+                first,
+                key="asyncio-uvloop",
+                available=_need_uvloop,
+            ),
+            Variant(
+                "AsyncChannel send / recv (uvloop)",
+                partial(_rtt_async_channel, uvloop=True),
+                first,
+                "project",
+                "async-channel-uvloop",
+                _need_async_channel_uvloop,
+            ),
+            Variant(
+                "AsyncChannel(spin=200) send / recv (uvloop)",
+                partial(_rtt_async_channel, uvloop=True, spin=200),
+                first,
+                "project",
+                "async-channel-uvloop-spin",
+                partial(_need_async_channel_option, "spin", uvloop=True),
+            ),
+            Variant(
+                "pyzmq PAIR over ipc:// send / recv", rtt_zmq, first, key="zmq", available=need_zmq
             ),
             Variant(
                 "C write(2) / read(2)", _bind_c(c, "pingpong"), first, "limit", "c", c.available

@@ -188,6 +188,12 @@ TARGETS = (
     Target("with the C accelerator, joining 64 B frames is at least 5x as fast as in pure "
            "Python", "framing-loops-64b", "join-c",
            "join-py", 5.0),
+    Target("an AsyncChannel round trip takes at most the time of asyncio streams' "
+           "(default loop)", "rtt", "async-channel", "asyncio", 1.0),
+    Target("on uvloop, an AsyncChannel round trip takes at most the time of asyncio streams'",
+           "rtt", "async-channel-uvloop", "asyncio-uvloop", 1.0),
+    Target("on uvloop, an AsyncChannel(spin=200) round trip takes at most 2x a blocking "
+           "Channel's", "rtt", "async-channel-uvloop-spin", "channel", 0.5),
     Target("spawn() with the fd number already taken costs at most 2x a plain Popen",
            "spawn", "spawn-taken", "popen", 0.5),
     Target("spawn() at a free fd number costs at most 1.5x a plain Popen", "spawn",
@@ -199,6 +205,13 @@ TARGETS = (
 )  # fmt: skip
 
 SCALE_PROMISE = "spawn_async leaves no descriptor open after its children are done"
+SCALE_MEMORY_PROMISE = (
+    "spawn_async costs the parent no more memory per child than asyncio's own subprocess pipes"
+)
+IDLE_PROMISE = (
+    "10,000 idle AsyncChannels, each with a task waiting in recv(), take at most 40 MiB of RSS"
+)
+IDLE_LIMIT_KIB = 40 * 1024 / 10_000  # per channel
 
 
 def _ratio(case: Case | None, rows: dict[str, Row], key: str, reference: str) -> float | None:
@@ -243,6 +256,37 @@ def _check_targets(
                 "options": _beside(case, rows, target.reference, target.options),
             }
         )
+    by_key = {row.key: row for row in scale}
+    spawn_row, pipes_row = by_key.get("spawn-async"), by_key.get("asyncio-subprocess")
+    if spawn_row is not None and pipes_row is not None:
+        ours, theirs = spawn_row.extra.get("per_child_kib"), pipes_row.extra.get("per_child_kib")
+        met = None if ours is None or theirs is None else ours <= theirs
+        checks.append(
+            {
+                "target": SCALE_MEMORY_PROMISE,
+                "minimum": theirs,
+                "promised": "—" if theirs is None else f"≤ {theirs:.2f} KiB per child",
+                "unit": " KiB per child",
+                "achieved": ours,
+                "met": met,
+                "status": _status(met),
+            }
+        )
+    idle_row = by_key.get("idle-channels")
+    if idle_row is not None:
+        per_channel = idle_row.extra.get("per_child_kib")
+        met = None if per_channel is None else per_channel <= IDLE_LIMIT_KIB
+        checks.append(
+            {
+                "target": IDLE_PROMISE,
+                "minimum": IDLE_LIMIT_KIB,
+                "promised": f"≤ {IDLE_LIMIT_KIB:.2f} KiB per channel",
+                "unit": " KiB per channel",
+                "achieved": per_channel,
+                "met": met,
+                "status": _status(met),
+            }
+        )
     for row in scale:
         if row.key != "spawn-async":
             continue
@@ -263,6 +307,7 @@ def _check_targets(
 SCALE_MODES = (
     ("spawn-async", "project", "spawn_async(['cat'], fd='stdio') + AsyncChannel echo"),
     ("asyncio-subprocess", "other", "asyncio.create_subprocess_exec('cat', PIPE) + readexactly"),
+    ("idle-channels", "project", "idle AsyncChannel.pair()s, a task waiting in each recv()"),
 )
 
 
@@ -319,7 +364,8 @@ def _format_scale(case: Case, rows: Sequence[Row], children: int) -> str:
             f"    wall time        {statistics.median(walls):.3f} s (min-max {min(walls):.3f}-"
             f"{max(walls):.3f} s, {len(walls)} runs)",
             f"    parent RSS       {x['rss_before_kib'] / 1024:.1f} MiB before, peak "
-            f"{x['rss_peak_kib'] / 1024:.1f} MiB: {x['per_child_kib']:.1f} KiB per child",
+            f"{x['rss_peak_kib'] / 1024:.1f} MiB: {x['per_child_kib']:.1f} KiB per "
+            + (f"channel ({x['children']} channels)" if row.key == "idle-channels" else "child"),
             f"    descriptors      {x['fds_before']} before, {x['fds_leaked']} leaked after",
         ]
         if x["nofile_soft_after"] != x["nofile_soft_before"]:
@@ -364,6 +410,10 @@ def _format_targets(checks: Sequence[dict[str, Any]]) -> str:
         else:
             shown = str(achieved)
         want = "0" if check["minimum"] == 0 else f"≥ {check['minimum']:.2f}"
+        if "promised" in check:  # a limit, not a ratio (memory)
+            want = check["promised"]
+            if achieved is not None:
+                shown = f"{achieved:.2f}{check['unit']}"
         beside = []
         for floor in check.get("floors", ()):
             value = "—" if floor["achieved"] is None else f"{floor['achieved']:.2f}"

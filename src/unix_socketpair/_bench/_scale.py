@@ -1,4 +1,5 @@
-"""Case 5, scale: many concurrent children, each one echo round trip, from one loop.
+"""Case 5, scale: many concurrent children, each one echo round trip, from one loop;
+and many idle channels, each with a task waiting to receive.
 
 Each measurement runs in a fresh interpreter (``python -c`` running
 ``worker()`` below) so that its peak RSS and descriptor count belong to the
@@ -18,7 +19,11 @@ from typing import Any
 
 from ._harness import Unavailable
 
-__all__ = ["measure", "worker"]
+__all__ = ["IDLE_PER_CHILD", "measure", "worker"]
+
+# The idle-channels row holds this many channels per child of the other rows:
+# 10,000 for the default 1,000 children.
+IDLE_PER_CHILD = 10
 
 # Descriptors per child the parent may hold at once (its socket end, a pidfd or
 # pipe for the exit status, the loop's bookkeeping), plus the interpreter's own.
@@ -123,26 +128,63 @@ async def _echo_all(children: int, message: bytes, mode: str) -> int:
     return rss_all_up
 
 
+async def _idle_channels(count: int) -> tuple[int, int]:
+    """Hold *count* ``AsyncChannel``s (*count* / 2 pairs), each with a task
+    waiting in ``recv()``; return the RSS (KiB) with all of them waiting, and
+    how many waiters ended with ``ChannelClosed`` once the channels were closed."""
+    from unix_socketpair import AsyncChannel, ChannelClosed
+
+    channels: list[Any] = []
+    try:
+        for _ in range(count // 2):
+            channels.extend(AsyncChannel.pair())
+        waiters = [asyncio.ensure_future(channel.recv()) for channel in channels]
+        # Every waiter has run up to its wait (one loop pass runs them all).
+        await asyncio.sleep(0)
+        if any(waiter.done() for waiter in waiters):
+            raise RuntimeError("a receive on an idle channel returned")
+        rss = _status_kib("VmRSS")
+    finally:
+        for channel in channels:
+            channel.close()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    return rss, sum(isinstance(result, ChannelClosed) for result in results)
+
+
 def worker(children: int, mode: str = "spawn-async") -> None:
     """Run the case once in this process and print its figures as one JSON line.
 
-    *mode* is ``"spawn-async"`` (the project) or ``"asyncio-subprocess"`` (the baseline).
+    *mode* is ``"spawn-async"`` (the project), ``"asyncio-subprocess"`` (the
+    baseline), or ``"idle-channels"`` (``IDLE_PER_CHILD * children`` idle
+    ``AsyncChannel``s, no child processes; "per child" then means per channel).
     """
-    limits = _raise_nofile(children)
+    units = children * IDLE_PER_CHILD if mode == "idle-channels" else children
+    limits = _raise_nofile(units)
+    if mode == "idle-channels":
+        # One descriptor per channel: as many as the hard limit allows.
+        units = max(2, min(units, limits["nofile_soft_after"] - _FDS_BASE) // 2 * 2)
+    if mode == "idle-channels":
+        import unix_socketpair  # noqa: F401  (its import is not the channels' cost)
+
     fds_before = _open_fds()
     rss_before = _status_kib("VmRSS")
     started = time.perf_counter()
-    rss_all_up = asyncio.run(_echo_all(children, b"ping", mode))
+    if mode == "idle-channels":
+        rss_all_up, closed = asyncio.run(_idle_channels(units))
+        if closed != units:
+            raise RuntimeError(f"{units - closed} of {units} waiters did not see ChannelClosed")
+    else:
+        rss_all_up = asyncio.run(_echo_all(children, b"ping", mode))
     wall = time.perf_counter() - started
     rss_peak = _status_kib("VmHWM")
     fds_after = _open_fds()
     figures: dict[str, Any] = {
-        "children": children,
+        "children": units,
         "wall_s": wall,
         "rss_before_kib": rss_before,
         "rss_all_up_kib": rss_all_up,
         "rss_peak_kib": rss_peak,
-        "per_child_kib": (rss_peak - rss_before) / children,
+        "per_child_kib": (rss_peak - rss_before) / units,
         "fds_before": fds_before,
         "fds_after": fds_after,
         "fds_leaked": fds_after - fds_before,
@@ -157,6 +199,10 @@ def available(mode: str) -> None:
 
     import unix_socketpair
 
+    if mode == "idle-channels":
+        if getattr(unix_socketpair, "AsyncChannel", None) is None:
+            raise Unavailable("unix_socketpair.AsyncChannel is not available in this version")
+        return
     if shutil.which("cat") is None:
         raise Unavailable("`cat` is not on PATH")
     if mode != "spawn-async":
