@@ -133,3 +133,93 @@ def test_interrupted_spawns_leave_no_descriptor_and_no_child(mode: str, fd: str)
     assert result["interrupted"], "the timer never interrupted a spawn: the test proves nothing"
     assert result["leaked"] == [], result
     assert result["unreaped"] == 0, result
+
+
+class _Tick(Exception):
+    pass
+
+
+def _raise_once_at_first_look(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make the first look at a handler raise, as a handler that raises there would."""
+    import unix_socketpair._spawn as impl
+
+    real = impl._c_signal.getsignal
+    looks: list[int] = []
+
+    def getsignal(signum: int) -> object:
+        looks.append(signum)
+        if len(looks) == 1:
+            raise _Tick
+        return real(signum)
+
+    monkeypatch.setattr(impl._c_signal, "getsignal", getsignal)
+    return looks
+
+
+def test_the_failure_cleanup_runs_although_a_handler_raises_as_it_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # spawn() failed (say, a deferred handler raised as they were put back): its
+    # cleanup defers the handlers again, and a signal may land right then. The child
+    # must still be killed and reaped, and the handlers left as they were.
+    import contextlib
+    import signal
+
+    import unix_socketpair._spawn as impl
+
+    before = {n: signal.getsignal(n) for n in impl._Signals._NUMBERS}
+    cleaned: list[str] = []
+    on_failure = contextlib.ExitStack()
+    on_failure.callback(cleaned.append, "reaped")
+    looks = _raise_once_at_first_look(monkeypatch)
+    with pytest.raises(_Tick):
+        impl._fail(impl._Signals(), on_failure)
+    assert looks, "the cleanup never deferred the handlers: the test proves nothing"
+    assert cleaned == ["reaped"]
+    assert {n: signal.getsignal(n) for n in impl._Signals._NUMBERS} == before
+
+
+def test_handlers_are_deferred_although_a_handler_raises_while_they_are_swapped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import signal
+
+    import unix_socketpair._spawn as impl
+
+    signals = impl._Signals()
+    _raise_once_at_first_look(monkeypatch)
+    with pytest.raises(_Tick):
+        signals.hold()
+    try:
+        signal.raise_signal(signal.SIGINT)
+    except KeyboardInterrupt:
+        signals.release()
+        pytest.fail("SIGINT ran its handler: hold() gave up when a handler raised")
+    with pytest.raises(KeyboardInterrupt):  # release() runs the noted one
+        signals.release()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_async_failure_cleanup_runs_although_a_handler_raises_as_it_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+    import contextlib
+
+    import unix_socketpair._spawn as impl
+
+    cleaned: list[str] = []
+
+    async def reap() -> None:
+        cleaned.append("reaped")
+
+    async def main() -> None:
+        on_failure = contextlib.AsyncExitStack()
+        on_failure.push_async_callback(reap)
+        looks = _raise_once_at_first_look(monkeypatch)
+        with pytest.raises(_Tick):
+            await impl._afail(impl._Signals(), on_failure)
+        assert looks
+
+    asyncio.run(main())
+    assert cleaned == ["reaped"]

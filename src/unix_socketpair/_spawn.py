@@ -249,22 +249,25 @@ class _Signals:
         """Defer the Python handlers (idempotent).
 
         A handler may still run (and raise) while they are being swapped; the swap is
-        then completed before the exception leaves.
+        then completed, in a ``finally``, before the exception leaves. (Once a signal's
+        handler is swapped it only notes: each kind can interrupt the swap once.)
         """
         if not self._main or self._saved is not None:
             return
-        saved = {}
-        for signum in self._NUMBERS:
-            handler = _c_signal.getsignal(signum)
-            if callable(handler):
-                saved[signum] = handler
+        saved: dict[int, Any] = {}
         self._saved = saved  # first: release() restores exactly what was swapped
         try:
-            for signum in saved:
-                _c_signal.signal(signum, self._note)
+            self._swap(saved)
         finally:
-            for signum in saved:
-                _c_signal.signal(signum, self._note)
+            self._swap(saved)
+
+    def _swap(self, saved: dict[int, Any]) -> None:
+        note = self._note
+        for signum in self._NUMBERS:
+            handler = _c_signal.getsignal(signum)
+            if callable(handler) and handler != note:
+                saved[signum] = handler
+                _c_signal.signal(signum, note)
 
     def release(self) -> None:
         """Restore the handlers and run those whose signal came meanwhile (they may raise).
@@ -1105,11 +1108,13 @@ def _spawn(
 
 def _fail(signals: _Signals, on_failure: contextlib.ExitStack) -> None:
     """Run the failure cleanup with the handlers deferred, then the ones that came due."""
-    signals.hold()
     try:
-        on_failure.close()
-    finally:
-        signals.release()
+        signals.hold()
+    finally:  # a handler that raised during hold() must not skip the cleanup
+        try:
+            on_failure.close()
+        finally:
+            signals.release()
 
 
 def spawn_on(
@@ -1424,14 +1429,18 @@ async def spawn_async(
             # Without it a concurrent spawn may hold a claimed number; the exec helper
             # then places ours, which is just a little slower.
             launch = _plan(req, placements, temps, always)
+            # Registered before it exists: hold() below may raise (a handler that ran
+            # as they were swapped) once the process is there.
+            created: list[asyncio.subprocess.Process] = []
+            on_failure.push_async_callback(_kill_and_reap_all, created)
             try:
                 signals.release()  # the event loop runs with its handlers
-                process = await asyncio.create_subprocess_exec(
-                    *launch.argv, **launch.popen_kwargs()
+                created.append(
+                    await asyncio.create_subprocess_exec(*launch.argv, **launch.popen_kwargs())
                 )
             finally:
                 signals.hold()
-            on_failure.push_async_callback(_kill_and_reap, process)
+            process = created[0]
             _close_all(temps)
             if launch.report >= 0:
                 try:
@@ -1444,13 +1453,25 @@ async def spawn_async(
         child: AsyncChild[Any] = AsyncChild(process, sock, channel)
         signals.release()  # the last call (see _spawn)
     except BaseException:
+        await _afail(signals, on_failure)
+        raise
+    return child
+
+
+async def _afail(signals: _Signals, on_failure: contextlib.AsyncExitStack) -> None:
+    """The failure cleanup of ``spawn_async`` (see :func:`_fail`)."""
+    try:
         signals.hold()
+    finally:  # a handler that raised during hold() must not skip the cleanup
         try:
             await on_failure.aclose()
         finally:
             signals.release()
-        raise
-    return child
+
+
+async def _kill_and_reap_all(created: list[asyncio.subprocess.Process]) -> None:
+    for process in created:
+        await _kill_and_reap(process)
 
 
 async def _kill_and_reap(process: asyncio.subprocess.Process) -> None:
