@@ -367,6 +367,38 @@ def _reader(channel: Channel, out: list[bytes]) -> BaseException | None:
             return exc
 
 
+def test_an_exception_right_after_the_lockless_take_puts_the_message_back() -> None:
+    """recv() takes a message already buffered without the receive lock (with
+    take_frame). An exception raised at the one point where the taken message
+    is held by nobody but the interpreter's stack (the call's return, where a
+    signal handler's would be raised; a profile hook raises there on purpose)
+    puts it back: the next recv() returns it, none lost, none duplicated."""
+
+    class Interrupt(Exception):
+        pass
+
+    def profiler(frame: Any, event: str, arg: Any) -> None:
+        took = (event == "c_return" and getattr(arg, "__name__", "") == "take_frame") or (
+            event == "return" and frame.f_code.co_name == "py_take_frame"
+        )
+        if took:
+            sys.setprofile(None)
+            raise Interrupt
+
+    a, b = Channel.pair()
+    with a, b:
+        for i in range(4):
+            a.send(b"message %d" % i)
+        assert b.recv() == b"message 0"  # the rest are buffered now
+        sys.setprofile(profiler)
+        try:
+            with pytest.raises(Interrupt):
+                b.recv()
+        finally:
+            sys.setprofile(None)
+        assert [b.recv(), b.recv(), b.recv()] == [b"message 1", b"message 2", b"message 3"]
+
+
 @pytest.mark.parametrize("how", ["send", "send_many"])
 @pytest.mark.parametrize("size", [100, 300_000])
 def test_send_timeout_never_corrupts_the_stream(how: str, size: int, no_fd_leak: None) -> None:

@@ -54,10 +54,12 @@ from ._codec import (
     Buffer,
     StreamDecoder,
     TruncatedFds,
+    _NeedData,
     _pack,
     encode,
     encode_many,
     payload_of,
+    take_frame,
 )
 from ._errors import (
     ChannelClosed,
@@ -1530,26 +1532,82 @@ class Channel(ChannelBase):
             TimeoutError: *timeout* passed first.
             TypeError, ValueError: *timeout* is not a number >= 0.
         """
-        if timeout is not None:
-            payload, fds = self._next_with_fds(_Deadline(timeout))
-            close_fds(fds)
-            return payload
+        if timeout is None:
+            # The per-message path: a whole message already buffered is taken
+            # without the receive lock (take_frame: atomic under the GIL, and
+            # it declines while another receiver holds the lock). *taken*
+            # records it in the same step, for the give-back below.
+            taken: list[bytes] = []
+            try:
+                msg = take_frame(self._dec, self._rlock, taken)
+            except BaseException:
+                while taken:  # retried: another exception may cut it short
+                    try:
+                        self._return_taken(taken)
+                    except BaseException:
+                        continue
+                raise
+            if msg is not None:
+                return msg
+            return self._recv_locked(taken)
+        payload, fds = self._next_with_fds(_Deadline(timeout))
+        close_fds(fds)
+        return payload
+
+    def _return_taken(self, taken: list[bytes]) -> None:
+        """An exception left recv() between take_frame() and returning: put
+        the message back in front (put_back empties *taken* in the same step,
+        so a retry after a later exception does not put it back twice)."""
+        with self._rlock:
+            if self._closed:
+                taken.clear()
+            else:
+                _uninterrupted(self._dec, self._dec.put_back, taken, None)
+
+    def _recv_locked(self, handed: list[Any]) -> bytes:
+        """recv() under the receive lock: wait for the next message (*handed*:
+        an empty list, the record of what this call takes)."""
         lock = self._rlock
+        dec = self._dec
         try:
             with lock:
-                self._dec.handed, self._dec.handed_by = [], 0
-                if self._stream:
-                    dec = self._dec
-                    msg = dec.next_message()
-                    while msg is NEED_DATA:
-                        if self._closed:
-                            raise OSError(errno.EBADF, "the channel is closed")
+                dec.handed, dec.handed_by = handed, 0
+                if not self._stream:
+                    payload, fds = self._packet_message()
+                    close_fds(fds)
+                    return payload
+                inbox = dec.inbox
+                msg: bytes | _NeedData | None = dec.next_message()
+                while msg is NEED_DATA:
+                    if self._closed:
+                        raise OSError(errno.EBADF, "the channel is closed")
+                    if inbox or self._queue or self._probe:
                         self._fill()
+                    else:
+                        # _fill()'s common case inlined: a reader that waits for
+                        # each message (ping-pong) pays every Python call here.
+                        bufs = (dec.get_buffer(),)
+                        try:
+                            inbox.append(self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags))
+                        except OSError as exc:
+                            self._recv_failed(exc, bufs, inbox)
+                        n, anc, flags, _ = inbox[0]
+                        if (
+                            n
+                            and len(anc) == 1
+                            and anc[0][1] == SCM_CREDENTIALS
+                            and not flags & _MSG_CTRUNC
+                        ):
+                            # _commit_stream()'s usual case on Linux: the
+                            # sender's credentials, no descriptors.
+                            self._creds = anc[0][2]
+                            dec.commit()
+                        else:
+                            self._commit_stream()
+                    msg = take_frame(dec, None, handed)
+                    if msg is None:
                         msg = dec.next_message()
-                    return msg  # type: ignore[return-value]
-                payload, fds = self._packet_message()
-                close_fds(fds)
-                return payload
+                return msg  # type: ignore[return-value]
         except ChannelError:
             raise  # about the message itself: it is consumed, nothing to give back
         except BaseException:

@@ -30,13 +30,15 @@ import contextlib
 import errno
 import mmap
 import struct
+import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from ._ancillary import MSG_CTRUNC, SCM_MAX_FD, close_fds, split_ancillary
 from ._errors import ChannelClosed, FdsTruncated, MessageTooLarge, ProtocolError, TooManyFds
-from ._framing import join_frames, split_frames
+from ._framing import ACCELERATED, join_frames, split_frames
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -54,6 +56,7 @@ __all__ = [
     "encode",
     "encode_many",
     "payload_of",
+    "take_frame",
 ]
 
 HEADER_SIZE: Final = 4
@@ -602,6 +605,26 @@ class StreamDecoder:
             close_fds(fds)
         return payload
 
+    def _take_whole(self, record: list[bytes]) -> bytes | None:
+        """next_message()'s common case alone (see py_take_frame): the whole
+        message at the read position when no descriptors, error or direct
+        read is pending, recorded in *record*; else None."""
+        r = self._rpos
+        w = self._wpos
+        if w - r < HEADER_SIZE or self._groups or self._broken is not None:
+            return None
+        if self._direct is not None:
+            return None
+        size = _unpack_from(self._buf, r)[0]
+        end = r + HEADER_SIZE + size
+        if end > w or size > self._max:
+            return None
+        payload = self._view[r + HEADER_SIZE : end].tobytes()
+        # Recorded, then consumed: two statements that call nothing in between.
+        record.append(payload)
+        self._rpos = end
+        return payload
+
     def iter_ready(self) -> Iterator[bytes]:
         """Yield every whole message already buffered (payloads; descriptors
         that came with them are closed), then return (more input is needed).
@@ -717,14 +740,15 @@ class StreamDecoder:
     def put_back(self, messages: list[bytes], fds: list[int] | None = None) -> None:
         """Make *messages* (payloads taken with :meth:`take_ready`, in order)
         the next ones out again, ahead of everything buffered; clear
-        :attr:`handed` in the same step.
+        :attr:`handed` and empty *messages* in the same step (so that a caller
+        retrying after an exception can tell it is done).
 
         Their frames are written just before the read position (into bytes
         already consumed, or a new buffer when there is not room), so every
         later call sees them as if they had never been taken.
         """
         if not messages or self._direct is not None or self._broken is not None:
-            self.handed, self.repairs = [], self.repairs + 1  # nothing to do: done
+            self.handed, self.repairs, messages[:] = [], self.repairs + 1, ()  # nothing to do
             return
         data = join_frames(messages)
         total = len(data)
@@ -734,7 +758,7 @@ class StreamDecoder:
             # Into bytes already consumed; the slice assignment and the store
             # call nothing, so this is all or nothing under a signal.
             self._buf[r - total : r] = data
-            self._rpos, self.repairs, self.handed = r - total, self.repairs + 1, []
+            self._rpos, self.repairs, self.handed, messages[:] = r - total, self.repairs + 1, [], ()
         else:
             held = self._wpos - r
             cap = max(len(self._buf), total + held)
@@ -743,15 +767,16 @@ class StreamDecoder:
             old = self._view
             buf[:total] = data
             buf[total : total + held] = self._view[r : self._wpos]
-            self._buf, self._view, self._base, self._rpos, self._wpos, self.repairs, self.handed = (
-                buf,
-                view,
-                start,
-                0,
-                total + held,
-                self.repairs + 1,
-                [],
-            )
+            (
+                self._buf,
+                self._view,
+                self._base,
+                self._rpos,
+                self._wpos,
+                self.repairs,
+                self.handed,
+                messages[:],
+            ) = (buf, view, start, 0, total + held, self.repairs + 1, [], ())
             with contextlib.suppress(BufferError):
                 old.release()
         if fds:
@@ -1055,3 +1080,40 @@ class StreamDecoder:
         if self._broken is _CLOSED:
             raise OSError(errno.EBADF, "the channel is closed")
         raise ProtocolError(f"the channel is unusable: {self._broken}")
+
+
+def py_take_frame(
+    decoder: StreamDecoder, lock: threading.Lock | None, record: list[bytes], /
+) -> bytes | None:
+    """The next message's payload if *decoder* holds all of it and nothing
+    needs more care (descriptors, an error, a direct read, a length over the
+    limit); else None, having changed nothing.
+
+    For a receiver that takes messages without a lock of its own: *lock* is
+    the lock every other mutator of *decoder* holds (None: the caller holds
+    it already). The payload is appended
+    to *record* in the same step that consumes it, so that a caller whose
+    exception (a signal handler's) comes before it could bind the result can
+    put it back. Each message goes to exactly one caller, from any number of
+    threads.
+
+    This pure-Python version holds *lock* around the take. The C version
+    (``_speedups.take_frame``, used when built, with a GIL) only checks that
+    *lock* is free and then does the whole take without running any Python
+    code, which makes it atomic under the GIL at a fraction of a lock's cost.
+    """
+    if lock is None:
+        return decoder._take_whole(record)
+    with lock:
+        return decoder._take_whole(record)
+
+
+take_frame: Callable[[StreamDecoder, threading.Lock | None, list[bytes]], bytes | None] = (
+    py_take_frame
+)
+# The C version is atomic only while a GIL serialises threads (not on a
+# free-threaded build that runs without one).
+if ACCELERATED and getattr(sys, "_is_gil_enabled", lambda: True)():
+    from ._speedups import take_frame as _c_take_frame
+
+    take_frame = _c_take_frame
