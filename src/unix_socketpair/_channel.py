@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import _socket
 import array
-import builtins
 import contextlib
 import errno
 import math
@@ -345,8 +344,11 @@ class ChannelBase:
         max_fds: int = SCM_MAX_FD,
     ) -> None:
         self._closed = True  # until fully set up (for __del__)
-        max_message_size = _check_limit("max_message_size", max_message_size, 0, MAX_WIRE_LENGTH)
-        max_fds = _check_limit("max_fds", max_fds, 0, SCM_MAX_FD)
+        # The checks inlined for valid ints (the usual case): construction cost.
+        if type(max_message_size) is not int or not 0 <= max_message_size <= MAX_WIRE_LENGTH:
+            _check_limit("max_message_size", max_message_size, 0, MAX_WIRE_LENGTH)
+        if type(max_fds) is not int or not 0 <= max_fds <= SCM_MAX_FD:
+            _check_limit("max_fds", max_fds, 0, SCM_MAX_FD)
         sock = _adopt(sock_or_fd)
         sock.setblocking(self._blocking)
         self._sock = sock
@@ -403,8 +405,19 @@ class ChannelBase:
         """
         a: socket.socket | int
         b: socket.socket | int
-        if builtins.type(type) is not int or type not in _TYPES:
-            a, b = socketpair(type)  # its checks and its error for a bad type
+        # (SOCK_STREAM and the others are the socket module's IntEnum members.)
+        if (
+            not cls._blocking
+            or not isinstance(type, int)
+            or isinstance(type, bool)
+            or type not in _TYPES
+        ):
+            # Its checks and its error for a bad type. The asyncio channel takes
+            # descriptors: a socket created before the channel comes before it
+            # in the collector's list, so when a dropped channel is collected in
+            # a cycle, the socket's finalizer would close the descriptor before
+            # the channel can unregister it from the loop.
+            a, b = socketpair(type)
         else:
             # socket.socket objects that already know their family and type:
             # adopting them asks the kernel nothing (no getsockopt/getsockname).
@@ -1055,8 +1068,10 @@ class Channel(ChannelBase):
         write_buffer: int = 0,
     ) -> None:
         self._wlimit = 0
-        spin = _check_limit("spin", spin, 0, _MAX_SPIN)
-        write_buffer = _check_limit("write_buffer", write_buffer, 0, _MAX_WRITE_BUFFER)
+        if type(spin) is not int or not 0 <= spin <= _MAX_SPIN:
+            _check_limit("spin", spin, 0, _MAX_SPIN)
+        if type(write_buffer) is not int or not 0 <= write_buffer <= _MAX_WRITE_BUFFER:
+            _check_limit("write_buffer", write_buffer, 0, _MAX_WRITE_BUFFER)
         super().__init__(sock_or_fd, max_message_size=max_message_size, max_fds=max_fds)
         if write_buffer and not self._stream:
             # Give back what we adopted: the caller still owns it.
@@ -1096,7 +1111,9 @@ class Channel(ChannelBase):
             # Small messages are held, not sent: off send()'s fast path.
             self._hold_max = self._small
             self._small = -1
-        _CHANNELS.add(self)
+        # A plain set of weak references (its callback removes the dead one):
+        # no Python code runs, where WeakSet.add costs a Python call.
+        _CHANNELS.add(_weakref(self, _CHANNELS.discard))
 
     @property
     def write_buffer(self) -> int:
@@ -1906,15 +1923,18 @@ class Channel(ChannelBase):
                 return
 
 
-_CHANNELS: weakref.WeakSet[Channel] = weakref.WeakSet()
+_CHANNELS: set[weakref.ref[Channel]] = set()
+_weakref = weakref.ref
 _get_ident = threading.get_ident
 _NOW = _Deadline(0)
 _NO_LIMIT = 1 << 62
 
 
 def _after_fork_in_child() -> None:
-    for channel in list(_CHANNELS):
-        channel._after_fork()
+    for ref in list(_CHANNELS):
+        channel = ref()
+        if channel is not None:
+            channel._after_fork()
 
 
 if hasattr(os, "register_at_fork"):
