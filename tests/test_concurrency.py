@@ -1125,17 +1125,7 @@ channel.close()
 @pytest.mark.skipif(not LINUX, reason="VmHWM and clear_refs are Linux's")
 @pytest.mark.parametrize(
     "count",
-    [
-        1,
-        pytest.param(
-            3,
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="open: three 16 MiB messages in a row peak at 38 MiB in most runs but "
-                "at up to 47.4 MiB in some (a full CI run), over the stated 40 MiB bound",
-            ),
-        ),
-    ],
+    [1, 3],
 )
 def test_the_reader_peak_memory_stays_under_twice_max_message_size(
     count: int, no_fd_leak: None
