@@ -1,7 +1,8 @@
 /* The framing hot loops in C: the same contract as the pure-Python
  * split_frames() and join_frames() in _framing.py, which documents it and
  * which this module must match on every input, errors included (the test
- * suite compares the two).
+ * suite compares the two); and take_frame(), recv()'s lockless take of one
+ * buffered message (its twin and contract: _codec.py_take_frame).
  *
  * Wire format: a 4-byte unsigned big-endian length, then that many bytes.
  *
