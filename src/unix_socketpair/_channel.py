@@ -100,6 +100,7 @@ _JOIN_LIMIT = 16 * 1024
 # below it, reading ahead into the decoder (and copying) saves system calls.
 _DIRECT_THRESHOLD = 64 * 1024
 _NO_FDS: tuple[int, ...] = ()
+_NO_VIEW = memoryview(b"")  # a stream channel's packet buffer (never used or released)
 _ENV = "SOCKETPAIR_FD"
 _MAX_SPIN = 1000
 _MAX_WRITE_BUFFER = 64 * 1024 * 1024
@@ -369,7 +370,11 @@ class ChannelBase:
         self._pinbox: list[tuple[Any, ...]] = []
         # send()'s fast path: a bytes message up to this size goes out joined to
         # its header with one system call (-1: no fast path, see _break_send).
-        self._small = min(_JOIN_LIMIT, max_message_size) if self._type == SOCK_STREAM else -1
+        self._small = (
+            (_JOIN_LIMIT if max_message_size > _JOIN_LIMIT else max_message_size)
+            if self._stream
+            else -1
+        )
         self._broken_send: str | None = None
         self._pending: tuple[bytes, list[int]] | None = None
         self._pkt_broken: str | None = None
@@ -384,7 +389,7 @@ class ChannelBase:
             sock.setsockopt(socket.SOL_SOCKET, _SO_NOSIGPIPE, 1)
         if self._stream:
             self._dec = StreamDecoder(max_message_size, max_fds)
-            self._pkt_view = memoryview(b"")
+            self._pkt_view = _NO_VIEW
         else:
             self._dec = StreamDecoder(0, 0)  # unused for packets
             cap = min(max_message_size, _packet_capacity()) + 1
@@ -1093,9 +1098,9 @@ class Channel(ChannelBase):
         # _qlock: guards the send queue, held only around non-blocking writes,
         # so that a receiver can write what a write buffer holds while a
         # sender waits for room (no sender/receiver deadlock).
-        self._slock = threading.Lock()
-        self._rlock = threading.Lock()
-        self._qlock = threading.Lock()
+        self._slock = _new_lock()
+        self._rlock = _new_lock()
+        self._qlock = _new_lock()
         # Byte counts of the system calls of the message being sent, appended
         # from C (see _send_frames): progress survives an exception.
         self._sent: list[int] = []
@@ -1113,7 +1118,7 @@ class Channel(ChannelBase):
             self._small = -1
         # A plain set of weak references (its callback removes the dead one):
         # no Python code runs, where WeakSet.add costs a Python call.
-        _CHANNELS.add(_weakref(self, _CHANNELS.discard))
+        _CHANNELS.add(_weakref(self, _unregister))
 
     @property
     def write_buffer(self) -> int:
@@ -1925,6 +1930,8 @@ class Channel(ChannelBase):
 
 _CHANNELS: set[weakref.ref[Channel]] = set()
 _weakref = weakref.ref
+_unregister = _CHANNELS.discard
+_new_lock = threading.Lock
 _get_ident = threading.get_ident
 _NOW = _Deadline(0)
 _NO_LIMIT = 1 << 62

@@ -297,7 +297,7 @@ class StreamDecoder:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_fds: int = SCM_MAX_FD,
     ) -> None:
-        self._max = min(max_message_size, MAX_WIRE_LENGTH)
+        self._max = max_message_size if max_message_size < MAX_WIRE_LENGTH else MAX_WIRE_LENGTH
         self._max_fds = max_fds
         # Allocated on the first read: an idle channel costs no receive buffer.
         self._buf: bytearray | mmap.mmap = bytearray()
