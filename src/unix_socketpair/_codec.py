@@ -622,9 +622,13 @@ class StreamDecoder:
         if end > w or size > self._max:
             return None
         payload = self._view[r + HEADER_SIZE : end].tobytes()
-        # Recorded, then consumed: two statements that call nothing in between.
-        record.append(payload)
+        # Consumed, then recorded: an exception raised between bytecodes (a
+        # signal handler's) is raised after a call returns, so none can fall
+        # between the store and the append; in the other order one could fall
+        # after the append, and the message would be both recorded (and put
+        # back) and still there.
         self._rpos = end
+        record.append(payload)
         return payload
 
     def iter_ready(self) -> Iterator[bytes]:
