@@ -85,6 +85,10 @@ _START_CAPACITY: Final = 16 * 1024
 _STEADY_CAPACITY: Final = 256 * 1024
 _MIN_FREE: Final = 64 * 1024
 _RETAIN_CAPACITY: Final = 4 * 1024 * 1024 + HEADER_SIZE
+# A large message's buffer is reserved whole up to this size (see get_buffer);
+# a larger one grows by steps of at least _GROW_STEP.
+_RESERVE_LIMIT: Final = 256 * 1024 * 1024
+_GROW_STEP: Final = 1024 * 1024
 # iter_ready() copies at most this much out at once, and a message over
 # _ALONE_SIZE on its own (straight from the buffer, once).
 _CHUNK_LIMIT: Final = 256 * 1024
@@ -383,8 +387,14 @@ class StreamDecoder:
                     # of each copy, with the C allocator's way of keeping
                     # freed blocks, took the peak of three 16 MiB messages
                     # read in a row from 32 MiB to 38 MiB, and up to 47 MiB.
+                    # Above _RESERVE_LIMIT, where even untouched pages may be
+                    # refused (strict overcommit, a small machine), it grows
+                    # by half of what has arrived instead.
                     want = min(want, rest)
-                    step = rest
+                    if HEADER_SIZE + size <= _RESERVE_LIMIT:
+                        step = rest
+                    else:
+                        step = max(want, min(rest, max(held // 2, _GROW_STEP)))
         if w == cap and cap < _STEADY_CAPACITY and want == default and not step:
             # The last read filled the buffer to its end: read more at once.
             self._replace(2 * cap)
