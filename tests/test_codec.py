@@ -395,3 +395,19 @@ def test_next_size_raises_once_the_rest_can_never_come() -> None:
     decoder.receive_data(b"")
     with pytest.raises(ProtocolError, match="10 of its 100 payload bytes"):
         decoder.next_size()
+
+
+def test_a_large_message_buffer_is_reserved_whole_up_to_the_reserve_limit() -> None:
+    """Once a large message's header is in, its buffer holds all of it at once (an
+    anonymous mapping: pages cost memory only as bytes arrive), so it is never
+    copied from buffer to buffer; above 256 MiB it grows with what arrives."""
+    mib = 1024 * 1024
+    for declared, most in [(16 * mib, 15 * mib), (300 * mib, 2 * mib)]:
+        decoder = StreamDecoder(max_message_size=1024 * mib)
+        decoder.receive_data(HEADER.pack(declared) + b"x" * mib)
+        room = len(decoder.get_buffer())
+        if declared <= 256 * mib:
+            assert room == declared - mib  # exactly the rest: reserved whole
+        else:
+            assert 0 < room <= most
+        decoder.close()

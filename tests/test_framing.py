@@ -645,3 +645,99 @@ def test_split_releases_the_buffer_even_while_its_error_is_alive(
         split(memoryview(strided)[::2], 0, 0, 0, 0)
     strided.append(0)
     assert raised.value.__traceback__ is not None
+
+
+# --- take_frame: one whole message out of a decoder, without the caller's lock --------------
+
+
+def _decoder_in(state: str) -> Any:
+    """A StreamDecoder in one of the states take_frame must tell apart."""
+    from unix_socketpair._codec import StreamDecoder
+
+    decoder = StreamDecoder(max_message_size=100)
+    if state == "whole":
+        decoder.receive_data(frame(b"first") + frame(b"second")[:3])
+    elif state == "empty payload":
+        decoder.receive_data(frame(b""))
+    elif state == "partial":
+        decoder.receive_data(frame(b"first")[:6])
+    elif state == "header only":
+        decoder.receive_data(frame(b"x" * 50)[:4])
+    elif state == "over the limit":
+        decoder.receive_data(struct.pack(">I", 101) + b"x" * 101)
+    elif state == "with descriptors":
+        r, w = os.pipe()
+        os.close(w)
+        decoder.receive_data(frame(b"fds"), [r])
+    elif state == "at end of file":
+        decoder.receive_data(b"")
+    elif state == "closed":
+        decoder.receive_data(frame(b"first"))
+        decoder.close()
+    return decoder
+
+
+TAKE_STATES = [
+    "whole",
+    "empty payload",
+    "partial",
+    "header only",
+    "over the limit",
+    "with descriptors",
+    "at end of file",
+    "closed",
+]
+
+
+@pytest.mark.parametrize("state", TAKE_STATES)
+def test_take_frame_c_and_python_agree(c: ModuleType, state: str) -> None:
+    """The same result, the same record and the same decoder state afterwards: a whole
+    message only when no descriptor, error, end of file or limit is in the way."""
+    import threading
+
+    from unix_socketpair._codec import py_take_frame
+
+    results = []
+    for take in (py_take_frame, c.take_frame):
+        decoder = _decoder_in(state)
+        record: list[bytes] = []
+        got = take(decoder, threading.Lock(), record)
+        results.append((got, record, decoder.buffered()))
+        decoder.close()
+    assert results[0] == results[1]
+    expected = {"whole": b"first", "empty payload": b""}.get(state)
+    assert results[1][0] == expected
+    assert results[1][1] == ([] if expected is None else [expected])
+
+
+@pytest.mark.parametrize("state", TAKE_STATES)
+def test_take_frame_in_c_declines_while_another_holds_the_lock(c: ModuleType, state: str) -> None:
+    """While a receiver holds the lock (it may be changing the decoder), the C version
+    takes nothing and changes nothing (the pure one waits for the lock instead)."""
+    import threading
+
+    decoder = _decoder_in(state)
+    before = decoder.buffered()
+    lock = threading.Lock()
+    record: list[bytes] = []
+    with lock:
+        assert c.take_frame(decoder, lock, record) is None
+    assert (record, decoder.buffered()) == ([], before)
+    decoder.close()
+
+
+def test_take_frame_then_next_message_goes_on_in_order(c: ModuleType) -> None:
+    import threading
+
+    from unix_socketpair._codec import NEED_DATA, StreamDecoder
+
+    decoder = StreamDecoder()
+    decoder.receive_data(frame(b"a") + frame(b"bb") + frame(b"ccc")[:2])
+    record: list[bytes] = []
+    assert c.take_frame(decoder, threading.Lock(), record) == b"a"
+    assert decoder.next_message() == b"bb"
+    assert c.take_frame(decoder, None, record) is None
+    decoder.receive_data(frame(b"ccc")[2:])
+    assert c.take_frame(decoder, None, record) == b"ccc"
+    assert record == [b"a", b"ccc"]
+    assert decoder.next_message() is NEED_DATA

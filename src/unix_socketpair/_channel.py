@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import _socket
 import array
-import builtins
 import contextlib
 import errno
 import math
@@ -54,10 +53,12 @@ from ._codec import (
     Buffer,
     StreamDecoder,
     TruncatedFds,
+    _NeedData,
     _pack,
     encode,
     encode_many,
     payload_of,
+    take_frame,
 )
 from ._errors import (
     ChannelClosed,
@@ -99,6 +100,7 @@ _JOIN_LIMIT = 16 * 1024
 # below it, reading ahead into the decoder (and copying) saves system calls.
 _DIRECT_THRESHOLD = 64 * 1024
 _NO_FDS: tuple[int, ...] = ()
+_NO_VIEW = memoryview(b"")  # a stream channel's packet buffer (never used or released)
 _ENV = "SOCKETPAIR_FD"
 _MAX_SPIN = 1000
 _MAX_WRITE_BUFFER = 64 * 1024 * 1024
@@ -343,8 +345,11 @@ class ChannelBase:
         max_fds: int = SCM_MAX_FD,
     ) -> None:
         self._closed = True  # until fully set up (for __del__)
-        max_message_size = _check_limit("max_message_size", max_message_size, 0, MAX_WIRE_LENGTH)
-        max_fds = _check_limit("max_fds", max_fds, 0, SCM_MAX_FD)
+        # The checks inlined for valid ints (the usual case): construction cost.
+        if type(max_message_size) is not int or not 0 <= max_message_size <= MAX_WIRE_LENGTH:
+            _check_limit("max_message_size", max_message_size, 0, MAX_WIRE_LENGTH)
+        if type(max_fds) is not int or not 0 <= max_fds <= SCM_MAX_FD:
+            _check_limit("max_fds", max_fds, 0, SCM_MAX_FD)
         sock = _adopt(sock_or_fd)
         sock.setblocking(self._blocking)
         self._sock = sock
@@ -365,7 +370,11 @@ class ChannelBase:
         self._pinbox: list[tuple[Any, ...]] = []
         # send()'s fast path: a bytes message up to this size goes out joined to
         # its header with one system call (-1: no fast path, see _break_send).
-        self._small = min(_JOIN_LIMIT, max_message_size) if self._type == SOCK_STREAM else -1
+        self._small = (
+            (_JOIN_LIMIT if max_message_size > _JOIN_LIMIT else max_message_size)
+            if self._stream
+            else -1
+        )
         self._broken_send: str | None = None
         self._pending: tuple[bytes, list[int]] | None = None
         self._pkt_broken: str | None = None
@@ -380,7 +389,7 @@ class ChannelBase:
             sock.setsockopt(socket.SOL_SOCKET, _SO_NOSIGPIPE, 1)
         if self._stream:
             self._dec = StreamDecoder(max_message_size, max_fds)
-            self._pkt_view = memoryview(b"")
+            self._pkt_view = _NO_VIEW
         else:
             self._dec = StreamDecoder(0, 0)  # unused for packets
             cap = min(max_message_size, _packet_capacity()) + 1
@@ -401,8 +410,19 @@ class ChannelBase:
         """
         a: socket.socket | int
         b: socket.socket | int
-        if builtins.type(type) is not int or type not in _TYPES:
-            a, b = socketpair(type)  # its checks and its error for a bad type
+        # (SOCK_STREAM and the others are the socket module's IntEnum members.)
+        if (
+            not cls._blocking
+            or not isinstance(type, int)
+            or isinstance(type, bool)
+            or type not in _TYPES
+        ):
+            # Its checks and its error for a bad type. The asyncio channel takes
+            # descriptors: a socket created before the channel comes before it
+            # in the collector's list, so when a dropped channel is collected in
+            # a cycle, the socket's finalizer would close the descriptor before
+            # the channel can unregister it from the loop.
+            a, b = socketpair(type)
         else:
             # socket.socket objects that already know their family and type:
             # adopting them asks the kernel nothing (no getsockopt/getsockname).
@@ -1053,8 +1073,10 @@ class Channel(ChannelBase):
         write_buffer: int = 0,
     ) -> None:
         self._wlimit = 0
-        spin = _check_limit("spin", spin, 0, _MAX_SPIN)
-        write_buffer = _check_limit("write_buffer", write_buffer, 0, _MAX_WRITE_BUFFER)
+        if type(spin) is not int or not 0 <= spin <= _MAX_SPIN:
+            _check_limit("spin", spin, 0, _MAX_SPIN)
+        if type(write_buffer) is not int or not 0 <= write_buffer <= _MAX_WRITE_BUFFER:
+            _check_limit("write_buffer", write_buffer, 0, _MAX_WRITE_BUFFER)
         super().__init__(sock_or_fd, max_message_size=max_message_size, max_fds=max_fds)
         if write_buffer and not self._stream:
             # Give back what we adopted: the caller still owns it.
@@ -1076,9 +1098,9 @@ class Channel(ChannelBase):
         # _qlock: guards the send queue, held only around non-blocking writes,
         # so that a receiver can write what a write buffer holds while a
         # sender waits for room (no sender/receiver deadlock).
-        self._slock = threading.Lock()
-        self._rlock = threading.Lock()
-        self._qlock = threading.Lock()
+        self._slock = _new_lock()
+        self._rlock = _new_lock()
+        self._qlock = _new_lock()
         # Byte counts of the system calls of the message being sent, appended
         # from C (see _send_frames): progress survives an exception.
         self._sent: list[int] = []
@@ -1094,7 +1116,9 @@ class Channel(ChannelBase):
             # Small messages are held, not sent: off send()'s fast path.
             self._hold_max = self._small
             self._small = -1
-        _CHANNELS.add(self)
+        # A plain set of weak references (its callback removes the dead one):
+        # no Python code runs, where WeakSet.add costs a Python call.
+        _CHANNELS.add(_weakref(self, _unregister))
 
     @property
     def write_buffer(self) -> int:
@@ -1530,26 +1554,82 @@ class Channel(ChannelBase):
             TimeoutError: *timeout* passed first.
             TypeError, ValueError: *timeout* is not a number >= 0.
         """
-        if timeout is not None:
-            payload, fds = self._next_with_fds(_Deadline(timeout))
-            close_fds(fds)
-            return payload
+        if timeout is None:
+            # The per-message path: a whole message already buffered is taken
+            # without the receive lock (take_frame: atomic under the GIL, and
+            # it declines while another receiver holds the lock). *taken*
+            # records it in the same step, for the give-back below.
+            taken: list[bytes] = []
+            try:
+                msg = take_frame(self._dec, self._rlock, taken)
+            except BaseException:
+                while taken:  # retried: another exception may cut it short
+                    try:
+                        self._return_taken(taken)
+                    except BaseException:
+                        continue
+                raise
+            if msg is not None:
+                return msg
+            return self._recv_locked(taken)
+        payload, fds = self._next_with_fds(_Deadline(timeout))
+        close_fds(fds)
+        return payload
+
+    def _return_taken(self, taken: list[bytes]) -> None:
+        """An exception left recv() between take_frame() and returning: put
+        the message back in front (put_back empties *taken* in the same step,
+        so a retry after a later exception does not put it back twice)."""
+        with self._rlock:
+            if self._closed:
+                taken.clear()
+            else:
+                _uninterrupted(self._dec, self._dec.put_back, taken, None)
+
+    def _recv_locked(self, handed: list[Any]) -> bytes:
+        """recv() under the receive lock: wait for the next message (*handed*:
+        an empty list, the record of what this call takes)."""
         lock = self._rlock
+        dec = self._dec
         try:
             with lock:
-                self._dec.handed, self._dec.handed_by = [], 0
-                if self._stream:
-                    dec = self._dec
-                    msg = dec.next_message()
-                    while msg is NEED_DATA:
-                        if self._closed:
-                            raise OSError(errno.EBADF, "the channel is closed")
+                dec.handed, dec.handed_by = handed, 0
+                if not self._stream:
+                    payload, fds = self._packet_message()
+                    close_fds(fds)
+                    return payload
+                inbox = dec.inbox
+                msg: bytes | _NeedData | None = dec.next_message()
+                while msg is NEED_DATA:
+                    if self._closed:
+                        raise OSError(errno.EBADF, "the channel is closed")
+                    if inbox or self._queue or self._probe:
                         self._fill()
+                    else:
+                        # _fill()'s common case inlined: a reader that waits for
+                        # each message (ping-pong) pays every Python call here.
+                        bufs = (dec.get_buffer(),)
+                        try:
+                            inbox.append(self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags))
+                        except OSError as exc:
+                            self._recv_failed(exc, bufs, inbox)
+                        n, anc, flags, _ = inbox[0]
+                        if (
+                            n
+                            and len(anc) == 1
+                            and anc[0][1] == SCM_CREDENTIALS
+                            and not flags & _MSG_CTRUNC
+                        ):
+                            # _commit_stream()'s usual case on Linux: the
+                            # sender's credentials, no descriptors.
+                            self._creds = anc[0][2]
+                            dec.commit()
+                        else:
+                            self._commit_stream()
+                    msg = take_frame(dec, None, handed)
+                    if msg is None:
                         msg = dec.next_message()
-                    return msg  # type: ignore[return-value]
-                payload, fds = self._packet_message()
-                close_fds(fds)
-                return payload
+                return msg  # type: ignore[return-value]
         except ChannelError:
             raise  # about the message itself: it is consumed, nothing to give back
         except BaseException:
@@ -1848,15 +1928,20 @@ class Channel(ChannelBase):
                 return
 
 
-_CHANNELS: weakref.WeakSet[Channel] = weakref.WeakSet()
+_CHANNELS: set[weakref.ref[Channel]] = set()
+_weakref = weakref.ref
+_unregister = _CHANNELS.discard
+_new_lock = threading.Lock
 _get_ident = threading.get_ident
 _NOW = _Deadline(0)
 _NO_LIMIT = 1 << 62
 
 
 def _after_fork_in_child() -> None:
-    for channel in list(_CHANNELS):
-        channel._after_fork()
+    for ref in list(_CHANNELS):
+        channel = ref()
+        if channel is not None:
+            channel._after_fork()
 
 
 if hasattr(os, "register_at_fork"):

@@ -30,13 +30,15 @@ import contextlib
 import errno
 import mmap
 import struct
+import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from ._ancillary import MSG_CTRUNC, SCM_MAX_FD, close_fds, split_ancillary
 from ._errors import ChannelClosed, FdsTruncated, MessageTooLarge, ProtocolError, TooManyFds
-from ._framing import join_frames, split_frames
+from ._framing import ACCELERATED, join_frames, split_frames
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -54,6 +56,7 @@ __all__ = [
     "encode",
     "encode_many",
     "payload_of",
+    "take_frame",
 ]
 
 HEADER_SIZE: Final = 4
@@ -82,12 +85,14 @@ _START_CAPACITY: Final = 1024
 _STEADY_CAPACITY: Final = 256 * 1024
 _MIN_FREE: Final = 64 * 1024
 _RETAIN_CAPACITY: Final = 4 * 1024 * 1024 + HEADER_SIZE
+# A large message's buffer is reserved whole up to this size (see get_buffer);
+# a larger one grows by steps of at least _GROW_STEP.
+_RESERVE_LIMIT: Final = 256 * 1024 * 1024
+_GROW_STEP: Final = 1024 * 1024
 # iter_ready() copies at most this much out at once, and a message over
 # _ALONE_SIZE on its own (straight from the buffer, once).
 _CHUNK_LIMIT: Final = 256 * 1024
 _ALONE_SIZE: Final = 64 * 1024
-# Growth step for a large message whose bytes are still arriving.
-_GROW_STEP: Final = 1024 * 1024
 
 
 _CLOSED: Final = "the channel is closed"
@@ -296,7 +301,7 @@ class StreamDecoder:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_fds: int = SCM_MAX_FD,
     ) -> None:
-        self._max = min(max_message_size, MAX_WIRE_LENGTH)
+        self._max = max_message_size if max_message_size < MAX_WIRE_LENGTH else MAX_WIRE_LENGTH
         self._max_fds = max_fds
         # Allocated on the first read: an idle channel costs no receive buffer.
         self._buf: bytearray | mmap.mmap = bytearray()
@@ -373,13 +378,23 @@ class StreamDecoder:
                 elif rest > 0:
                     # Any room will do for the next read (at most the rest:
                     # a short rest is no reason to double the buffer). When
-                    # it must grow, grow by half of what has actually arrived:
-                    # a peer that declares 60 MiB and sends 10 bytes does not
-                    # make us set aside 60 MiB, a truncated large message
-                    # costs about twice what arrived at the peak of a copy,
-                    # and the copies stay few (geometric, not one per read).
+                    # it must grow, it grows once, to the whole message: a
+                    # buffer this large is an anonymous mapping, whose pages
+                    # cost memory only as the bytes arrive (a peer that
+                    # declares 60 MiB and sends 10 bytes costs a page), and
+                    # the message is never copied from buffer to buffer.
+                    # Growing by steps did copy, and the old and new mappings
+                    # of each copy, with the C allocator's way of keeping
+                    # freed blocks, took the peak of three 16 MiB messages
+                    # read in a row from 32 MiB to 38 MiB, and up to 47 MiB.
+                    # Above _RESERVE_LIMIT, where even untouched pages may be
+                    # refused (strict overcommit, a small machine), it grows
+                    # by half of what has arrived instead.
                     want = min(want, rest)
-                    step = max(want, min(rest, max(held // 2, _GROW_STEP)))
+                    if HEADER_SIZE + size <= _RESERVE_LIMIT:
+                        step = rest
+                    else:
+                        step = max(want, min(rest, max(held // 2, _GROW_STEP)))
         if w == cap and cap < _STEADY_CAPACITY and want == default and not step:
             # The last read filled the buffer to its end: read more at once.
             self._replace(2 * cap)
@@ -396,9 +411,9 @@ class StreamDecoder:
                 self._base, self._rpos, self._wpos = self._base + r, 0, held
                 w = held
             else:
-                # Exactly what a known message needs, a step for a large one
-                # still arriving; otherwise (complete messages nobody has
-                # taken yet) grow geometrically.
+                # Exactly what a known message needs (all of a large one,
+                # see above); otherwise (complete messages nobody has taken
+                # yet) grow geometrically.
                 new_cap = held + (step or want)
                 if want == default and not step:
                     new_cap = max(new_cap, 2 * cap)
@@ -602,6 +617,30 @@ class StreamDecoder:
             close_fds(fds)
         return payload
 
+    def _take_whole(self, record: list[bytes]) -> bytes | None:
+        """next_message()'s common case alone (see py_take_frame): the whole
+        message at the read position when no descriptors, error or direct
+        read is pending, recorded in *record*; else None."""
+        r = self._rpos
+        w = self._wpos
+        if w - r < HEADER_SIZE or self._groups or self._broken is not None:
+            return None
+        if self._direct is not None:
+            return None
+        size = _unpack_from(self._buf, r)[0]
+        end = r + HEADER_SIZE + size
+        if end > w or size > self._max:
+            return None
+        payload = self._view[r + HEADER_SIZE : end].tobytes()
+        # Consumed, then recorded: an exception raised between bytecodes (a
+        # signal handler's) is raised after a call returns, so none can fall
+        # between the store and the append; in the other order one could fall
+        # after the append, and the message would be both recorded (and put
+        # back) and still there.
+        self._rpos = end
+        record.append(payload)
+        return payload
+
     def iter_ready(self) -> Iterator[bytes]:
         """Yield every whole message already buffered (payloads; descriptors
         that came with them are closed), then return (more input is needed).
@@ -717,14 +756,15 @@ class StreamDecoder:
     def put_back(self, messages: list[bytes], fds: list[int] | None = None) -> None:
         """Make *messages* (payloads taken with :meth:`take_ready`, in order)
         the next ones out again, ahead of everything buffered; clear
-        :attr:`handed` in the same step.
+        :attr:`handed` and empty *messages* in the same step (so that a caller
+        retrying after an exception can tell it is done).
 
         Their frames are written just before the read position (into bytes
         already consumed, or a new buffer when there is not room), so every
         later call sees them as if they had never been taken.
         """
         if not messages or self._direct is not None or self._broken is not None:
-            self.handed, self.repairs = [], self.repairs + 1  # nothing to do: done
+            self.handed, self.repairs, messages[:] = [], self.repairs + 1, ()  # nothing to do
             return
         data = join_frames(messages)
         total = len(data)
@@ -734,7 +774,7 @@ class StreamDecoder:
             # Into bytes already consumed; the slice assignment and the store
             # call nothing, so this is all or nothing under a signal.
             self._buf[r - total : r] = data
-            self._rpos, self.repairs, self.handed = r - total, self.repairs + 1, []
+            self._rpos, self.repairs, self.handed, messages[:] = r - total, self.repairs + 1, [], ()
         else:
             held = self._wpos - r
             cap = max(len(self._buf), total + held)
@@ -743,15 +783,16 @@ class StreamDecoder:
             old = self._view
             buf[:total] = data
             buf[total : total + held] = self._view[r : self._wpos]
-            self._buf, self._view, self._base, self._rpos, self._wpos, self.repairs, self.handed = (
-                buf,
-                view,
-                start,
-                0,
-                total + held,
-                self.repairs + 1,
-                [],
-            )
+            (
+                self._buf,
+                self._view,
+                self._base,
+                self._rpos,
+                self._wpos,
+                self.repairs,
+                self.handed,
+                messages[:],
+            ) = (buf, view, start, 0, total + held, self.repairs + 1, [], ())
             with contextlib.suppress(BufferError):
                 old.release()
         if fds:
@@ -1055,3 +1096,40 @@ class StreamDecoder:
         if self._broken is _CLOSED:
             raise OSError(errno.EBADF, "the channel is closed")
         raise ProtocolError(f"the channel is unusable: {self._broken}")
+
+
+def py_take_frame(
+    decoder: StreamDecoder, lock: threading.Lock | None, record: list[bytes], /
+) -> bytes | None:
+    """The next message's payload if *decoder* holds all of it and nothing
+    needs more care (descriptors, an error, a direct read, a length over the
+    limit); else None, having changed nothing.
+
+    For a receiver that takes messages without a lock of its own: *lock* is
+    the lock every other mutator of *decoder* holds (None: the caller holds
+    it already). The payload is appended
+    to *record* in the same step that consumes it, so that a caller whose
+    exception (a signal handler's) comes before it could bind the result can
+    put it back. Each message goes to exactly one caller, from any number of
+    threads.
+
+    This pure-Python version holds *lock* around the take. The C version
+    (``_speedups.take_frame``, used when built, with a GIL) only checks that
+    *lock* is free and then does the whole take without running any Python
+    code, which makes it atomic under the GIL at a fraction of a lock's cost.
+    """
+    if lock is None:
+        return decoder._take_whole(record)
+    with lock:
+        return decoder._take_whole(record)
+
+
+take_frame: Callable[[StreamDecoder, threading.Lock | None, list[bytes]], bytes | None] = (
+    py_take_frame
+)
+# The C version is atomic only while a GIL serialises threads (not on a
+# free-threaded build that runs without one).
+if ACCELERATED and getattr(sys, "_is_gil_enabled", lambda: True)():
+    from ._speedups import take_frame as _c_take_frame
+
+    take_frame = _c_take_frame

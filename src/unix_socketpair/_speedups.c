@@ -1,7 +1,8 @@
 /* The framing hot loops in C: the same contract as the pure-Python
  * split_frames() and join_frames() in _framing.py, which documents it and
  * which this module must match on every input, errors included (the test
- * suite compares the two).
+ * suite compares the two); and take_frame(), recv()'s lockless take of one
+ * buffered message (its twin and contract: _codec.py_take_frame).
  *
  * Wire format: a 4-byte unsigned big-endian length, then that many bytes.
  *
@@ -235,6 +236,148 @@ join_frames(PyObject *module, PyObject *messages)
     return joined;
 }
 
+/* take_frame(decoder, lock, record, /): one whole message out of a
+ * StreamDecoder, without a lock of its own (see _codec.take_frame, which
+ * documents the contract and is the pure-Python twin).
+ *
+ * Atomic with respect to every other Python thread: from the check of *lock*
+ * to the store of the new read position, this function holds the GIL and
+ * runs no Python code (the attributes are a __slots__ class's, the lock is a
+ * _thread.lock, and nothing allocated here is tracked by the garbage
+ * collector, so no collection and no finalizer can run). The decoder's other
+ * mutators run only while holding *lock*, so they are never seen half done. */
+static PyObject *str_locked, *str_rpos, *str_wpos, *str_buf, *str_groups, *str_broken,
+    *str_direct, *str_max;
+
+/* The int value of decoder.<name>, or -1 with an exception set. */
+static Py_ssize_t
+ssize_attr(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) {
+        return -1;
+    }
+    Py_ssize_t result = PyLong_AsSsize_t(value);
+    Py_DECREF(value);
+    return result;
+}
+
+/* 1 if decoder.<name> is None, 0 if not, -1 on error. */
+static int
+attr_is_none(PyObject *obj, PyObject *name)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) {
+        return -1;
+    }
+    int result = value == Py_None;
+    Py_DECREF(value);
+    return result;
+}
+
+static PyObject *
+take_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError,
+                     "take_frame() takes exactly 3 positional arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *dec = args[0], *record = args[2];
+    if (!PyList_CheckExact(record)) {
+        PyErr_Format(PyExc_TypeError, "take_frame: record must be a list, got %R",
+                     (PyObject *)Py_TYPE(record));
+        return NULL;
+    }
+    Py_ssize_t r = ssize_attr(dec, str_rpos);
+    if (r == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t w = ssize_attr(dec, str_wpos);
+    if (w == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (w - r < HEADER_SIZE) {
+        Py_RETURN_NONE;
+    }
+    /* None: the caller holds the lock itself. Checked after the cheap test
+     * above (nothing changes in between: no Python code runs). */
+    if (args[1] != Py_None) {
+        PyObject *locked = PyObject_CallMethodNoArgs(args[1], str_locked);
+        if (locked == NULL) {
+            return NULL;
+        }
+        int held = PyObject_IsTrue(locked);
+        Py_DECREF(locked);
+        if (held) {
+            return held < 0 ? NULL : Py_NewRef(Py_None);
+        }
+    }
+    /* Descriptors pending, a broken decoder, a direct read: the slow path. */
+    PyObject *groups = PyObject_GetAttr(dec, str_groups);
+    if (groups == NULL) {
+        return NULL;
+    }
+    int busy = PyObject_IsTrue(groups);
+    Py_DECREF(groups);
+    if (busy) {
+        return busy < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    int ok = attr_is_none(dec, str_broken);
+    if (ok > 0) {
+        ok = attr_is_none(dec, str_direct);
+    }
+    if (ok <= 0) {
+        return ok < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    Py_ssize_t limit = ssize_attr(dec, str_max);
+    if (limit == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *buf = PyObject_GetAttr(dec, str_buf);
+    if (buf == NULL) {
+        return NULL;
+    }
+    Py_buffer view;
+    int got = PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE);
+    Py_DECREF(buf);
+    if (got < 0) {
+        return NULL;
+    }
+    PyObject *payload = NULL, *pos = NULL;
+    Py_ssize_t size = -1;
+    if (r >= 0 && w <= view.len) {
+        size = whole_frame(view.buf, r, w, limit);
+    }
+    if (size < 0) {
+        PyBuffer_Release(&view);
+        Py_RETURN_NONE;
+    }
+    payload = PyBytes_FromStringAndSize((const char *)view.buf + r + HEADER_SIZE, size);
+    PyBuffer_Release(&view);
+    if (payload == NULL) {
+        return NULL;
+    }
+    pos = PyLong_FromSsize_t(r + HEADER_SIZE + size);
+    if (pos == NULL || PyList_Append(record, payload) < 0) {
+        goto fail;
+    }
+    /* The last step: consumed, and recorded just before. */
+    if (PyObject_SetAttr(dec, str_rpos, pos) < 0) {
+        (void)PyList_SetSlice(record, PyList_GET_SIZE(record) - 1, PyList_GET_SIZE(record),
+                              NULL);
+        goto fail;
+    }
+    Py_DECREF(pos);
+    return payload;
+
+fail:
+    Py_XDECREF(pos);
+    Py_DECREF(payload);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"split_frames", (PyCFunction)(void (*)(void))split_frames, METH_FASTCALL,
      "split_frames(buf, pos, end, limit, max_count, /)\n--\n\n"
@@ -244,6 +387,10 @@ static PyMethodDef methods[] = {
      "join_frames(messages, /)\n--\n\n"
      "Frame every message of messages (bytes) into one bytes object.\n"
      "See unix_socketpair._framing.py_join_frames for the contract."},
+    {"take_frame", (PyCFunction)(void (*)(void))take_frame, METH_FASTCALL,
+     "take_frame(decoder, lock, record, /)\n--\n\n"
+     "One whole buffered message out of a StreamDecoder, atomically, or None.\n"
+     "See unix_socketpair._codec.py_take_frame for the contract."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -263,5 +410,16 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
+    /* Interned once, kept for the life of the process (as CPython's own
+     * _Py_IDENTIFIER strings are). */
+    static const char *names[] = {"locked", "_rpos", "_wpos", "_buf",
+                                  "_groups", "_broken", "_direct", "_max"};
+    PyObject **slots_[] = {&str_locked, &str_rpos, &str_wpos, &str_buf,
+                           &str_groups, &str_broken, &str_direct, &str_max};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (*slots_[i] == NULL && (*slots_[i] = PyUnicode_InternFromString(names[i])) == NULL) {
+            return NULL;
+        }
+    }
     return PyModuleDef_Init(&module_def);
 }
