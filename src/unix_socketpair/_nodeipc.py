@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
-from . import _v8
+from . import _framing, _v8
 from ._errors import HandleRefused, MessageTooLarge, ProtocolError
 from ._pair import close_quietly
 
@@ -387,6 +387,33 @@ class FrameDecoder:
         """The next value, :data:`NEED_DATA` or :data:`CLOSED` (raises as above)."""
         buf = self._buf
         pos = self._pos
+        # The framing loop is the channel's own (C when accelerated): the same
+        # 4-byte big-endian header, the same limit check.
+        payloads, end = _framing.split_frames(buf, pos, len(buf), self._limit, 1)
+        if payloads:
+            self._consume(end)
+            return _v8.deserialize(payloads[0])
+        return self._stopped(buf, pos)
+
+    def drain(self) -> list[Any]:
+        """As :meth:`JsonLineDecoder.drain`."""
+        buf = self._buf
+        payloads, end = _framing.split_frames(buf, self._pos, len(buf), self._limit, 1 << 30)
+        self._consume(end)
+        values: list[Any] = []
+        append = values.append
+        deserialize = _v8.deserialize
+        for payload in payloads:
+            try:
+                append(deserialize(payload))
+            except ProtocolError as exc:
+                append(exc)
+        _drain_into(self, values)
+        return values
+
+    def _stopped(self, buf: bytearray, pos: int) -> Any:
+        """Where the framing loop stopped at *pos*: a header over the limit, a frame
+        not whole yet, or the end of file."""
         available = len(buf) - pos
         if available >= 4:
             size = _LENGTH.unpack_from(buf, pos)[0]
@@ -395,10 +422,6 @@ class FrameDecoder:
                 self._skip = size - skipped
                 self._consume(pos + 4 + skipped)
                 raise _too_large(size, self._limit)
-            if available >= 4 + size:
-                payload = bytes(buf[pos + 4 : pos + 4 + size])
-                self._consume(pos + 4 + size)
-                return _v8.deserialize(payload)
         if not self._eof:
             return NEED_DATA
         if available or self._skip:
@@ -406,12 +429,6 @@ class FrameDecoder:
             self._skip = 0
             raise ProtocolError(f"end of file inside a message: {available} bytes of a frame")
         return CLOSED
-
-    def drain(self) -> list[Any]:
-        """As :meth:`JsonLineDecoder.drain`."""
-        values: list[Any] = []
-        _drain_into(self, values)
-        return values
 
     def _consume(self, pos: int) -> None:
         if pos == len(self._buf):
