@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from support import require
-from test_cli import cli, gone, read_line, run
+from test_cli import _SIGNALS_DEFAULT, cli, gone, read_line, run
 
 PY = sys.executable
 BIN = str(Path(sys.executable).parent)
@@ -45,6 +45,12 @@ _COUNTER = (
 )
 
 
+def _with_sigint_default(*args: str) -> list[str]:
+    """The command, started with SIGINT at its default action even where this test run
+    ignores it (a background job): a tool started with SIGINT ignored rightly keeps it so."""
+    return [PY, "-c", _SIGNALS_DEFAULT, *cli(*args)[1:]]
+
+
 def test_ctrl_c_on_a_terminal_reaches_the_child_once() -> None:
     setsid = require("setsid")
     master, slave = os.openpty()
@@ -52,7 +58,7 @@ def test_ctrl_c_on_a_terminal_reaches_the_child_once() -> None:
         # setsid -c: a new session whose controlling terminal is the pty (our stdin), so
         # the tool's process group is the terminal's foreground group, as under a shell.
         with subprocess.Popen(
-            [setsid, "-c", *cli("exec", "--", PY, "-c", _COUNTER)],
+            [setsid, "-c", *_with_sigint_default("exec", "--", PY, "-c", _COUNTER)],
             stdin=slave,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -74,7 +80,7 @@ def test_ctrl_c_on_a_terminal_reaches_the_child_once() -> None:
 
 def test_sigint_sent_to_the_tool_alone_still_reaches_the_child_once() -> None:
     with subprocess.Popen(
-        cli("exec", "--", PY, "-c", _COUNTER),
+        _with_sigint_default("exec", "--", PY, "-c", _COUNTER),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

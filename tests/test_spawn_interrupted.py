@@ -186,18 +186,28 @@ def test_handlers_are_deferred_although_a_handler_raises_while_they_are_swapped(
 
     import unix_socketpair._spawn as impl
 
-    signals = impl._Signals()
-    _raise_once_at_first_look(monkeypatch)
-    with pytest.raises(_Tick):
-        signals.hold()
+    class Usr1(Exception):
+        pass
+
+    def raising(signum: int, frame: object) -> None:
+        raise Usr1
+
+    previous = signal.signal(signal.SIGUSR1, raising)
     try:
-        signal.raise_signal(signal.SIGINT)
-    except KeyboardInterrupt:
-        signals.release()
-        pytest.fail("SIGINT ran its handler: hold() gave up when a handler raised")
-    with pytest.raises(KeyboardInterrupt):  # release() runs the noted one
-        signals.release()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signals = impl._Signals()
+        _raise_once_at_first_look(monkeypatch)
+        with pytest.raises(_Tick):
+            signals.hold()
+        try:
+            signal.raise_signal(signal.SIGUSR1)
+        except Usr1:
+            signals.release()
+            pytest.fail("SIGUSR1 ran its handler: hold() gave up when a handler raised")
+        with pytest.raises(Usr1):  # release() runs the noted one
+            signals.release()
+        assert signal.getsignal(signal.SIGUSR1) is raising
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def test_the_async_failure_cleanup_runs_although_a_handler_raises_as_it_starts(
