@@ -94,12 +94,38 @@ class _Job:
 
 
 def _on_readable(ref: weakref.ref[AsyncChannel]) -> None:
-    # The loop holds only a weak reference: a channel dropped while its reader
-    # is registered is collected (ResourceWarning, socket closed), not kept
-    # alive by the loop until it closes.
+    """The reader callback of every channel.
+
+    The loop holds only a weak reference: a channel dropped while its reader
+    is registered is collected (ResourceWarning, socket closed), not kept
+    alive by the loop until it closes. The stream read that every round trip
+    makes is done here rather than in a method of the channel (one Python
+    call less per message)."""
     channel = ref()
-    if channel is not None:
-        channel._on_readable()
+    if channel is None:
+        return
+    if channel._stream and channel._read_error is None and not channel._dec.reading_direct:
+        # Eager: move what the kernel has into the decoder now, and stay
+        # registered (the next wait costs no epoll_ctl). Reading stops when an
+        # error is kept for the task (so a registered reader means no error).
+        try:
+            channel._fill()
+        except BlockingIOError:
+            return  # nothing there after all
+        except Exception as exc:
+            channel._read_error = exc
+            channel._stop_reading()
+        fut = channel._read_waiter
+        if fut is not None:
+            channel._read_waiter = None
+            if not fut.done():
+                fut.set_result(None)
+        elif channel._reading:
+            dec = channel._dec
+            if dec.at_eof or dec.buffered() >= _PAUSE_BYTES or dec.pending_fds() >= _PAUSE_FDS:
+                channel._stop_reading()
+        return
+    channel._wake_reader()
 
 
 # Tracebacks: an exception that leaves a coroutine (a CancelledError above all)
@@ -252,33 +278,9 @@ class AsyncChannel(ChannelBase):
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(self._sock.fileno())
 
-    def _on_readable(self) -> None:
-        dec = self._dec
-        if self._stream and not dec.reading_direct:
-            # Eager: move what the kernel has into the decoder now, and stay
-            # registered (the next wait costs no epoll_ctl).
-            if self._read_error is None:
-                try:
-                    self._fill()
-                except BlockingIOError:
-                    return  # nothing there after all
-                except Exception as exc:
-                    self._read_error = exc
-            fut = self._read_waiter
-            if fut is not None:
-                self._read_waiter = None
-                if not fut.done():
-                    fut.set_result(None)
-            elif (
-                self._read_error is not None
-                or dec.at_eof
-                or dec.buffered() >= _PAUSE_BYTES
-                or dec.pending_fds() >= _PAUSE_FDS
-            ):
-                self._stop_reading()
-            return
-        # Packets, and a payload read straight into a caller's buffer: the task
-        # reads; the callback only wakes it.
+    def _wake_reader(self) -> None:
+        """Packets, and a payload read straight into a caller's buffer: the
+        task reads; the reader callback only wakes it."""
         fut = self._read_waiter
         if fut is not None:
             self._read_waiter = None
@@ -315,6 +317,13 @@ class AsyncChannel(ChannelBase):
 
         Raises the error the reader callback ran into, once. With ``spin``,
         looks again a few times before arming (see _spin_wait)."""
+        if self._reading and self._read_waiter is None and not self._spin_tries:
+            # Every wait of a round trip: the reader is registered (so the
+            # channel is open, bound to its loop, with no error kept) and its
+            # callback reads eagerly, so there is nothing to try before waiting.
+            self._burst = False  # the loop runs before our next send
+            fut = self._read_waiter = self._loop.create_future()  # type: ignore[union-attr]
+            return fut
         err = self._read_error
         if err is not None:
             self._read_error = None
@@ -884,20 +893,24 @@ class AsyncChannel(ChannelBase):
             dec = self._dec
             ready = dec.iter_ready
             next_message = dec.next_message
+            # One message at a time (a round trip) costs no batch generator
+            # and no question to the decoder; a second message in a row without
+            # a wait starts a batch, which goes through iter_ready().
+            batch = False
             while True:
                 dec.handed = []  # (only Channel's signal rollback reads it)
-                # One message at a time (a round trip) costs no batch
-                # generator; a batch goes through iter_ready().
                 msg = next_message()
                 if msg is NEED_DATA:
+                    batch = False
                     fut = self._fill_or_arm()
                     if fut is not None:
                         await fut
                     continue
                 yield msg  # type: ignore[misc]
-                if dec.buffered():
+                if batch:
                     for msg in ready():
                         yield msg
+                batch = True
         except ChannelClosed:
             return
         except BaseException:
