@@ -350,3 +350,17 @@ def test_node_rows_say_node_not_found_without_node(tmp_path: Path) -> None:
     assert [row["status"] for row in case["rows"]] == ["unavailable"] * 4
     assert all(row["reason"] == "node not found on PATH" for row in case["rows"])
     assert "unavailable: node not found on PATH" in proc.stdout
+
+
+def test_quick_run_idle_row_names_the_channels_it_held(
+    quick_run: tuple[str, dict[str, Any]],
+) -> None:
+    from unix_socketpair._bench._scale import IDLE_PER_CHILD
+
+    stdout, report = quick_run
+    (case,) = [case for case in report["cases"] if case["id"] == "scale"]
+    (idle,) = [row for row in case["rows"] if row["key"] == "idle-channels"]
+    assert idle["status"] == "ok", idle["reason"]
+    held = 50 * IDLE_PER_CHILD  # --quick: 50 children; the raised soft limit allows them all
+    assert idle["children"] == held
+    assert f"per channel ({held} channels)" in stdout

@@ -338,7 +338,8 @@ def _run_scale(children: int, settings: Settings, progress: Progress, case: Case
         row.values = [run["wall_s"] for run in done]
         row.units = children
         row.extra = {
-            "children": children,
+            # What the worker held: IDLE_PER_CHILD channels per child in the idle row.
+            "children": done[0]["children"],
             "rss_before_kib": statistics.median(run["rss_before_kib"] for run in done),
             "rss_peak_kib": max(run["rss_peak_kib"] for run in done),
             "per_child_kib": statistics.median(run["per_child_kib"] for run in done),
