@@ -9,7 +9,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -21,36 +20,9 @@ from unix_socketpair import (
     Channel,
     ChannelClosed,
     _aio,
-    socketpair,
 )
 
 ALL_TYPES = [socket.SOCK_STREAM, SOCK_SEQPACKET, SOCK_DGRAM]
-
-try:
-    import uvloop
-except ImportError:  # not a dependency: the default loop is always tested
-    LOOPS = ["asyncio"]
-else:
-    LOOPS = ["asyncio", "uvloop"]
-    uvloop.new_event_loop().close()  # libuv's process-wide pipe, opened once (see test_aio)
-
-
-@pytest.fixture(params=LOOPS)
-def run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, None]], None]:
-    def runner(coro: Coroutine[Any, Any, None]) -> None:
-        async def bounded() -> None:
-            await asyncio.wait_for(coro, timeout=60)
-
-        if request.param == "uvloop":
-            loop = uvloop.new_event_loop()
-            try:
-                loop.run_until_complete(bounded())
-            finally:
-                loop.close()
-        else:
-            asyncio.run(bounded())
-
-    return runner
 
 
 class CountingPoll:
@@ -70,31 +42,6 @@ class CountingPoll:
 
 def frame(payload: bytes) -> bytes:
     return len(payload).to_bytes(4, "big") + payload
-
-
-@pytest.mark.parametrize(
-    ("spin", "error", "match"),
-    [
-        (-1, ValueError, "spin must be between 0 and 1000, not -1"),
-        (1001, ValueError, "spin must be between 0 and 1000, not 1001"),
-        ("3", TypeError, "spin must be an int, not str"),
-        (True, TypeError, "spin must be an int, not bool"),
-        (2.0, TypeError, "spin must be an int, not float"),
-    ],
-)
-def test_bad_spin_is_refused_before_anything_is_adopted(
-    spin: object, error: type[Exception], match: str, no_fd_leak: None
-) -> None:
-    fds = socketpair()
-    try:
-        with pytest.raises(error, match=match):
-            AsyncChannel(fds[0], spin=spin)  # type: ignore[arg-type]
-        os.fstat(fds[0])  # still open: the caller still owns it
-    finally:
-        os.close(fds[0])
-        os.close(fds[1])
-    with pytest.raises(error, match=match):
-        AsyncChannel.pair(spin=spin)
 
 
 @pytest.mark.parametrize("sock_type", ALL_TYPES)

@@ -15,6 +15,7 @@ from unix_socketpair import (
     SOCK_DGRAM,
     SOCK_SEQPACKET,
     SOCK_STREAM,
+    AsyncChannel,
     Channel,
     ChannelClosed,
     socketpair,
@@ -33,19 +34,24 @@ ALL_TYPES = [SOCK_STREAM, SOCK_SEQPACKET, SOCK_DGRAM]
         (2.0, TypeError, "spin must be an int, not float"),
     ],
 )
+@pytest.mark.parametrize("cls", [Channel, AsyncChannel])
 def test_bad_spin_is_refused_before_anything_is_adopted(
-    spin: object, error: type[Exception], match: str, no_fd_leak: None
+    cls: type[Channel] | type[AsyncChannel],
+    spin: object,
+    error: type[Exception],
+    match: str,
+    no_fd_leak: None,
 ) -> None:
     fds = socketpair()
     try:
         with pytest.raises(error, match=match):
-            Channel(fds[0], spin=spin)  # type: ignore[arg-type]
+            cls(fds[0], spin=spin)  # type: ignore[arg-type]
         os.fstat(fds[0])  # still open: the caller still owns it
     finally:
         os.close(fds[0])
         os.close(fds[1])
     with pytest.raises(error, match=match):
-        Channel.pair(spin=spin)
+        cls.pair(spin=spin)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("sock_type", ALL_TYPES)
