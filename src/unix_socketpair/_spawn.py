@@ -256,10 +256,13 @@ class _Signals:
             return
         saved: dict[int, Any] = {}
         self._saved = saved  # first: release() restores exactly what was swapped
+        swapped = False
         try:
             self._swap(saved)
+            swapped = True
         finally:
-            self._swap(saved)
+            if not swapped:  # interrupted: finish it (a second pass is harmless)
+                self._swap(saved)
 
     def _swap(self, saved: dict[int, Any]) -> None:
         note = self._note
