@@ -4,7 +4,9 @@ a model of the byte stream, and the behaviour it gives both channel classes."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import os
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -18,7 +20,15 @@ from hypothesis.stateful import (
     rule,
 )
 
-from unix_socketpair import ProtocolError
+from unix_socketpair import (
+    SOCK_DGRAM,
+    SOCK_SEQPACKET,
+    SOCK_STREAM,
+    AsyncChannel,
+    Channel,
+    ChannelClosed,
+    ProtocolError,
+)
 from unix_socketpair._sendq import (
     BROKEN,
     CLOSED,
@@ -168,7 +178,9 @@ def test_abandon_without_a_reason_only_forgets_the_frame() -> None:
 
 def test_an_empty_frame_is_done_once_its_call_returned() -> None:
     q = SendQueue(-1)
-    q.start([b""]).append(0)
+    q.start([b""])
+    assert q.remaining() == [b""]  # a wait before its call: still to send, as it was
+    q.sent.append(0)
     assert q.remaining() is None and q.frame is None
 
 
@@ -193,13 +205,13 @@ def test_close_is_final_and_refuses_with_ebadf() -> None:
     q.held += b"queued"
     q.close()
     assert q.state is CLOSED and q.fast == -1 and q.held == b"queued"  # the owner drops it
+    assert q.drop() == 6 and not q.held
     for change in (q.refresh, q.shut, q.shutting, lambda: q.fail(OSError(errno.EPIPE, "x"))):
         change()
         assert q.state is CLOSED and q.fast == -1
     with pytest.raises(OSError) as info:
         q.check()
     assert info.value.errno == errno.EBADF
-    assert q.drop() == 6 and not q.held
 
 
 def test_fork_drops_what_the_parent_held_or_was_sending() -> None:
@@ -373,3 +385,101 @@ class QueueMachine(RuleBasedStateMachine):
 
 QueueMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 TestQueueMachine = QueueMachine.TestCase
+
+
+# -- what both channel classes get from it ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sock_type", "write_buffer"),
+    [(SOCK_STREAM, 0), (SOCK_STREAM, 4096), (SOCK_SEQPACKET, 0), (SOCK_DGRAM, 0)],
+)
+def test_every_send_after_shutdown_write_raises_broken_pipe(
+    sock_type: int, write_buffer: int, no_fd_leak: None
+) -> None:
+    a, b = Channel.pair(sock_type, write_buffer=write_buffer)
+    with a, b:
+        a.send(b"before")
+        a.shutdown_write()
+        with pytest.raises(BrokenPipeError):
+            a.send(b"after")  # was held and dropped later with a write buffer
+        with pytest.raises(BrokenPipeError):
+            a.send_many([b"after", b"again"])
+        with pytest.raises(BrokenPipeError):
+            a.send(b"with fds", fds=[b.fileno()])
+        assert b.recv() == b"before"
+        if sock_type != SOCK_DGRAM:
+            with pytest.raises(ChannelClosed):
+                b.recv(timeout=5)
+
+
+@pytest.mark.parametrize("sock_type", [SOCK_STREAM, SOCK_SEQPACKET])
+def test_async_sends_after_shutdown_write_raise_broken_pipe(
+    sock_type: int, run: Run, no_fd_leak: None
+) -> None:
+    async def main() -> None:
+        a, b = AsyncChannel.pair(sock_type)
+        async with a, b:
+            await a.send(b"before")
+            a.shutdown_write()
+            for call in (
+                lambda: a.send(b"after"),
+                lambda: a.send(b"x" * 100_000),
+                lambda: a.send_many([b"after", b"again"]),
+            ):
+                with pytest.raises(BrokenPipeError):
+                    await call()
+            assert await b.recv() == b"before"
+            with pytest.raises(ChannelClosed):
+                await b.recv()
+
+    run(main())
+
+
+def test_a_dropped_async_send_error_is_sticky_on_the_queue(run: Run, no_fd_leak: None) -> None:
+    async def main() -> None:
+        a, b = AsyncChannel.pair()
+        try:
+            await a.send(b"first")  # straight out; the next ones are written behind
+            await a.send(b"behind")
+            b.close()
+            await asyncio.sleep(0)  # the loop writes: the peer has gone
+            for _ in range(2):
+                with pytest.raises(BrokenPipeError):
+                    await a.send(b"later")
+            with pytest.raises(BrokenPipeError):
+                await a.drain()
+            assert a._sendq.state is BROKEN and not a._sendq.held
+        finally:
+            a.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("sock_type", [SOCK_SEQPACKET, SOCK_DGRAM])
+def test_an_async_empty_packet_that_waits_for_room_is_still_sent(
+    sock_type: int, run: Run, no_fd_leak: None
+) -> None:
+    async def main() -> None:
+        a, b = AsyncChannel.pair(sock_type)
+        async with a, b:
+            filled = 0
+            while True:  # fill the socket: the next send has to wait
+                try:
+                    a._sock.send(b"")
+                except BlockingIOError:
+                    break
+                filled += 1
+            sending = asyncio.ensure_future(a.send(b"", fds=[b.fileno()]))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert not sending.done()  # waiting for room
+            for _ in range(filled):
+                assert await b.recv() == b""
+            await sending
+            payload, fds = await b.recv_with_fds()
+            for fd in fds:
+                os.close(fd)
+            assert payload == b"" and len(fds) == 1
+
+    run(main())

@@ -130,8 +130,7 @@ class SendQueue:
         self.jobs = 0  # direct sends queued or running (asyncio): small ones wait behind
         self.high = 0
         self.low = 0
-        self.fast = -1
-        self.refresh()
+        self.fast = small  # what refresh() decides for a new queue
 
     def __repr__(self) -> str:
         why = f" ({self.why})" if self.why is not None else ""
@@ -240,7 +239,7 @@ class SendQueue:
         failure wins."""
         if self.state is not BROKEN and self.state is not CLOSED:
             self.state, self.why, self.fast = BROKEN, error, -1
-            self.drop()
+        self.drop()
 
     def close(self) -> None:
         """The channel closed: nothing more goes (``held`` is the owner's to drop)."""
@@ -298,18 +297,20 @@ class SendQueue:
 
     def remaining(self) -> list[Buffer] | None:
         """What is left of the frame in flight after the counts in ``sent``
-        (sliced, not copied); None once all of it went (then the frame is
-        forgotten and the fast path decided again: see :meth:`refresh`)."""
+        (sliced, not copied); None once a call was made and all of it went
+        (then the frame is forgotten and the fast path decided again: see
+        :meth:`refresh`)."""
         frame = self.frame
         if frame is None:
             return None
         bufs, size, _ = frame
-        done = sum(self.sent)
-        if done >= size:
+        sent = self.sent
+        done = sum(sent)
+        if done >= size and sent:  # (an empty packet still takes its one call)
             self.frame = None
             self.refresh()
             return None
-        return advance(bufs, done)
+        return advance(bufs, done) if done else bufs
 
     def went(self) -> bool:
         """Did any byte of the frame in flight go?"""
