@@ -483,3 +483,31 @@ def test_an_async_empty_packet_that_waits_for_room_is_still_sent(
             assert payload == b"" and len(fds) == 1
 
     run(main())
+
+
+def test_a_cancelled_async_send_copies_the_rest_so_the_caller_may_reuse_its_buffer(
+    run: Run, no_fd_leak: None
+) -> None:
+    """Cancelled part way through a large message (in flight) and before another
+    (not started): both arrive whole, as they were when sent, although the
+    caller overwrote its buffers at once."""
+
+    async def main() -> None:
+        a, b = AsyncChannel.pair()
+        async with a, b:
+            first = bytearray(b"a" * (4 << 20))
+            second = bytearray(b"b" * (1 << 20))
+            sending = asyncio.ensure_future(a.send_many([first, second]))
+            while not a._sendq.went():  # part of the first one went; the socket is full
+                await asyncio.sleep(0)
+            sending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await sending
+            first[:] = b"X" * len(first)
+            second[:] = b"Y" * len(second)
+            assert await b.recv() == b"a" * (4 << 20)
+            assert await b.recv() == b"b" * (1 << 20)
+            await a.send(b"after")
+            assert await b.recv() == b"after"
+
+    run(main())

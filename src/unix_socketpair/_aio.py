@@ -539,7 +539,7 @@ class AsyncChannel(ChannelBase):
                     try:
                         await self._drain_to(sendq.low, sending=True)
                     except BaseException:
-                        del self, sendq  # see the note on tracebacks
+                        del self  # see the note on tracebacks
                         raise
                 return
             frame = _pack(len(data)) + data
@@ -601,16 +601,13 @@ class AsyncChannel(ChannelBase):
 
     def _detach(self, jobs: list[_Job]) -> None:
         """Copy what is left of *jobs* (their caller was cancelled; they go on)."""
-        started = False
-        for job in jobs:
-            if job.bufs is None:
-                started = True
-            else:
-                job.bufs = [b"".join([bytes(memoryview(b)) for b in job.bufs])]
-        if started:
-            # The frame in flight is one of these: their task holds the send
-            # lock until they are all sent.
+        if jobs and jobs[0].bufs is None:
+            # They started (in order): the frame in flight, if any, is one of
+            # them (their task holds the send lock until they are all sent).
             self._sendq.detach()
+        for job in jobs:
+            if job.bufs is not None:
+                job.bufs = [b"".join([bytes(memoryview(b)) for b in job.bufs])]
 
     async def _send_jobs(self, jobs: list[_Job]) -> None:
         try:
@@ -715,38 +712,36 @@ class AsyncChannel(ChannelBase):
             except BaseException:
                 if self._drain_waiters and entry in self._drain_waiters:
                     self._drain_waiters.remove(entry)
-                del self, sendq, wbuf  # see the note on tracebacks
+                del self  # see the note on tracebacks
                 raise
 
     async def _send_job(self, job: _Job) -> None:
         """Send *job* directly; the caller holds the send lock. Its byte counts
-        go to the send queue's frame record (from C), which says what is left."""
+        go to the send queue's frame record (from C), which says what is left
+        (a copy, after a wait, if the caller was cancelled meanwhile)."""
         sendq = self._sendq
-        bufs, anc = job.bufs, job.anc
-        assert bufs is not None
         sendmsg = self._sock.sendmsg
-        sendq.start(bufs)
+        rest, anc = job.bufs, job.anc
+        assert rest is not None
+        sendq.start(rest)
         job.bufs = None  # the record has them now (see _detach)
-        rest: list[Buffer] | None = bufs
         try:
             while rest is not None:
                 self._check_open()
                 try:
                     sendq.sent.extend(map(sendmsg, (rest,), (anc,), _NOSIGNAL_T))
+                    anc = []
                 except BlockingIOError:
                     await self._wait_writable()
-                    rest = sendq.remaining()  # copied meanwhile if the caller went
-                    continue
                 rest = sendq.remaining()
-                anc = []
         except OSError as exc:
+            err = self._send_error(exc, sendq.frame[0] if sendq.frame else [])
             sendq.abandon(None)
-            err = self._send_error(exc, bufs)
-            del self, sendq, bufs, rest  # see the note on tracebacks
+            del self  # see the note on tracebacks
             raise err from exc
         except BaseException:
             sendq.abandon("a send was interrupted part way through a message")
-            del self, sendq, bufs, rest  # see the note on tracebacks
+            del self  # see the note on tracebacks
             raise
 
     # -- receiving ----------------------------------------------------------
