@@ -1327,10 +1327,12 @@ class Channel(ChannelBase):
                 if sendq.frame is not None:
                     self._repair_partial()  # a cut frame's rest goes first
                 self._check_send()
-                if sendq.holds(bufs, anc):
+                hold = sendq.hold
+                if hold and not anc and len(bufs) == 1 and memoryview(bufs[0]).nbytes <= hold:
+                    held = sendq.held
                     with self._qlock:
-                        sendq.held += bufs[0]
-                    if sendq.full():
+                        held += bufs[0]
+                    if len(held) >= sendq.high:
                         self._flush_queue(deadline)
                     return
                 if sendq.held:

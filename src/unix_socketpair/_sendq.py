@@ -93,10 +93,12 @@ class SendQueue:
     itself appends to ``held`` (asyncio's write-behind), so held bytes do not
     close it. :meth:`buffer` turns on holding small messages.
 
-    Attributes read by the I/O classes (never rebound: channels keep aliases):
-    ``fast``, ``held``, ``wrote``; per frame ``sent`` (a new list each
-    :meth:`start`). ``high``/``low``: hold up to ``high`` bytes, then wait until
-    ``low`` are left.
+    Attributes the I/O classes use: ``fast``; ``held`` and ``wrote`` (never
+    rebound: channels keep aliases); ``sent``, the counts of the frame in
+    flight (a new list from each :meth:`start` and :meth:`detach`);
+    ``hold``, ``high``, ``low``: see :meth:`buffer`. The I/O classes compare
+    these numbers inline on their hot paths (a method call would cost more
+    than the rest of a small send's Python).
     """
 
     __slots__ = (
@@ -105,6 +107,7 @@ class SendQueue:
         "frame",
         "held",
         "high",
+        "hold",
         "jobs",
         "low",
         "sent",
@@ -130,6 +133,7 @@ class SendQueue:
         self.jobs = 0  # direct sends queued or running (asyncio): small ones wait behind
         self.high = 0
         self.low = 0
+        self.hold = 0  # see buffer()
         self.fast = small  # what refresh() decides for a new queue
 
     def __repr__(self) -> str:
@@ -193,27 +197,17 @@ class SendQueue:
         """Bytes held, or a frame in flight: something must go before a new message."""
         return bool(self.held) or self.frame is not None
 
-    def holds(self, bufs: list[Buffer], anc: object) -> bool:
-        """Should this framed message be held rather than sent now? (A write
-        buffer holds small messages without descriptors.)"""
-        return (
-            self.high > 0
-            and not anc
-            and len(bufs) == 1
-            and memoryview(bufs[0]).nbytes <= self.small + _HEADER_SIZE
-        )
-
-    def full(self) -> bool:
-        """Enough is held that the owner should write it (and wait down to ``low``)."""
-        return len(self.held) >= self.high
-
     # -- configuration and transitions -----------------------------------------
 
     def buffer(self, high: int, low: int = 0) -> None:
-        """Hold small messages up to *high* bytes; a writer that finds it full
-        waits until *low* are left."""
+        """Hold small messages: a frame of up to ``hold`` bytes (a message of up
+        to ``small``) without descriptors is held rather than sent (Channel's
+        write buffer; asyncio's fast path holds by itself) until ``high``
+        bytes are; a writer that finds ``high`` reached waits until ``low``
+        are left."""
         self.high = high
         self.low = low
+        self.hold = self.small + _HEADER_SIZE if self.small >= 0 else 0
         self.refresh()
 
     def shutting(self) -> None:
