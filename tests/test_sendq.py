@@ -209,6 +209,13 @@ def test_close_is_final_and_refuses_with_ebadf() -> None:
     with pytest.raises(OSError) as info:
         q.check()
     assert info.value.errno == errno.EBADF
+    q = SendQueue(16, behind=True)
+    q.fail(BrokenPipeError(errno.EPIPE, "Broken pipe"))
+    q.close()  # closed is final, whatever broke it before
+    with pytest.raises(OSError) as info:
+        q.check()
+    assert info.value.errno == errno.EBADF
+    q.check(sending=False)
 
 
 def test_fork_drops_what_the_parent_held_or_was_sending() -> None:

@@ -237,7 +237,7 @@ class SendQueue:
 
     def close(self) -> None:
         """The channel closed: nothing more goes (``held`` is the owner's to drop)."""
-        self.state, self.fast = CLOSED, -1
+        self.state, self.why, self.fast = CLOSED, None, -1
 
     def drop(self) -> int:
         """Forget what is held (and the counts of its writes); return its size."""
