@@ -126,6 +126,12 @@ def test_a_deferred_shutdown_is_due_once_the_held_bytes_are_written() -> None:
     assert q.shut_due()
     q.shut()
     assert q.state is SHUT and not q.shut_due()
+    q = SendQueue(16, behind=True)
+    q.enter_direct()  # a message on its way out directly
+    q.shutting()
+    assert not q.shut_due()
+    q.leave_direct()
+    assert q.shut_due() and q.fast == -1
 
 
 def test_a_failed_background_write_is_sticky_and_drops_what_is_held() -> None:
@@ -513,5 +519,28 @@ def test_a_cancelled_async_send_copies_the_rest_so_the_caller_may_reuse_its_buff
             assert await b.recv() == b"b" * (1 << 20)
             await a.send(b"after")
             assert await b.recv() == b"after"
+
+    run(main())
+
+
+def test_async_shutdown_write_waits_for_a_message_in_flight(run: Run, no_fd_leak: None) -> None:
+    """shutdown_write() while a large message is part way out (the peer reads
+    slowly): the message is completed, then the peer sees end of file; never a
+    message cut short by the shutdown."""
+
+    async def main() -> None:
+        a, b = AsyncChannel.pair()
+        async with a, b:
+            big = b"z" * (4 << 20)
+            sending = asyncio.ensure_future(a.send(big))
+            while not a._sendq.went():  # part of it went; the socket is full
+                await asyncio.sleep(0)
+            a.shutdown_write()
+            with pytest.raises(BrokenPipeError):
+                await a.send(b"after")  # refused at once, as after any shutdown
+            assert await b.recv() == big
+            await sending
+            with pytest.raises(ChannelClosed):
+                await b.recv()
 
     run(main())

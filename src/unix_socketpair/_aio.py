@@ -488,12 +488,16 @@ class AsyncChannel(ChannelBase):
 
     def shutdown_write(self) -> None:
         """As ``Channel.shutdown_write``; buffered messages are written first
-        (the shutdown happens once the write-behind buffer is empty)."""
+        (the shutdown happens once the write-behind buffer is empty and the
+        messages already on their way out, sent directly, are complete; later
+        sends raise ``BrokenPipeError`` at once)."""
         self._check_open()
         if self._wbuf:
             self._flush_now()
-        if self._wbuf:
-            self._sendq.shutting()  # _flush_now() shuts the socket down once it is empty
+        if self._wbuf or self._sendq.jobs:
+            # _flush_now() shuts the socket down once nothing is held and no
+            # message is on its way out (the one in flight is completed).
+            self._sendq.shutting()
         else:
             super().shutdown_write()
 
@@ -623,6 +627,8 @@ class AsyncChannel(ChannelBase):
                     await self._send_job(job)
         finally:
             self._sendq.leave_direct()
+            if self._sendq.shut_due():
+                self._flush_now()  # the deferred shutdown_write()
             del self  # see the note on tracebacks
 
     def _job_done(self, task: asyncio.Task[None]) -> None:

@@ -211,15 +211,16 @@ class SendQueue:
         self.refresh()
 
     def shutting(self) -> None:
-        """``shutdown_write()`` with bytes held: refuse new messages; the owner
-        shuts the socket down once ``held`` is empty (see :meth:`shut_due`)."""
+        """``shutdown_write()`` with bytes held or direct sends under way:
+        refuse new messages; the owner shuts the socket down once nothing is
+        held or under way (see :meth:`shut_due`)."""
         if self.state is OPEN:
             self.state = SHUTTING
             self.fast = -1
 
     def shut_due(self) -> bool:
         """True when the deferred shutdown of :meth:`shutting` should happen now."""
-        return self.state is SHUTTING and not self.held
+        return self.state is SHUTTING and not self.held and not self.jobs
 
     def shut(self) -> None:
         """The socket was shut down for writing: refuse new messages."""
