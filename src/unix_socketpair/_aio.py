@@ -183,8 +183,9 @@ class AsyncChannel(ChannelBase):
     ``send_many``, ``drain`` or ``aclose``, and by every one after it.
     Cancelling a ``send`` part way through a message leaves the stream
     unusable for sending (later sends raise ``ProtocolError``); cancelling a
-    receive loses nothing, except in ``recv_into`` of a message being read
-    straight into the caller's buffer, which breaks the channel.
+    receive loses nothing (a message being read straight into the caller's
+    buffer by ``recv_into`` goes back into the channel, whole, for the next
+    receive).
     """
 
     _blocking = False

@@ -129,6 +129,18 @@ class TruncatedFds(list[int]):
     __slots__ = ()
 
 
+class _TooManyFds(list[int]):
+    """In place of the descriptors of a read that carried more than ``max_fds``
+    (closed on arrival): the message they belong to raises TooManyFds when it
+    is taken, after the messages before it were delivered."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self, sent: int) -> None:
+        super().__init__()
+        self.sent = sent
+
+
 def _deliverable(fds: list[int]) -> list[int]:
     """*fds* of a message being delivered; raise FdsTruncated (closing them) if
     the kernel truncated them. The message is consumed either way."""
@@ -659,13 +671,9 @@ class StreamDecoder:
             close_fds(fds)
             self._raise_broken()
         if len(fds) > self._max_fds and type(fds) is not TruncatedFds:
+            # Refused by the call that takes their message (see _take_fds).
             close_fds(fds)
-            self._break(
-                f"the peer sent {len(fds)} file descriptors with one message, over "
-                f"max_fds={self._max_fds}; all of them were closed",
-                TooManyFds,
-                count=len(fds),
-            )
+            fds = _TooManyFds(len(fds))
         if end == start:
             close_fds(fds)
             if type(fds) is TruncatedFds:
@@ -1218,6 +1226,13 @@ class StreamDecoder:
             if g_start <= start and not found:
                 fds = g_fds
                 found = True
+                if type(fds) is _TooManyFds:
+                    self._break(
+                        f"the peer sent {fds.sent} file descriptors with one message, over "
+                        f"max_fds={self._max_fds}; all of them were closed",
+                        TooManyFds,
+                        count=fds.sent,
+                    )
                 continue
             close_fds(g_fds)
             close_fds(fds)
