@@ -1333,7 +1333,7 @@ class Channel(ChannelBase):
             if msg is not None:
                 return msg
             return self._recv_locked(taken)
-        payload, fds = self._next_with_fds(_Deadline(timeout))
+        payload, fds = self._receive(self._take_with_fds, None, _Deadline(timeout), None, 0)
         close_fds(fds)
         return payload
 
@@ -1409,22 +1409,25 @@ class Channel(ChannelBase):
 
     def _receive(
         self,
-        step: Callable[..., _R],
-        *args: Any,
-        target: memoryview | None = None,
-        by: int = 0,
+        step: Callable[[Any, _Deadline | None], _R],
+        arg: Any,
+        deadline: _Deadline | None,
+        target: memoryview | None,
+        by: int,
     ) -> _R:
-        """Run *step* (*args*), a receive that takes messages from the decoder,
-        under the receive lock; the one place that decides what an exception
-        leaving a receive means. *target*: the caller's buffer of a
+        """Run ``step(arg, deadline)``, a receive that takes messages from the
+        decoder, under the receive lock: the one place that decides what an
+        exception leaving a receive means. *target*: the caller's buffer of a
         ``recv_into``; *by*: who is recorded as taking (see
-        StreamDecoder.handed_by)."""
+        StreamDecoder.handed_by). (Positional only: the cheapest call.)"""
         lock = self._rlock
         try:
             with lock:
-                self._dec.handed, self._dec.handed_by = [], by
-                self._check_open()
-                return step(*args)
+                dec = self._dec
+                dec.handed, dec.handed_by = [], by
+                if self._closed:
+                    raise OSError(errno.EBADF, "the channel is closed")
+                return step(arg, deadline)
         except ChannelError:
             raise  # about the message itself: it is consumed, nothing to give back
         except BaseException:
@@ -1453,14 +1456,10 @@ class Channel(ChannelBase):
 
         Raises: as :meth:`recv`.
         """
-        return self._next_with_fds(None if timeout is None else _Deadline(timeout))
+        deadline = None if timeout is None else _Deadline(timeout)
+        return self._receive(self._take_with_fds, None, deadline, None, 0)
 
-    def _next_with_fds(self, deadline: _Deadline | None) -> tuple[bytes, list[int]]:
-        """The next message and its descriptors, waiting no later than *deadline*
-        (None: as long as it takes)."""
-        return self._receive(self._take_with_fds, deadline)
-
-    def _take_with_fds(self, deadline: _Deadline | None) -> tuple[bytes, list[int]]:
+    def _take_with_fds(self, _: None, deadline: _Deadline | None) -> tuple[bytes, list[int]]:
         dec = self._dec
         result = dec.next_message_with_fds()
         while result is NEED_DATA:
@@ -1492,7 +1491,7 @@ class Channel(ChannelBase):
         else:
             count = _check_limit("max_messages", max_messages, 1, _NO_LIMIT)
         deadline = None if timeout is None else _Deadline(timeout)
-        return self._receive(self._take_many, count, deadline, by=_get_ident())
+        return self._receive(self._take_many, count, deadline, None, _get_ident())
 
     def _take_many(self, count: int, deadline: _Deadline | None) -> list[bytes]:
         dec = self._dec
@@ -1531,7 +1530,7 @@ class Channel(ChannelBase):
         """
         target = _writable(buffer)
         deadline = None if timeout is None else _Deadline(timeout)
-        return self._receive(self._take_into, target, deadline, target=target)
+        return self._receive(self._take_into, target, deadline, target, 0)
 
     def _take_into(self, target: memoryview, deadline: _Deadline | None) -> int:
         dec = self._dec
