@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._ancillary import SCM_MAX_FD
+from ._ancillary import ANCBUFSIZE, SCM_MAX_FD
 from ._channel import (
     _MAX_SPIN,
     _NO_FDS,
@@ -760,6 +760,24 @@ class AsyncChannel(ChannelBase):
 
     # -- receiving ----------------------------------------------------------
 
+    def _fill(self, bufs: tuple[memoryview, ...] | None = None) -> None:
+        """One non-blocking read into the decoder (end of file included), into
+        *bufs* (default: the decoder's buffer), then its accounting; a result
+        an exception left in the inbox is accounted for instead. Raises
+        ``BlockingIOError`` (nothing there) having changed nothing."""
+        dec = self._dec
+        inbox = dec.inbox
+        if not inbox:
+            if bufs is None:
+                bufs = (dec.get_buffer(),)
+            try:
+                inbox.append(self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rbase))
+            except OSError as exc:
+                self._read_failed(exc, bufs, inbox, self._rbase)
+        if self._closed and not inbox[0][0]:
+            self._woken_by_close()
+        dec.commit_read()
+
     async def _fill_async(self) -> None:
         """Get more stream bytes into the decoder, waiting if need be."""
         fut = self._fill_or_arm()
@@ -827,7 +845,7 @@ class AsyncChannel(ChannelBase):
                 try:
                     while True:
                         try:
-                            self._fill(None, dec.read_buffers())
+                            self._fill(dec.read_buffers())
                             break
                         except BlockingIOError:
                             await self._wait_readable()

@@ -290,18 +290,14 @@ class ChannelBase:
         "__weakref__",
         "_broken_send",
         "_closed",
-        "_credit",
         "_dec",
         "_max",
         "_max_fds",
         "_passcred",
-        "_probe",
         "_queue",
         "_rbase",
-        "_rflags",
         "_small",
         "_sock",
-        "_spin",
         "_stream",
         "_type",
     )
@@ -326,14 +322,9 @@ class ChannelBase:
         self._stream = self._type == SOCK_STREAM
         self._max = max_message_size
         self._max_fds = max_fds
-        # Reads wait in the kernel at once (Channel may set up spinning).
-        self._spin = 0
-        self._credit = 0
-        self._probe = 0
         # Every read's flags: close-on-exec descriptors; for packets also the
         # real length of a packet larger than the buffer (Linux), to tell it.
         self._rbase = _MSG_CMSG_CLOEXEC if self._stream else _PACKET_RECV_FLAGS
-        self._rflags = self._rbase
         # Bytes that must reach the socket before any new message: the rest of
         # a frame a timeout or signal cut short, and a write buffer's messages
         # (Channel only; always empty on AsyncChannel).
@@ -622,33 +613,6 @@ class ChannelBase:
     # exception raised by a signal handler loses the bytes of that read
     # (docs/concurrency.md: the residual windows, measured).
 
-    def _fill(
-        self, deadline: _Deadline | None = None, bufs: tuple[memoryview, ...] | None = None
-    ) -> None:
-        """One read into the decoder (end of file included), into *bufs* (default:
-        the decoder's buffer), then its accounting. A result an exception left
-        in the inbox is accounted for instead of reading. May raise
-        BlockingIOError (non-blocking socket), or TimeoutError once *deadline*
-        passes, having changed nothing."""
-        dec = self._dec
-        inbox = dec.inbox
-        if not inbox:
-            if bufs is None:
-                bufs = (dec.get_buffer(),)
-            if deadline is None and not self._queue:
-                if self._probe:
-                    self._probe_tick()
-                try:
-                    # The per-message path: a direct call (see the note above).
-                    inbox.append(self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags))
-                except OSError as exc:
-                    self._recv_failed(exc, bufs, inbox, self._rbase)
-            else:
-                self._read_waiting(bufs, self._rbase, deadline, inbox)
-        if self._closed and not inbox[0][0]:
-            self._woken_by_close()
-        dec.commit_read()
-
     def _woken_by_close(self) -> None:
         """close() shut the socket down under a waiting read (which returned
         0 bytes): drop that result and raise ChannelClosed."""
@@ -659,74 +623,16 @@ class ChannelBase:
         dec.abort_direct()
         raise ChannelClosed("close() was called while this call was waiting")
 
-    def _read_waiting(
-        self,
-        bufs: tuple[memoryview, ...],
-        flags: int,
-        deadline: _Deadline | None,
-        inbox: list[tuple[Any, ...]],
-    ) -> None:
-        """One read into *bufs* that waits in ``poll`` (never spins): no later
-        than *deadline* (TimeoutError, having read nothing), and meanwhile
-        writes what the send queue holds as the socket takes it."""
-        recvmsg_into = self._sock.recvmsg_into
-        nowait = (flags | _MSG_DONTWAIT,)
-        while True:
-            if self._queue:
-                self._write_queue()
-            try:
-                inbox.extend(map(recvmsg_into, (bufs,), _ANC, nowait))
-                return
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                self._recv_failed(exc, bufs, inbox, flags)
-                return
-            events = select.POLLIN | (select.POLLOUT if self._queue else 0)
-            if not _wait(self._sock, events, deadline):
-                assert deadline is not None
-                partial = self._dec.buffered() if self._stream else 0
-                kept = f"; the {partial} bytes of it that did stay queued" if partial else ""
-                # No errno, as the socket module's own timeouts.
-                raise TimeoutError(f"no whole message arrived within {deadline.timeout:g} s{kept}")
-
-    def _write_queue(self) -> None:
-        """Write what the send queue holds without waiting (a channel with a
-        send queue overrides this)."""
-
-    def _recv_failed(
+    def _read_failed(
         self,
         exc: OSError,
         bufs: tuple[memoryview, ...],
         inbox: list[tuple[Any, ...]],
-        flags: int = _MSG_CMSG_CLOEXEC,
+        flags: int,
     ) -> None:
-        """What a failed read into *bufs* means: a read retried after waiting,
-        end of file (both appended to *inbox*), or an error to raise.
-
-        A spinning blocking channel reads without waiting first (``MSG_DONTWAIT``):
-        when that finds nothing, it tries ``spin - 1`` more times, then waits.
-        Spinning adapts: a try that finds data renews the credit; waits whose
-        tries all found nothing use it up, and the channel then waits at once
-        (no failed tries at all, which cost most when the peer shares our CPU
-        and cannot run while we try) until _PROBE_READS reads later.
-        """
-        if isinstance(exc, BlockingIOError) and self._spin:
-            recvmsg_into = self._sock.recvmsg_into
-            try:
-                nowait = (flags | _MSG_DONTWAIT,)
-                for _ in range(self._spin - 1):
-                    try:
-                        inbox.append(recvmsg_into(bufs, ANCBUFSIZE, nowait[0]))
-                    except BlockingIOError:
-                        continue
-                    self._credit = _SPIN_CREDIT
-                    return
-                self._spin_failed()
-                inbox.append(recvmsg_into(bufs, ANCBUFSIZE, flags))
-                return
-            except OSError as again:
-                exc = again
+        """What a failed read into *bufs* means: end of file after a reset
+        (appended to *inbox*), or the error to raise (``BlockingIOError``
+        included: the caller waits)."""
         if isinstance(exc, ConnectionResetError):
             # The peer closed while some of what we sent was still unread. The
             # kernel reports that once; what the peer sent before closing is
@@ -739,21 +645,6 @@ class ChannelBase:
         if self._closed or exc.errno == errno.EBADF:
             raise OSError(errno.EBADF, "the channel is closed") from exc
         raise exc
-
-    def _spin_failed(self) -> None:
-        """Every try of a wait found nothing: spend credit; none left, stop spinning."""
-        self._credit -= 1
-        if self._credit <= 0:
-            self._rflags = self._rbase
-            self._probe = _PROBE_READS
-
-    def _probe_tick(self) -> None:
-        """Count a read made without spinning; after _PROBE_READS, spin again (once,
-        unless it pays)."""
-        self._probe -= 1
-        if not self._probe:
-            self._credit = 1
-            self._rflags = self._rbase | _MSG_DONTWAIT
 
 
 class Channel(ChannelBase):
@@ -812,15 +703,19 @@ class Channel(ChannelBase):
 
     __slots__ = (
         "_busy",
+        "_credit",
         "_forget",
         "_hold_max",
         "_partial",
+        "_probe",
         "_qlock",
         "_qsent",
+        "_rflags",
         "_rlock",
         "_sent",
         "_slock",
         "_small_max",
+        "_spin",
         "_wlimit",
     )
 
@@ -853,6 +748,7 @@ class Channel(ChannelBase):
         # that finds nothing, _recv_failed() tries spin - 1 more times, then waits.
         self._spin = spin
         self._credit = _SPIN_CREDIT
+        self._probe = 0
         self._rflags = self._rbase | (_MSG_DONTWAIT if spin else 0)
         # _slock: one message at a time goes out (held across waits).
         # _rlock: one receiver at a time takes from the decoder.
@@ -1288,6 +1184,116 @@ class Channel(ChannelBase):
             and self._partial is None
         ):
             self._small = self._small_max
+
+    # -- reading (waiting in the kernel, in poll, or spinning) -------------------
+
+    def _fill(
+        self, deadline: _Deadline | None = None, bufs: tuple[memoryview, ...] | None = None
+    ) -> None:
+        """One read into the decoder (end of file included), into *bufs* (default:
+        the decoder's buffer), then its accounting. A result an exception left
+        in the inbox is accounted for instead of reading. May raise
+        BlockingIOError (non-blocking socket), or TimeoutError once *deadline*
+        passes, having changed nothing."""
+        dec = self._dec
+        inbox = dec.inbox
+        if not inbox:
+            if bufs is None:
+                bufs = (dec.get_buffer(),)
+            if deadline is None and not self._queue:
+                if self._probe:
+                    self._probe_tick()
+                try:
+                    # The per-message path: a direct call (see the note above).
+                    inbox.append(self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags))
+                except OSError as exc:
+                    self._recv_failed(exc, bufs, inbox, self._rbase)
+            else:
+                self._read_waiting(bufs, self._rbase, deadline, inbox)
+        if self._closed and not inbox[0][0]:
+            self._woken_by_close()
+        dec.commit_read()
+
+    def _read_waiting(
+        self,
+        bufs: tuple[memoryview, ...],
+        flags: int,
+        deadline: _Deadline | None,
+        inbox: list[tuple[Any, ...]],
+    ) -> None:
+        """One read into *bufs* that waits in ``poll`` (never spins): no later
+        than *deadline* (TimeoutError, having read nothing), and meanwhile
+        writes what the send queue holds as the socket takes it."""
+        recvmsg_into = self._sock.recvmsg_into
+        nowait = (flags | _MSG_DONTWAIT,)
+        while True:
+            if self._queue:
+                self._write_queue()
+            try:
+                inbox.extend(map(recvmsg_into, (bufs,), _ANC, nowait))
+                return
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                self._recv_failed(exc, bufs, inbox, flags)
+                return
+            events = select.POLLIN | (select.POLLOUT if self._queue else 0)
+            if not _wait(self._sock, events, deadline):
+                assert deadline is not None
+                partial = self._dec.buffered()
+                kept = f"; the {partial} bytes of it that did stay queued" if partial else ""
+                # No errno, as the socket module's own timeouts.
+                raise TimeoutError(f"no whole message arrived within {deadline.timeout:g} s{kept}")
+
+    def _recv_failed(
+        self,
+        exc: OSError,
+        bufs: tuple[memoryview, ...],
+        inbox: list[tuple[Any, ...]],
+        flags: int,
+    ) -> None:
+        """What a failed read into *bufs* means: a read retried after waiting,
+        end of file (both appended to *inbox*), or an error to raise.
+
+        A spinning blocking channel reads without waiting first (``MSG_DONTWAIT``):
+        when that finds nothing, it tries ``spin - 1`` more times, then waits.
+        Spinning adapts: a try that finds data renews the credit; waits whose
+        tries all found nothing use it up, and the channel then waits at once
+        (no failed tries at all, which cost most when the peer shares our CPU
+        and cannot run while we try) until _PROBE_READS reads later.
+        """
+        if isinstance(exc, BlockingIOError) and self._spin:
+            recvmsg_into = self._sock.recvmsg_into
+            try:
+                nowait = (flags | _MSG_DONTWAIT,)
+                for _ in range(self._spin - 1):
+                    try:
+                        inbox.append(recvmsg_into(bufs, ANCBUFSIZE, nowait[0]))
+                    except BlockingIOError:
+                        continue
+                    self._credit = _SPIN_CREDIT
+                    return
+                self._spin_failed()
+                inbox.append(recvmsg_into(bufs, ANCBUFSIZE, flags))
+                return
+            except OSError as again:
+                exc = again
+        self._read_failed(exc, bufs, inbox, flags)
+
+    def _spin_failed(self) -> None:
+        """Every try of a wait found nothing: spend credit; none left, stop spinning."""
+        self._credit -= 1
+        if self._credit <= 0:
+            self._rflags = self._rbase
+            self._probe = _PROBE_READS
+
+    def _probe_tick(self) -> None:
+        """Count a read made without spinning; after _PROBE_READS, spin again (once,
+        unless it pays)."""
+        self._probe -= 1
+        if not self._probe:
+            self._credit = 1
+            self._rflags = self._rbase | _MSG_DONTWAIT
 
     # -- receiving ----------------------------------------------------------
 
