@@ -849,11 +849,8 @@ class AsyncChannel(ChannelBase):
                             break
                         except BlockingIOError:
                             await self._wait_readable()
-                except ChannelClosed:
-                    dec.abort_direct()
-                    raise
-                except BaseException:
-                    dec.interrupted_into()
+                except BaseException as exc:
+                    dec.into_failed(exc)
                     raise
                 size = dec.into(target)
             return size  # type: ignore[return-value]

@@ -1551,13 +1551,10 @@ class Channel(ChannelBase):
                     self._fill(deadline)
                 size = dec.into(target)
             return size  # type: ignore[return-value]
-        except ChannelClosed:
-            dec.abort_direct()
-            raise
-        except BaseException:
+        except BaseException as exc:
             # A signal handler's exception part way through a direct read:
             # what arrived goes back into the decoder.
-            dec.interrupted_into()
+            dec.into_failed(exc)
             raise
 
     def __iter__(self) -> Iterator[bytes]:

@@ -27,6 +27,7 @@ soon as the 4 header bytes are in, before any memory is set aside for it.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import mmap
 import os
@@ -53,6 +54,8 @@ __all__ = [
     "MAX_WIRE_LENGTH",
     "NEED_DATA",
     "Buffer",
+    "ReceiveState",
+    "Receiver",
     "StreamDecoder",
     "encode",
     "encode_many",
@@ -303,7 +306,116 @@ def uninterrupted(dec: Any, step: Callable[..., None], *args: Any) -> None:
         raise pending
 
 
-class StreamDecoder:
+class ReceiveState(enum.Enum):
+    """The receive direction's state, as a decoder holds it (see
+    :attr:`Receiver.state`)."""
+
+    #: Messages come and go.
+    OPEN = "open"
+    #: The peer closed: the messages already in are still delivered, then
+    #: ``ChannelClosed``.
+    AT_EOF = "at end of file"
+    #: Unusable (:attr:`Receiver.broken` says why): ``ProtocolError`` (or the
+    #: error that broke it, once, in its place in the order of the messages).
+    BROKEN = "broken"
+    #: Closed: ``OSError(EBADF)``.
+    CLOSED = "closed"
+
+
+class Receiver:
+    """What the stream and packet decoders share: the receive direction's
+    state, and the records the channels use to commit reads and to give
+    messages back (:attr:`inbox`, :attr:`handed`).
+
+    The state is two fields, each changed in one place per decoder:
+    ``_broken`` (None, the reason, or ``_CLOSED``) and ``_eof``; :attr:`state`
+    names the combination.
+    """
+
+    __slots__ = (
+        "_broken",
+        "_eof",
+        "_landed",
+        "creds",
+        "handed",
+        "handed_by",
+        "handed_fds",
+        "inbox",
+        "last_into",
+        "repairs",
+    )
+
+    def __init__(self) -> None:
+        self._eof = False
+        self._broken: str | None = None
+        #: Raw ``recvmsg_into`` results not yet accounted for: ``(nbytes,
+        #: ancdata, flags, address)`` tuples. The I/O layer appends a system
+        #: call's result here (from C where it can: ``inbox.extend(map(
+        #: sock.recvmsg_into, ...))``), so that no Python code, and so no
+        #: signal handler, runs between the call returning and its result
+        #: being recorded; a commit then accounts for it in one step that
+        #: calls nothing. See docs/concurrency.md.
+        self.inbox: list[tuple[Any, ...]] = []
+        #: Messages taken out since the I/O layer last cleared it: each is
+        #: recorded in the same step that consumes it, so a call interrupted
+        #: by an exception before it could return them can put them back
+        #: (``put_back``); ``HANDED_INTO`` for one delivered into a caller's
+        #: buffer.
+        self.handed: list[object] = []
+        #: The thread that took them, where recorded (0: not recorded).
+        self.handed_by = 0
+        #: The descriptors of the last message taken with its descriptors.
+        self.handed_fds: list[int] = []
+        self.last_into = 0
+        #: Counts completed repairs (put_back, restore_direct; see uninterrupted).
+        self.repairs = 0
+        # The size of a message a read into the caller's buffer completed, until
+        # into() delivers it (-1: none).
+        self._landed = -1
+        #: The raw SCM_CREDENTIALS record of the latest read that carried data.
+        self.creds: bytes | None = None
+
+    @property
+    def state(self) -> ReceiveState:
+        """The receive direction's state, named."""
+        broken = self._broken
+        if broken is None:
+            return ReceiveState.AT_EOF if self._eof else ReceiveState.OPEN
+        return ReceiveState.CLOSED if broken is _CLOSED else ReceiveState.BROKEN
+
+    @property
+    def at_eof(self) -> bool:
+        """True once end of file (or a break) was seen: no more input is wanted."""
+        return self._eof or self._broken is not None
+
+    @property
+    def broken(self) -> str | None:
+        """Why the decoder is unusable, or None."""
+        return self._broken
+
+    def into_failed(self, exc: BaseException) -> None:
+        """A receive into a caller's buffer is leaving with *exc*: close()
+        ends a read straight into it for good (``abort_direct``); anything
+        else (a signal handler's exception, a cancellation) puts back what
+        arrived (``interrupted_into``)."""
+        if isinstance(exc, ChannelClosed):
+            self.abort_direct()
+        else:
+            self.interrupted_into()
+
+    def abort_direct(self) -> None:
+        raise NotImplementedError
+
+    def interrupted_into(self) -> None:
+        raise NotImplementedError
+
+    def _raise_broken(self) -> None:
+        if self._broken is _CLOSED:
+            raise OSError(errno.EBADF, "the channel is closed")
+        raise ProtocolError(f"the channel is unusable: {self._broken}")
+
+
+class StreamDecoder(Receiver):
     """Turns the bytes (and descriptors) of a ``SOCK_STREAM`` into messages.
 
     Feed it with :meth:`receive_data` (copies) or, without a copy, by reading
@@ -325,25 +437,15 @@ class StreamDecoder:
 
     __slots__ = (
         "_base",
-        "_broken",
         "_buf",
         "_direct",
-        "_eof",
         "_groups",
-        "_landed",
         "_max",
         "_max_fds",
         "_rpos",
         "_target",
         "_view",
         "_wpos",
-        "creds",
-        "handed",
-        "handed_by",
-        "handed_fds",
-        "inbox",
-        "last_into",
-        "repairs",
     )
 
     def __init__(
@@ -351,42 +453,17 @@ class StreamDecoder:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_fds: int = SCM_MAX_FD,
     ) -> None:
+        super().__init__()
         self._max = max_message_size if max_message_size < MAX_WIRE_LENGTH else MAX_WIRE_LENGTH
         self._max_fds = max_fds
         # Allocated on the first read: an idle channel costs no receive buffer.
         self._buf: bytearray | mmap.mmap = bytearray()
         self._view = memoryview(self._buf)
-        #: Results of reads into :meth:`get_buffer` not yet accounted for:
-        #: ``(nbytes, ...)`` tuples. The I/O layer appends a system call's result
-        #: here from C (``inbox.extend(map(sock.recvmsg_into, ...))``), so that
-        #: no Python code, and so no signal handler, runs between the call
-        #: returning and its result being recorded; :meth:`commit` then accounts
-        #: for it in one step that calls nothing. See docs/concurrency.md.
-        self.inbox: list[tuple[Any, ...]] = []
-        #: Messages taken out since the I/O layer last cleared it: each is
-        #: recorded in the same step that consumes it, so a call interrupted
-        #: by an exception before it could return them can put them back
-        #: (:meth:`put_back`); ``HANDED_INTO`` for one copied by read_into().
-        self.handed: list[object] = []
-        #: The thread that took them, where recorded (0: not recorded).
-        self.handed_by = 0
-        #: The descriptors of the last message taken with its descriptors.
-        self.handed_fds: list[int] = []
-        self.last_into = 0
-        # The size of a message a direct read completed, until into() delivers
-        # it (-1: none).
-        self._landed = -1
-        #: The raw SCM_CREDENTIALS record of the latest read that carried data.
-        self.creds: bytes | None = None
-        #: Counts completed put_back()/restore_direct() calls (see _uninterrupted).
-        self.repairs = 0
         self._rpos = 0  # first unconsumed byte
         self._wpos = 0  # end of the received bytes
         self._base = 0  # stream offset of _buf[0]
         # (stream offset of the chunk's first byte, of its end, the fds) in order.
         self._groups: deque[tuple[int, int, list[int]]] = deque()
-        self._eof = False
-        self._broken: str | None = None
         # While a message's payload goes straight into a caller's buffer:
         # (stream offset of the message start, of its end); else None.
         self._direct: tuple[int, int] | None = None
@@ -1162,16 +1239,6 @@ class StreamDecoder:
         """True between :meth:`read_into` and the end of that message."""
         return self._direct is not None
 
-    @property
-    def at_eof(self) -> bool:
-        """True once end of file (or a break) was seen: no more input is wanted."""
-        return self._eof or self._broken is not None
-
-    @property
-    def broken(self) -> str | None:
-        """Why the decoder is unusable, or None."""
-        return self._broken
-
     def buffered(self) -> int:
         """Bytes received and not yet returned as messages."""
         return self._wpos - self._rpos
@@ -1276,11 +1343,6 @@ class StreamDecoder:
                 reason + "; the channel is unusable", count=kw["count"], limit=self._max_fds
             )
         raise ProtocolError(reason + "; the channel is unusable")
-
-    def _raise_broken(self) -> None:
-        if self._broken is _CLOSED:
-            raise OSError(errno.EBADF, "the channel is closed")
-        raise ProtocolError(f"the channel is unusable: {self._broken}")
 
 
 def py_take_frame(

@@ -17,7 +17,6 @@ No sockets here.
 from __future__ import annotations
 
 import contextlib
-import errno
 import mmap
 import os
 import socket
@@ -26,14 +25,13 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 from ._ancillary import MSG_CTRUNC, close_fds, split_ancillary
-from ._codec import HANDED_INTO, NEED_DATA, _NeedData, _too_small
+from ._codec import _CLOSED, HANDED_INTO, NEED_DATA, Receiver, _NeedData, _too_small
 from ._errors import ChannelClosed, FdsTruncated, ProtocolError, TooManyFds
 
 __all__ = ["PacketDecoder", "packet_capacity"]
 
 _MSG_TRUNC: Final = int(socket.MSG_TRUNC)
 _CLOEXEC_BY_KERNEL: Final = bool(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
-_CLOSED: Final = "the channel is closed"
 
 
 def packet_capacity() -> int:
@@ -45,7 +43,7 @@ def packet_capacity() -> int:
         return 4 * 1024 * 1024
 
 
-class PacketDecoder:
+class PacketDecoder(Receiver):
     """Turns ``recvmsg_into`` results of a packet socket into messages.
 
     Messages accounted for but not yet taken wait in order (a deque of
@@ -71,26 +69,17 @@ class PacketDecoder:
     ONE_PER_READ: Final = True
 
     __slots__ = (
-        "_broken",
-        "_eof",
         "_into",
-        "_landed",
         "_max",
         "_max_fds",
         "_passcred",
         "_ready",
         "_view",
         "_zero_is_eof",
-        "creds",
-        "handed",
-        "handed_by",
-        "handed_fds",
-        "inbox",
-        "last_into",
-        "repairs",
     )
 
     def __init__(self, max_message_size: int, max_fds: int, *, passcred: bool, dgram: bool) -> None:
+        super().__init__()
         self._max = max_message_size
         self._max_fds = max_fds
         cap = min(max_message_size, packet_capacity()) + 1
@@ -104,23 +93,10 @@ class PacketDecoder:
         # end; without it, an empty SOCK_DGRAM packet is a message (a datagram
         # socket has no end of file).
         self._zero_is_eof = passcred or not dgram
-        #: Raw ``recvmsg_into`` results not yet accounted for (see StreamDecoder.inbox).
-        self.inbox: list[tuple[Any, ...]] = []
         self._ready: deque[tuple[bytes, list[int]]] = deque()
-        self._eof = False
-        self._broken: str | None = None
-        # A receive into a caller's buffer (start_into): that buffer, and the
-        # size of the packet that landed in it whole (-1: none yet).
+        # During a receive into a caller's buffer (begin_direct): that buffer
+        # (a packet that lands in it whole sets _landed to its size).
         self._into: memoryview | None = None
-        self._landed = -1
-        #: The raw SCM_CREDENTIALS record of the latest packet (not of an end of file).
-        self.creds: bytes | None = None
-        #: Messages taken since the channel last cleared it (see StreamDecoder.handed).
-        self.handed: list[object] = []
-        self.handed_by = 0
-        self.handed_fds: list[int] = []
-        self.last_into = 0
-        self.repairs = 0
 
     # -- input --------------------------------------------------------------
 
@@ -388,16 +364,6 @@ class PacketDecoder:
         """True while the next read goes into a caller's buffer (begin_direct)."""
         return self._into is not None
 
-    @property
-    def at_eof(self) -> bool:
-        """True once end of file (or a break) was seen: no more input is wanted."""
-        return self._eof or self._broken is not None
-
-    @property
-    def broken(self) -> str | None:
-        """Why the decoder is unusable, or None."""
-        return self._broken
-
     def buffered(self) -> int:
         """Bytes of the messages accounted for and not yet taken."""
         return sum(len(m[0]) for m in self._ready) if self._ready else 0  # (failures: b"")
@@ -428,11 +394,8 @@ class PacketDecoder:
     # -- internals ----------------------------------------------------------
 
     def _nothing_ready(self) -> _NeedData:
-        broken = self._broken
-        if broken is not None:
-            if broken is _CLOSED:
-                raise OSError(errno.EBADF, _CLOSED)
-            raise ProtocolError(f"the channel is unusable: {broken}")
+        if self._broken is not None:
+            self._raise_broken()
         if self._eof:
             raise ChannelClosed("the peer closed the channel")
         return NEED_DATA
