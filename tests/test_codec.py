@@ -268,12 +268,17 @@ def test_fds_inside_a_payload_are_an_error_and_are_closed(no_fd_leak: None) -> N
 
 
 def test_too_many_fds_are_closed(no_fd_leak: None) -> None:
+    """Closed on arrival; refused (TooManyFds) by the call that takes their
+    message, after the messages before it; the decoder is unusable from then on."""
     decoder = StreamDecoder(max_fds=1)
     fds = _pipe_fds()
-    with pytest.raises(TooManyFds) as info:
-        decoder.receive_data(frame(b"x"), fds)
-    assert (info.value.count, info.value.limit) == (2, 1)
+    decoder.receive_data(frame(b"before"))
+    decoder.receive_data(frame(b"x"), fds)
     assert not any(_is_open(fd) for fd in fds)
+    assert decoder.next_message() == b"before"
+    with pytest.raises(TooManyFds) as info:
+        decoder.next_message()
+    assert (info.value.count, info.value.limit) == (2, 1)
     with pytest.raises(ProtocolError):
         decoder.next_message()
 

@@ -448,3 +448,138 @@ def test_a_peer_closing_with_unread_messages_still_delivers_what_it_sent(pair: P
         pair.a.recv()
     with pytest.raises(ChannelClosed):
         pair.a.recv()
+
+
+# -- a message's failure comes after the messages before it ------------------------
+
+
+def test_a_message_with_too_many_fds_is_refused_after_the_messages_before_it(
+    kind: tuple[type[Any], int], no_fd_leak: None
+) -> None:
+    """Two messages, then one with more descriptors than the receiver's max_fds:
+    the two are delivered (by recv_many, which takes every message already in,
+    and by recv), and only then is TooManyFds raised, by the call that would
+    have returned the third. The descriptors are closed, none leaks."""
+    cls, sock_type = kind
+    x, y = socket.socketpair(socket.AF_UNIX, sock_type)
+    loop = asyncio.new_event_loop() if cls is AsyncChannel else None
+    sender = End(cls(x), loop)
+    receiver = End(cls(y, max_fds=1), loop)
+    r, w = os.pipe()
+    try:
+        sender.send(b"one")
+        sender.send(b"two")
+        sender.send(b"three", fds=[r, w])
+        ch = receiver.channel
+        got: list[bytes] = []
+        while len(got) < 2:
+            batch = ch.recv_many() if isinstance(ch, Channel) else receiver._run(ch.recv_many)
+            got += batch
+        assert got == [b"one", b"two"]
+        with pytest.raises(TooManyFds) as info:
+            receiver.recv()
+        assert (info.value.count, info.value.limit) == (2, 1)
+    finally:
+        os.close(r)
+        os.close(w)
+        sender.channel.close()
+        receiver.channel.close()
+        if loop is not None:
+            loop.close()
+
+
+# -- an exception between a read and its accounting loses nothing ------------------
+
+
+@pytest.mark.parametrize("sock_type", [SOCK_SEQPACKET, SOCK_DGRAM], ids=["seqpacket", "dgram"])
+def test_an_exception_while_a_packet_is_accounted_for_loses_nothing(sock_type: int) -> None:
+    """An exception raised where a signal handler's can be (here: when the copy
+    of a packet out of the receive buffer returns) leaves the packet to the next
+    receive: nothing lost, nothing duplicated."""
+    import sys
+
+    class Interrupt(Exception):
+        pass
+
+    armed = [True]
+
+    def profiler(frame: Any, event: str, arg: Any) -> None:
+        if (
+            armed[0]
+            and event == "c_return"
+            and getattr(arg, "__name__", "") == "tobytes"
+            and "unix_socketpair" in frame.f_code.co_filename
+        ):
+            armed[0] = False
+            raise Interrupt
+
+    a, b = Channel.pair(sock_type)
+    with a, b:
+        for i in range(3):
+            a.send(b"packet %d" % i)
+        sys.setprofile(profiler)
+        try:
+            with pytest.raises(Interrupt):
+                b.recv()
+        finally:
+            sys.setprofile(None)
+        assert not armed[0]
+        assert [b.recv(), b.recv(), b.recv()] == [b"packet 0", b"packet 1", b"packet 2"]
+
+
+# -- cancelling a receive straight into the caller's buffer ------------------------
+
+
+def test_a_cancelled_async_recv_into_of_a_large_message_loses_nothing(no_fd_leak: None) -> None:
+    """A 1 MiB message is being read straight into the caller's buffer when its
+    recv_into is cancelled: what arrived goes back into the channel, and the next
+    receive returns the whole message."""
+    import fcntl
+    import struct
+    import termios
+
+    size = 1 << 20
+    message = payload(size, seed=7)
+    x, y = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    x.setblocking(False)
+    loop = asyncio.new_event_loop()
+
+    def unread(sock: socket.socket) -> int:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        value: int = struct.unpack("i", raw)[0]
+        return value
+
+    async def scenario() -> None:
+        channel = AsyncChannel(y)
+        try:
+            frame = struct.pack(">I", size) + message
+            first = x.send(frame[: 200 * 1024])
+            buffer = bytearray(size)
+            task = asyncio.ensure_future(channel.recv_into(buffer))
+            while not task.done() and unread(y):  # until the reader took all there is
+                await asyncio.sleep(0)
+            assert not task.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            rest = memoryview(frame)[first:]
+
+            async def send_rest() -> None:
+                view = rest
+                while view:
+                    try:
+                        view = view[x.send(view) :]
+                    except BlockingIOError:
+                        await asyncio.sleep(0)
+
+            sender = asyncio.ensure_future(send_rest())
+            assert await asyncio.wait_for(channel.recv(), 30) == message
+            await sender
+        finally:
+            channel.close()
+
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+        x.close()

@@ -8,6 +8,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import tracemalloc
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -275,3 +277,82 @@ def test_async_channel_closed_when_the_child_exits(no_fd_leak: None) -> None:
                 await child.channel.recv()
 
     run(main())
+
+
+def test_each_child_sees_the_environment_as_it_was_when_it_was_spawned(
+    no_fd_leak: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without env=, the child environment is made once and reused while os.environ is
+    # unchanged: a change in between must reach the next child, and no other.
+    script = 'printf "%s|%s|%s" "$SOCKETPAIR_FD" "${USP_TEST_VAR-unset}" "${LISTEN_FDS-unset}" >&3'
+
+    async def seen(fd: int) -> bytes:
+        async with await spawn_async(["sh", "-c", script], fd=fd) as child:
+            return await recv_all(child.socket)
+
+    async def main() -> None:
+        monkeypatch.delenv("USP_TEST_VAR", raising=False)
+        assert await seen(3) == b"3|unset|unset"
+        monkeypatch.setenv("USP_TEST_VAR", "one")
+        assert await seen(3) == b"3|one|unset"
+        assert await seen(3) == b"3|one|unset"
+        monkeypatch.setenv("USP_TEST_VAR", "two")
+        assert await seen(3) == b"3|two|unset"
+        # listen_fds adds variables to its own child's environment, not to the next one's.
+        async with await spawn_async(["sh", "-c", script], fd=3, listen_fds=True) as child:
+            assert await recv_all(child.socket) == b"3|two|1"
+        assert await seen(3) == b"3|two|unset"
+        monkeypatch.delenv("USP_TEST_VAR")
+        assert await seen(3) == b"3|unset|unset"
+
+    run(main())
+
+
+def test_starting_children_holds_little_memory_in_spawn_async(no_fd_leak: None) -> None:
+    """What spawn_async itself allocates and keeps only until its child is up.
+
+    With many children starting at once, all of it is held at the same time, and once
+    freed it stays in the parent's RSS as holes among the children's long-lived objects:
+    1,000 children cost 30.5 KiB each of RSS when this measured 6.0 KiB, 26 KiB at 1.4 KiB.
+    (tracemalloc, counting allocations made by spawn_async's own code, not asyncio's.)
+    """
+    count = 50
+    skip = [
+        os.path.dirname(asyncio.__file__) + os.sep + "*",
+        subprocess.__file__,
+        threading.__file__,
+        tracemalloc.__file__,
+        "*weakref*",
+        __file__,
+    ]
+
+    def ours() -> tracemalloc.Snapshot:
+        snapshot = tracemalloc.take_snapshot()
+        return snapshot.filter_traces([tracemalloc.Filter(False, name) for name in skip])
+
+    async def main() -> float:
+        children: list[AsyncChild[AsyncChannel]] = []
+        all_up = asyncio.Event()
+
+        async def one() -> None:
+            children.append(await spawn_async(["cat"], fd="stdio"))
+            if len(children) == count:
+                all_up.set()
+
+        tracemalloc.start()
+        try:
+            tasks = [asyncio.ensure_future(one()) for _ in range(count)]
+            await asyncio.sleep(0)  # each task ran to its first wait: every child started
+            starting = ours()
+            await asyncio.wait_for(all_up.wait(), TIMEOUT)
+            await asyncio.gather(*tasks)
+            up = ours()
+        finally:
+            tracemalloc.stop()
+            for child in children:
+                await child.aclose()
+        assert len(children) == count and all(c.returncode == 0 for c in children)
+        return sum(stat.size_diff for stat in starting.compare_to(up, "filename")) / count
+
+    held = run(main())
+    assert held <= 3072, f"{held:.0f} bytes per child held only while it started"

@@ -162,14 +162,13 @@ def test_the_failure_cleanup_runs_although_a_handler_raises_as_it_starts(
     # spawn() failed (say, a deferred handler raised as they were put back): its
     # cleanup defers the handlers again, and a signal may land right then. The child
     # must still be killed and reaped, and the handlers left as they were.
-    import contextlib
     import signal
 
     import unix_socketpair._spawn as impl
 
     before = {n: signal.getsignal(n) for n in impl._Signals._NUMBERS}
     cleaned: list[str] = []
-    on_failure = contextlib.ExitStack()
+    on_failure = impl._Undo()
     on_failure.callback(cleaned.append, "reaped")
     looks = _raise_once_at_first_look(monkeypatch)
     with pytest.raises(_Tick):
@@ -214,7 +213,6 @@ def test_the_async_failure_cleanup_runs_although_a_handler_raises_as_it_starts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import asyncio
-    import contextlib
 
     import unix_socketpair._spawn as impl
 
@@ -224,7 +222,7 @@ def test_the_async_failure_cleanup_runs_although_a_handler_raises_as_it_starts(
         cleaned.append("reaped")
 
     async def main() -> None:
-        on_failure = contextlib.AsyncExitStack()
+        on_failure = impl._Undo()
         on_failure.push_async_callback(reap)
         looks = _raise_once_at_first_look(monkeypatch)
         with pytest.raises(_Tick):
@@ -233,3 +231,46 @@ def test_the_async_failure_cleanup_runs_although_a_handler_raises_as_it_starts(
 
     asyncio.run(main())
     assert cleaned == ["reaped"]
+
+
+def test_the_undo_list_runs_every_callback_last_first_even_when_some_raise() -> None:
+    import asyncio
+
+    import unix_socketpair._spawn as impl
+
+    ran: list[object] = []
+
+    def fail(name: str) -> None:
+        ran.append(name)
+        raise _Tick(name)
+
+    undo = impl._Undo()
+    undo.callback(ran.append, 1)
+    undo.callback(fail, "first")
+    undo.callback(ran.append, 3)
+    undo.callback(fail, "second")
+    with pytest.raises(_Tick) as raised, undo:
+        pass
+    assert ran == ["second", 3, "first", 1]
+    # The last exception propagates, the earlier one as its context (as ExitStack).
+    assert raised.value.args == ("first",)
+    assert isinstance(raised.value.__context__, _Tick)
+    assert raised.value.__context__.args == ("second",)
+    undo.close()  # each callback runs once
+    assert ran == ["second", 3, "first", 1]
+
+    async def cancelled() -> None:
+        ran.append("cancelled")
+        raise asyncio.CancelledError
+
+    async def main() -> None:
+        undo = impl._Undo()
+        undo.callback(ran.append, "sync")
+        undo.push_async_callback(cancelled)
+        undo.push_async_callback(asyncio.sleep, 0)
+        with pytest.raises(asyncio.CancelledError):
+            await undo.aclose()
+
+    ran.clear()
+    asyncio.run(main())
+    assert ran == ["cancelled", "sync"]

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._ancillary import SCM_MAX_FD, close_fds
+from ._ancillary import ANCBUFSIZE, SCM_MAX_FD
 from ._channel import (
     _MAX_SPIN,
     _NO_FDS,
@@ -43,7 +43,6 @@ from ._channel import (
 )
 from ._codec import (
     DEFAULT_MAX_MESSAGE_SIZE,
-    HEADER_SIZE,
     NEED_DATA,
     Buffer,
     _pack,
@@ -99,7 +98,7 @@ def _on_readable(ref: weakref.ref[AsyncChannel]) -> None:
     channel = ref()
     if channel is None:
         return
-    if channel._stream and channel._read_error is None and not channel._dec.reading_direct:
+    if channel._read_error is None and not channel._dec.reading_direct:
         # Eager: move what the kernel has into the decoder now, and stay
         # registered (the next wait costs no epoll_ctl). Reading stops when an
         # error is kept for the task (so a registered reader means no error).
@@ -179,8 +178,9 @@ class AsyncChannel(ChannelBase):
     ``send_many``, ``drain`` or ``aclose``, and by every one after it.
     Cancelling a ``send`` part way through a message leaves the stream
     unusable for sending (later sends raise ``ProtocolError``); cancelling a
-    receive loses nothing, except in ``recv_into`` of a message being read
-    straight into the caller's buffer, which breaks the channel.
+    receive loses nothing (a message being read straight into the caller's
+    buffer by ``recv_into`` goes back into the channel, whole, for the next
+    receive).
     """
 
     _blocking = False
@@ -752,6 +752,24 @@ class AsyncChannel(ChannelBase):
 
     # -- receiving ----------------------------------------------------------
 
+    def _fill(self, bufs: tuple[memoryview, ...] | None = None) -> None:
+        """One non-blocking read into the decoder (end of file included), into
+        *bufs* (default: the decoder's buffer), then its accounting; a result
+        an exception left in the inbox is accounted for instead. Raises
+        ``BlockingIOError`` (nothing there) having changed nothing."""
+        dec = self._dec
+        inbox = dec.inbox
+        if not inbox:
+            if bufs is None:
+                bufs = (dec.get_buffer(),)
+            try:
+                inbox.append(self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rbase))
+            except OSError as exc:
+                self._read_failed(exc, bufs, inbox, self._rbase)
+        if self._closed and not inbox[0][0]:
+            self._woken_by_close()
+        dec.commit_read()
+
     async def _fill_async(self) -> None:
         """Get more stream bytes into the decoder, waiting if need be."""
         fut = self._fill_or_arm()
@@ -764,111 +782,70 @@ class AsyncChannel(ChannelBase):
 
     async def recv(self) -> bytes:
         """Return the next message (see ``Channel.recv``)."""
-        if self._stream:
-            dec = self._dec
-            dec.handed = []  # (only Channel's signal rollback reads it)
-            try:
-                msg = dec.next_message()
-                while msg is NEED_DATA:
-                    fut = self._fill_or_arm()
-                    if fut is not None:
-                        await fut
-                    msg = dec.next_message()
-            except BaseException:
-                del self  # see the note on tracebacks
-                raise
-            return msg  # type: ignore[return-value]
+        dec = self._dec
+        dec.handed = []  # (only Channel's signal rollback reads it)
         try:
-            payload, fds = await self._packet_message_async()
+            msg = dec.next_message()
+            while msg is NEED_DATA:
+                fut = self._fill_or_arm()
+                if fut is not None:
+                    await fut
+                msg = dec.next_message()
         except BaseException:
             del self  # see the note on tracebacks
             raise
-        close_fds(fds)
-        return payload
+        return msg  # type: ignore[return-value]
 
     async def recv_with_fds(self) -> tuple[bytes, list[int]]:
         """Return the next message and its descriptors (see ``Channel.recv_with_fds``)."""
         self._check_open()
-        self._dec.handed = []
-        if self._stream:
-            dec = self._dec
-            try:
+        dec = self._dec
+        dec.handed = []
+        try:
+            result = dec.next_message_with_fds()
+            while result is NEED_DATA:
+                fut = self._fill_or_arm()
+                if fut is not None:
+                    await fut
                 result = dec.next_message_with_fds()
-                while result is NEED_DATA:
-                    fut = self._fill_or_arm()
-                    if fut is not None:
-                        await fut
-                    result = dec.next_message_with_fds()
-            except BaseException:
-                del self  # see the note on tracebacks
-                raise
-            return result  # type: ignore[return-value]
-        try:
-            return await self._packet_message_async()
         except BaseException:
             del self  # see the note on tracebacks
             raise
-
-    async def _packet_message_async(self) -> tuple[bytes, list[int]]:
-        self._check_open()
-        try:
-            while True:
-                try:
-                    return self._packet_message()
-                except BlockingIOError:
-                    await self._wait_readable()
-        except BaseException:
-            del self  # see the note on tracebacks
-            raise
+        return result  # type: ignore[return-value]
 
     async def recv_into(self, buffer: Buffer) -> int:
-        """Receive the next message into *buffer* (see ``Channel.recv_into``)."""
+        """Receive the next message into *buffer* (see ``Channel.recv_into``).
+        Cancelling it loses nothing: a message being read straight into
+        *buffer* goes back into the channel, from *buffer*, as it stands when
+        the cancellation arrives."""
         target = _writable(buffer)
         try:
             self._check_open()
-            self._dec.handed = []
-            if not self._stream:
-                while True:
-                    try:
-                        size, fds = self._packet_into(target)
-                        break
-                    except BlockingIOError:
-                        await self._wait_readable()
-                close_fds(fds)
-                return size
             dec = self._dec
-            while True:
-                next_size = dec.next_size()
-                if next_size is NEED_DATA:
+            dec.handed = []
+            size = dec.into(target)
+            while size is NEED_DATA:
+                if not dec.begin_direct(target):
                     await self._fill_async()
+                    size = dec.into(target)
                     continue
-                size = int(next_size)  # type: ignore[arg-type]
-                if size > len(target):
-                    raise self._too_small(size, len(target))
-                if dec.buffered() >= HEADER_SIZE + size or self._wants_direct(size):
-                    break
-                await self._fill_async()
-            waiter = self._read_waiter
-            if waiter is not None and not waiter.done():
-                raise RuntimeError("another task is already receiving on this channel")
-            size, copied = dec.read_into(target)
-            if copied == size:
-                close_fds(dec.take_fds_for_buffered(size))
-                return size
-            try:
-                while True:
-                    try:
-                        done = self._direct_step(target[copied:size])
-                    except BlockingIOError:
-                        await self._wait_readable()
-                        continue
-                    if done is not None:
-                        close_fds(done)
-                        return size
-                    copied = size - dec.direct_remaining()
-            except BaseException:
-                dec.abort_direct()
-                raise
+                # Straight into *target*: this task reads (the reader callback
+                # only wakes it).
+                waiter = self._read_waiter
+                if waiter is not None and not waiter.done():
+                    raise RuntimeError("another task is already receiving on this channel")
+                try:
+                    while True:
+                        try:
+                            self._fill(dec.read_buffers())
+                            break
+                        except BlockingIOError:
+                            await self._wait_readable()
+                except BaseException as exc:
+                    dec.into_failed(exc)
+                    raise
+                size = dec.into(target)
+            return size  # type: ignore[return-value]
         except BaseException:
             del self  # see the note on tracebacks
             raise
@@ -879,9 +856,6 @@ class AsyncChannel(ChannelBase):
 
     async def _iterate(self) -> AsyncIterator[bytes]:
         try:
-            if not self._stream:
-                while True:
-                    yield await self.recv()
             dec = self._dec
             ready = dec.iter_ready
             next_message = dec.next_message
@@ -921,22 +895,6 @@ class AsyncChannel(ChannelBase):
             raise ValueError(f"max_messages must be at least 1, not {max_messages}")
         else:
             count = max_messages
-        if not self._stream:
-            try:
-                first, fds = await self._packet_message_async()
-            except BaseException:
-                del self  # see the note on tracebacks
-                raise
-            close_fds(fds)
-            out = [first]
-            while len(out) < count:
-                try:
-                    msg, fds = self._packet_message()
-                except BlockingIOError:
-                    break
-                close_fds(fds)
-                out.append(msg)
-            return out
         dec = self._dec
         dec.handed = []
         out = dec.take_ready(count)
@@ -950,4 +908,12 @@ class AsyncChannel(ChannelBase):
         except BaseException:
             del self  # see the note on tracebacks
             raise
+        if dec.ONE_PER_READ:
+            # Each read yields one packet: read the ones already queued too.
+            while len(out) < count and not dec.at_eof:
+                try:
+                    self._fill()
+                except (OSError, ChannelClosed):
+                    break  # (raised again by the next call, which takes nothing first)
+                dec.take_more(out, count)  # type: ignore[union-attr]
         return out

@@ -15,7 +15,6 @@ import array
 import contextlib
 import errno
 import math
-import mmap
 import os
 import select
 import socket
@@ -52,22 +51,20 @@ from ._codec import (
     NEED_DATA,
     Buffer,
     StreamDecoder,
-    TruncatedFds,
     _NeedData,
     _pack,
     encode,
     encode_many,
     payload_of,
     take_frame,
+    uninterrupted,
 )
 from ._errors import (
     ChannelClosed,
     ChannelError,
-    FdsTruncated,
     MessageTooLarge,
-    ProtocolError,
-    TooManyFds,
 )
+from ._packets import PacketDecoder
 from ._pair import SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, close_quietly, socketpair, type_name
 from ._sendq import OPEN, SendQueue
 
@@ -77,6 +74,7 @@ if TYPE_CHECKING:
 __all__ = ["Channel", "ChannelBase"]
 
 _T = TypeVar("_T", bound="ChannelBase")
+_R = TypeVar("_R")
 
 # Plain ints, not the socket module's IntFlag members: an enum operation on
 # every read costs more than the system call's Python overhead.
@@ -144,15 +142,6 @@ def _usable_cpus() -> int:
 DEFAULT_SPIN: int = 10 if _usable_cpus() > 1 else 0
 
 
-def _packet_capacity() -> int:
-    """The largest packet a peer can send without privileges (2 x wmem_max)."""
-    try:
-        with open("/proc/sys/net/core/wmem_max") as f:
-            return 2 * int(f.read())
-    except (OSError, ValueError):
-        return 4 * 1024 * 1024
-
-
 def _writable(buffer: object) -> memoryview:
     try:
         view = memoryview(buffer)  # type: ignore[arg-type]
@@ -201,23 +190,6 @@ def _adopt(sock_or_fd: socket.socket | int) -> socket.socket:
             f"not {what}"
         )
     return sock
-
-
-def _uninterrupted(dec: StreamDecoder, step: Callable[..., None], *args: Any) -> None:
-    """Run *step*, a repair of *dec* that is all or nothing (it counts itself
-    in ``dec.repairs`` in its final store), to completion even if exceptions
-    from signal handlers interrupt it; then raise the first of them, so the
-    caller still sees it."""
-    pending: BaseException | None = None
-    done = dec.repairs + 1
-    while dec.repairs != done:
-        try:
-            step(*args)
-        except BaseException as exc:  # retried unless the repair happened
-            if pending is None:
-                pending = exc
-    if pending is not None:
-        raise pending
 
 
 def _close_all(*ends: socket.socket | int) -> None:
@@ -306,22 +278,14 @@ class ChannelBase:
     __slots__ = (
         "__weakref__",
         "_closed",
-        "_credit",
-        "_creds",
         "_dec",
         "_max",
         "_max_fds",
         "_passcred",
-        "_pending",
-        "_pinbox",
-        "_pkt_broken",
-        "_pkt_view",
-        "_probe",
         "_queue",
-        "_rflags",
+        "_rbase",
         "_sendq",
         "_sock",
-        "_spin",
         "_stream",
         "_type",
     )
@@ -346,11 +310,9 @@ class ChannelBase:
         self._stream = self._type == SOCK_STREAM
         self._max = max_message_size
         self._max_fds = max_fds
-        # Reads wait in the kernel at once (Channel may set up spinning).
-        self._spin = 0
-        self._credit = 0
-        self._probe = 0
-        self._rflags = _MSG_CMSG_CLOEXEC
+        # Every read's flags: close-on-exec descriptors; for packets also the
+        # real length of a packet larger than the buffer (Linux), to tell it.
+        self._rbase = _MSG_CMSG_CLOEXEC if self._stream else _PACKET_RECV_FLAGS
         # The send direction's state and decisions (see _sendq); a bytes message
         # up to *small* may take send()'s fast path. _queue: the bytes a read
         # must write first while it waits (a write buffer's messages, the rest
@@ -359,12 +321,6 @@ class ChannelBase:
         small = min(_JOIN_LIMIT, max_message_size) if self._stream else -1
         self._sendq = SendQueue(small, behind=not self._blocking)
         self._queue: bytes | bytearray = self._sendq.held if self._blocking else b""
-        # Read results of the packet types not yet accounted for (see _fill).
-        self._pinbox: list[tuple[Any, ...]] = []
-        self._pending: tuple[bytes, list[int]] | None = None
-        self._pkt_broken: str | None = None
-        # The raw SCM_CREDENTIALS record of the latest read (see peer_credentials).
-        self._creds: bytes | None = None
         # On every type: from now on the kernel stamps what the peer sends with
         # the sender's real credentials (a socketpair's SO_PEERCRED only names
         # its creator).
@@ -372,16 +328,15 @@ class ChannelBase:
         if _SO_NOSIGPIPE is not None:
             # Where writes cannot say MSG_NOSIGNAL, the socket says it once.
             sock.setsockopt(socket.SOL_SOCKET, _SO_NOSIGPIPE, 1)
-        if self._stream:
-            self._dec = StreamDecoder(max_message_size, max_fds)
-            self._pkt_view = _NO_VIEW
-        else:
-            self._dec = StreamDecoder(0, 0)  # unused for packets
-            cap = min(max_message_size, _packet_capacity()) + 1
-            # An anonymous mapping: room for the largest packet a peer can send
-            # (megabytes) costs memory only for the pages a packet actually
-            # fills, where a bytearray would zero-fill all of it up front.
-            self._pkt_view = memoryview(mmap.mmap(-1, cap) if cap > 256 * 1024 else bytearray(cap))
+        # The receiving protocol, chosen once: every receive method below works
+        # on either through the same interface (and never asks which).
+        self._dec: StreamDecoder | PacketDecoder = (
+            StreamDecoder(max_message_size, max_fds)
+            if self._stream
+            else PacketDecoder(
+                max_message_size, max_fds, passcred=self._passcred, dgram=self._type == SOCK_DGRAM
+            )
+        )
         self._closed = False
 
     # -- construction -------------------------------------------------------
@@ -518,7 +473,7 @@ class ChannelBase:
         """
         self._check_open()
         if self._passcred:
-            record = self._creds
+            record = self._dec.creds
             if record is None:
                 record = peek_credentials(self._sock)
             if record is not None:
@@ -549,17 +504,7 @@ class ChannelBase:
         """Give back what the channel holds (no call may be inside it)."""
         self._sendq.close()
         self._dec.close()
-        if self._pending is not None:
-            close_fds(self._pending[1])
-            self._pending = None
-        if self._pinbox:
-            for entry in self._pinbox:
-                close_fds(split_ancillary(entry[1])[0])
-            self._pinbox.clear()
         self._sock.close()
-        if not self._stream:
-            with contextlib.suppress(BufferError):
-                self._pkt_view.release()  # unmaps a packet buffer now, not at collection
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self._sock.fileno()}"
@@ -649,129 +594,26 @@ class ChannelBase:
     # exception raised by a signal handler loses the bytes of that read
     # (docs/concurrency.md: the residual windows, measured).
 
-    def _fill(self, deadline: _Deadline | None = None) -> None:
-        """One read from a stream socket into the decoder (end of file included).
-        May raise BlockingIOError (non-blocking socket), or TimeoutError once
-        *deadline* passes, having changed nothing."""
+    def _woken_by_close(self) -> None:
+        """close() shut the socket down under a waiting read (which returned
+        0 bytes): drop that result and raise ChannelClosed."""
         dec = self._dec
-        inbox = dec.inbox
-        if not inbox:
-            bufs = (dec.get_buffer(),)
-            if deadline is None and not self._queue:
-                if self._probe:
-                    self._probe_tick()
-                try:
-                    # The per-message path: a direct call (see the note above).
-                    inbox.append(self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags))
-                except OSError as exc:
-                    self._recv_failed(exc, bufs, inbox)
-            else:
-                self._read_waiting(bufs, _MSG_CMSG_CLOEXEC, deadline, inbox)
-        self._commit_stream()
+        entry = dec.inbox[0]
+        del dec.inbox[0]
+        close_fds(split_ancillary(entry[1])[0])
+        dec.abort_direct()
+        raise ChannelClosed("close() was called while this call was waiting")
 
-    def _commit_stream(self) -> None:
-        """Account for the oldest read result in the decoder's inbox."""
-        dec = self._dec
-        n, anc, flags = dec.inbox[0][:3]
-        if not anc and not flags & _MSG_CTRUNC:
-            if n or not self._closed:
-                dec.commit()
-                return
-        elif len(anc) == 1 and anc[0][1] == SCM_CREDENTIALS and not flags & _MSG_CTRUNC:
-            # The usual read on Linux: the sender's credentials, no descriptors.
-            if n:
-                self._creds = anc[0][2]
-            dec.commit()
-            return
-        fds = self._fds_of(n, anc, flags)
-        if not n and self._closed:
-            del dec.inbox[0]
-            close_fds(fds)
-            raise ChannelClosed("close() was called while this call was waiting")
-        dec.commit(fds if fds or type(fds) is TruncatedFds else None)
-
-    def _fds_of(self, n: int, anc: list[tuple[int, int, bytes]], flags: int) -> list[int]:
-        """The descriptors of one read (a TruncatedFds if the kernel truncated
-        them); remembers the sender's credentials record (not at end of file,
-        whose record names no sender)."""
-        fds, creds = split_ancillary(anc)
-        if creds is not None and n:
-            self._creds = creds
-        if not _MSG_CMSG_CLOEXEC:
-            for fd in fds:
-                os.set_inheritable(fd, False)
-        if flags & _MSG_CTRUNC:
-            return TruncatedFds(fds)
-        return fds
-
-    def _read_waiting(
-        self,
-        bufs: tuple[memoryview, ...],
-        flags: int,
-        deadline: _Deadline | None,
-        inbox: list[tuple[Any, ...]],
-    ) -> None:
-        """One read into *bufs* that waits in ``poll`` (never spins): no later
-        than *deadline* (TimeoutError, having read nothing), and meanwhile
-        writes what the send queue holds as the socket takes it."""
-        recvmsg_into = self._sock.recvmsg_into
-        nowait = (flags | _MSG_DONTWAIT,)
-        while True:
-            if self._queue:
-                self._write_queue()
-            try:
-                inbox.extend(map(recvmsg_into, (bufs,), _ANC, nowait))
-                return
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                self._recv_failed(exc, bufs, inbox, flags)
-                return
-            events = select.POLLIN | (select.POLLOUT if self._queue else 0)
-            if not _wait(self._sock, events, deadline):
-                assert deadline is not None
-                partial = self._dec.buffered() if self._stream else 0
-                kept = f"; the {partial} bytes of it that did stay queued" if partial else ""
-                # No errno, as the socket module's own timeouts.
-                raise TimeoutError(f"no whole message arrived within {deadline.timeout:g} s{kept}")
-
-    def _write_queue(self) -> None:
-        """Write what the send queue holds without waiting (a channel with a
-        send queue overrides this)."""
-
-    def _recv_failed(
+    def _read_failed(
         self,
         exc: OSError,
         bufs: tuple[memoryview, ...],
         inbox: list[tuple[Any, ...]],
-        flags: int = _MSG_CMSG_CLOEXEC,
+        flags: int,
     ) -> None:
-        """What a failed read into *bufs* means: a read retried after waiting,
-        end of file (both appended to *inbox*), or an error to raise.
-
-        A spinning blocking channel reads without waiting first (``MSG_DONTWAIT``):
-        when that finds nothing, it tries ``spin - 1`` more times, then waits.
-        Spinning adapts: a try that finds data renews the credit; waits whose
-        tries all found nothing use it up, and the channel then waits at once
-        (no failed tries at all, which cost most when the peer shares our CPU
-        and cannot run while we try) until _PROBE_READS reads later.
-        """
-        if isinstance(exc, BlockingIOError) and self._spin:
-            recvmsg_into = self._sock.recvmsg_into
-            try:
-                nowait = (flags | _MSG_DONTWAIT,)
-                for _ in range(self._spin - 1):
-                    try:
-                        inbox.append(recvmsg_into(bufs, ANCBUFSIZE, nowait[0]))
-                    except BlockingIOError:
-                        continue
-                    self._credit = _SPIN_CREDIT
-                    return
-                self._spin_failed()
-                inbox.append(recvmsg_into(bufs, ANCBUFSIZE, flags))
-                return
-            except OSError as again:
-                exc = again
+        """What a failed read into *bufs* means: end of file after a reset
+        (appended to *inbox*), or the error to raise (``BlockingIOError``
+        included: the caller waits)."""
         if isinstance(exc, ConnectionResetError):
             # The peer closed while some of what we sent was still unread. The
             # kernel reports that once; what the peer sent before closing is
@@ -784,197 +626,6 @@ class ChannelBase:
         if self._closed or exc.errno == errno.EBADF:
             raise OSError(errno.EBADF, "the channel is closed") from exc
         raise exc
-
-    def _spin_failed(self) -> None:
-        """Every try of a wait found nothing: spend credit; none left, stop spinning."""
-        self._credit -= 1
-        if self._credit <= 0:
-            self._rflags = _MSG_CMSG_CLOEXEC
-            self._probe = _PROBE_READS
-
-    def _probe_tick(self) -> None:
-        """Count a read made without spinning; after _PROBE_READS, spin again (once,
-        unless it pays)."""
-        self._probe -= 1
-        if not self._probe:
-            self._credit = 1
-            self._rflags = _MSG_CMSG_CLOEXEC | _MSG_DONTWAIT
-
-    def _direct_step(
-        self, target: memoryview, deadline: _Deadline | None = None
-    ) -> list[int] | None:
-        """One read straight into *target* (the rest of a message's payload):
-        the message's fds once it is complete, else None."""
-        dec = self._dec
-        inbox = dec.inbox
-        if not inbox:
-            bufs = (target,)
-            if deadline is None and not self._queue:
-                try:
-                    inbox.extend(map(self._sock.recvmsg_into, (bufs,), _ANC, (self._rflags,)))
-                except OSError as exc:
-                    self._recv_failed(exc, bufs, inbox)
-            else:
-                self._read_waiting(bufs, _MSG_CMSG_CLOEXEC, deadline, inbox)
-        n, anc, flags = inbox[0][:3]
-        if not n and self._closed:
-            del inbox[0]
-            dec.abort_direct()
-            raise ChannelClosed("close() was called while this call was waiting")
-        if anc or flags & _MSG_CTRUNC:
-            fds = self._fds_of(n, anc, flags)
-            return dec.commit_direct(fds if fds or type(fds) is TruncatedFds else None)
-        return dec.commit_direct()
-
-    def _undo_direct(self, target: memoryview, size: int) -> None:
-        """A read straight into *target* was interrupted: account for a read
-        result still in the inbox, then put what arrived back into the decoder
-        (see StreamDecoder.restore_direct). A broken decoder stays broken."""
-        dec = self._dec
-        fds = None
-        try:
-            if dec.inbox and dec.reading_direct:
-                n, anc, flags = dec.inbox[0][:3]
-                got = self._fds_of(n, anc, flags) if anc or flags & _MSG_CTRUNC else None
-                fds = dec.commit_direct(got if got or type(got) is TruncatedFds else None)
-        except ProtocolError:
-            return
-        if dec.broken is not None or not dec.reading_direct:
-            return  # complete: the caller's give-back puts it back whole
-        arrived = size - dec.direct_remaining()
-        _uninterrupted(dec, dec.restore_direct, target[:arrived], size, fds)
-
-    def _wants_direct(self, size: int) -> bool:
-        """After next_size(): should the payload go straight into the caller's buffer?"""
-        return size >= _DIRECT_THRESHOLD and self._dec.buffered() < HEADER_SIZE + size
-
-    def _packet_step(
-        self, target: memoryview | None, deadline: _Deadline | None = None
-    ) -> tuple[int, list[int]]:
-        """Receive one packet: into *target* first (if given), the rest into the
-        packet buffer. Returns ``(size, fds)``; raises ChannelClosed at EOF, and
-        TimeoutError once *deadline* (if given) passes with no packet."""
-        if self._pkt_broken is not None:
-            raise ProtocolError(f"the channel is unusable: {self._pkt_broken}")
-        self._check_open()
-        bufs = (self._pkt_view,) if target is None else (target, self._pkt_view)
-        inbox = self._pinbox
-        if not inbox:
-            if deadline is not None or self._queue:
-                self._read_waiting(bufs, _PACKET_RECV_FLAGS, deadline, inbox)
-            else:
-                if self._probe:
-                    self._probe_tick()
-                flags = (_PACKET_RECV_FLAGS | (self._rflags & _MSG_DONTWAIT),)
-                try:
-                    inbox.extend(map(self._sock.recvmsg_into, (bufs,), _ANC, flags))
-                except OSError as exc:
-                    self._recv_failed(exc, bufs, inbox, _PACKET_RECV_FLAGS)
-        # Everything below is computed before the inbox entry is dropped, so
-        # an exception before that leaves the packet to the next call.
-        n, anc, flags = inbox[0][:3]
-        fds, creds = split_ancillary(anc) if anc else ([], None)
-        if n == 0 and (creds is None if self._passcred else self._type != SOCK_DGRAM):
-            del inbox[0]
-            close_fds(fds)
-            if self._closed:
-                raise ChannelClosed("close() was called while this call was waiting")
-            raise ChannelClosed("the peer closed the channel")
-        room = sum(len(b) for b in bufs)
-        del inbox[0]
-        if creds is not None:
-            self._creds = creds
-        if flags & _MSG_CTRUNC:
-            close_fds(fds)
-            raise FdsTruncated(
-                f"the kernel truncated the descriptors sent with this message (MSG_CTRUNC: "
-                f"this process may have no free descriptor slots); the {len(fds)} that did "
-                f"arrive were closed; the message was dropped and the channel is still usable"
-            )
-        if len(fds) > self._max_fds:
-            close_fds(fds)
-            self._pkt_broken = (
-                f"the peer sent {len(fds)} file descriptors with one message, over max_fds="
-                f"{self._max_fds}; all of them were closed"
-            )
-            raise TooManyFds(
-                self._pkt_broken + "; the channel is unusable",
-                count=len(fds),
-                limit=self._max_fds,
-            )
-        if n > self._max or flags & _MSG_TRUNC or n > room:
-            close_fds(fds)
-            if n > self._max:
-                reason = (
-                    f"the peer sent a packet of {n} bytes, over max_message_size "
-                    f"({self._max} bytes)"
-                )
-            else:
-                reason = f"a packet was truncated to the {room} bytes of the receive buffer"
-            self._pkt_broken = reason
-            raise ProtocolError(reason + "; the channel is unusable")
-        if not _MSG_CMSG_CLOEXEC:
-            for fd in fds:
-                os.set_inheritable(fd, False)
-        return n, fds
-
-    def _packet_into(
-        self, target: memoryview, deadline: _Deadline | None = None
-    ) -> tuple[int, list[int]]:
-        """Deliver a pending packet into *target*, or receive one (see recv_into)."""
-        pending = self._pending
-        if pending is not None:
-            payload, fds = pending
-            size = len(payload)
-            if size > len(target):
-                raise self._too_small(size, len(target))
-            target[:size] = payload
-            self._pending = None
-            return size, fds
-        if self._pinbox:
-            # A packet an exception left unaccounted for is in the packet buffer.
-            size, fds = self._packet_step(None)
-            self._pending = (self._pkt_view[:size].tobytes(), fds)
-            return self._packet_into(target, deadline)
-        try:
-            size, fds = self._packet_step(target, deadline)
-        except BaseException:
-            if self._pinbox:
-                # Interrupted after the packet arrived, partly in *target*: keep it.
-                n = self._pinbox[0][0]
-                limit = len(target)
-                payload = (
-                    target[: min(n, limit)].tobytes()
-                    + self._pkt_view[: max(n - limit, 0)].tobytes()
-                )
-                anc = self._pinbox[0][1]
-                del self._pinbox[0]
-                self._pending = (payload, split_ancillary(anc)[0] if anc else [])
-            raise
-        limit = len(target)
-        if size > limit:
-            # Keep the whole packet queued: caller's part plus the overflow.
-            payload = target.tobytes() + self._pkt_view[: size - limit].tobytes()
-            self._pending = (payload, fds)
-            raise self._too_small(size, limit)
-        return size, fds
-
-    def _packet_message(self, deadline: _Deadline | None = None) -> tuple[bytes, list[int]]:
-        pending = self._pending
-        if pending is not None:
-            self._pending = None
-            return pending
-        size, fds = self._packet_step(None, deadline)
-        return self._pkt_view[:size].tobytes(), fds
-
-    @staticmethod
-    def _too_small(size: int, limit: int) -> MessageTooLarge:
-        return MessageTooLarge(
-            f"the next message is {size} bytes, larger than the {limit}-byte buffer; it stays "
-            f"queued: call again with a buffer of at least {size} bytes",
-            size=size,
-            limit=limit,
-        )
 
 
 class Channel(ChannelBase):
@@ -1033,10 +684,14 @@ class Channel(ChannelBase):
 
     __slots__ = (
         "_busy",
+        "_credit",
         "_forget",
+        "_probe",
         "_qlock",
+        "_rflags",
         "_rlock",
         "_slock",
+        "_spin",
     )
 
     def __init__(
@@ -1067,7 +722,8 @@ class Channel(ChannelBase):
         # that finds nothing, _recv_failed() tries spin - 1 more times, then waits.
         self._spin = spin
         self._credit = _SPIN_CREDIT
-        self._rflags = _MSG_CMSG_CLOEXEC | (_MSG_DONTWAIT if spin else 0)
+        self._probe = 0
+        self._rflags = self._rbase | (_MSG_DONTWAIT if spin else 0)
         # _slock: one message at a time goes out (held across waits).
         # _rlock: one receiver at a time takes from the decoder.
         # _qlock: guards the send queue, held only around non-blocking writes,
@@ -1449,6 +1105,116 @@ class Channel(ChannelBase):
             with self._qlock:
                 self._sendq.cut()
 
+    # -- reading (waiting in the kernel, in poll, or spinning) -------------------
+
+    def _fill(
+        self, deadline: _Deadline | None = None, bufs: tuple[memoryview, ...] | None = None
+    ) -> None:
+        """One read into the decoder (end of file included), into *bufs* (default:
+        the decoder's buffer), then its accounting. A result an exception left
+        in the inbox is accounted for instead of reading. May raise
+        BlockingIOError (non-blocking socket), or TimeoutError once *deadline*
+        passes, having changed nothing."""
+        dec = self._dec
+        inbox = dec.inbox
+        if not inbox:
+            if bufs is None:
+                bufs = (dec.get_buffer(),)
+            if deadline is None and not self._queue:
+                if self._probe:
+                    self._probe_tick()
+                try:
+                    # The per-message path: a direct call (see the note above).
+                    inbox.append(self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags))
+                except OSError as exc:
+                    self._recv_failed(exc, bufs, inbox, self._rbase)
+            else:
+                self._read_waiting(bufs, self._rbase, deadline, inbox)
+        if self._closed and not inbox[0][0]:
+            self._woken_by_close()
+        dec.commit_read()
+
+    def _read_waiting(
+        self,
+        bufs: tuple[memoryview, ...],
+        flags: int,
+        deadline: _Deadline | None,
+        inbox: list[tuple[Any, ...]],
+    ) -> None:
+        """One read into *bufs* that waits in ``poll`` (never spins): no later
+        than *deadline* (TimeoutError, having read nothing), and meanwhile
+        writes what the send queue holds as the socket takes it."""
+        recvmsg_into = self._sock.recvmsg_into
+        nowait = (flags | _MSG_DONTWAIT,)
+        while True:
+            if self._queue:
+                self._write_queue()
+            try:
+                inbox.extend(map(recvmsg_into, (bufs,), _ANC, nowait))
+                return
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                self._recv_failed(exc, bufs, inbox, flags)
+                return
+            events = select.POLLIN | (select.POLLOUT if self._queue else 0)
+            if not _wait(self._sock, events, deadline):
+                assert deadline is not None
+                partial = self._dec.buffered()
+                kept = f"; the {partial} bytes of it that did stay queued" if partial else ""
+                # No errno, as the socket module's own timeouts.
+                raise TimeoutError(f"no whole message arrived within {deadline.timeout:g} s{kept}")
+
+    def _recv_failed(
+        self,
+        exc: OSError,
+        bufs: tuple[memoryview, ...],
+        inbox: list[tuple[Any, ...]],
+        flags: int,
+    ) -> None:
+        """What a failed read into *bufs* means: a read retried after waiting,
+        end of file (both appended to *inbox*), or an error to raise.
+
+        A spinning blocking channel reads without waiting first (``MSG_DONTWAIT``):
+        when that finds nothing, it tries ``spin - 1`` more times, then waits.
+        Spinning adapts: a try that finds data renews the credit; waits whose
+        tries all found nothing use it up, and the channel then waits at once
+        (no failed tries at all, which cost most when the peer shares our CPU
+        and cannot run while we try) until _PROBE_READS reads later.
+        """
+        if isinstance(exc, BlockingIOError) and self._spin:
+            recvmsg_into = self._sock.recvmsg_into
+            try:
+                nowait = (flags | _MSG_DONTWAIT,)
+                for _ in range(self._spin - 1):
+                    try:
+                        inbox.append(recvmsg_into(bufs, ANCBUFSIZE, nowait[0]))
+                    except BlockingIOError:
+                        continue
+                    self._credit = _SPIN_CREDIT
+                    return
+                self._spin_failed()
+                inbox.append(recvmsg_into(bufs, ANCBUFSIZE, flags))
+                return
+            except OSError as again:
+                exc = again
+        self._read_failed(exc, bufs, inbox, flags)
+
+    def _spin_failed(self) -> None:
+        """Every try of a wait found nothing: spend credit; none left, stop spinning."""
+        self._credit -= 1
+        if self._credit <= 0:
+            self._rflags = self._rbase
+            self._probe = _PROBE_READS
+
+    def _probe_tick(self) -> None:
+        """Count a read made without spinning; after _PROBE_READS, spin again (once,
+        unless it pays)."""
+        self._probe -= 1
+        if not self._probe:
+            self._credit = 1
+            self._rflags = self._rbase | _MSG_DONTWAIT
+
     # -- receiving ----------------------------------------------------------
 
     def recv(self, timeout: float | None = None) -> bytes:
@@ -1493,7 +1259,7 @@ class Channel(ChannelBase):
             if msg is not None:
                 return msg
             return self._recv_locked(taken)
-        payload, fds = self._next_with_fds(_Deadline(timeout))
+        payload, fds = self._receive(self._take_with_fds, None, _Deadline(timeout), None, 0)
         close_fds(fds)
         return payload
 
@@ -1505,20 +1271,19 @@ class Channel(ChannelBase):
             if self._closed:
                 taken.clear()
             else:
-                _uninterrupted(self._dec, self._dec.put_back, taken, None)
+                uninterrupted(self._dec, self._dec.put_back, taken, None)
 
     def _recv_locked(self, handed: list[Any]) -> bytes:
         """recv() under the receive lock: wait for the next message (*handed*:
-        an empty list, the record of what this call takes)."""
+        an empty list, the record of what this call takes).
+
+        _receive() with its step inlined: this is the path of a reader that
+        waits for each message (a round trip), where each Python call shows."""
         lock = self._rlock
         dec = self._dec
         try:
             with lock:
                 dec.handed, dec.handed_by = handed, 0
-                if not self._stream:
-                    payload, fds = self._packet_message()
-                    close_fds(fds)
-                    return payload
                 inbox = dec.inbox
                 msg: bytes | _NeedData | None = dec.next_message()
                 while msg is NEED_DATA:
@@ -1527,13 +1292,12 @@ class Channel(ChannelBase):
                     if inbox or self._queue or self._probe:
                         self._fill()
                     else:
-                        # _fill()'s common case inlined: a reader that waits for
-                        # each message (ping-pong) pays every Python call here.
+                        # _fill()'s common case inlined (see above).
                         bufs = (dec.get_buffer(),)
                         try:
                             inbox.append(self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags))
                         except OSError as exc:
-                            self._recv_failed(exc, bufs, inbox)
+                            self._recv_failed(exc, bufs, inbox, self._rbase)
                         n, anc, flags, _ = inbox[0]
                         if (
                             n
@@ -1541,12 +1305,14 @@ class Channel(ChannelBase):
                             and anc[0][1] == SCM_CREDENTIALS
                             and not flags & _MSG_CTRUNC
                         ):
-                            # _commit_stream()'s usual case on Linux: the
+                            # commit_read()'s usual case on Linux: the
                             # sender's credentials, no descriptors.
-                            self._creds = anc[0][2]
+                            dec.creds = anc[0][2]
                             dec.commit()
                         else:
-                            self._commit_stream()
+                            if self._closed and not n:
+                                self._woken_by_close()
+                            dec.commit_read()
                     msg = take_frame(dec, None, handed)
                     if msg is None:
                         msg = dec.next_message()
@@ -1554,12 +1320,49 @@ class Channel(ChannelBase):
         except ChannelError:
             raise  # about the message itself: it is consumed, nothing to give back
         except BaseException:
+            # As in _receive().
+            while self._dec.handed and not self._closed:
+                try:
+                    self._give_back()
+                except BaseException:  # retried; the first exception is re-raised
+                    continue
+            raise
+        finally:
+            if self._forget:
+                self._dec.handed = []
+            if self._closed:
+                self._left()
+
+    def _receive(
+        self,
+        step: Callable[[Any, _Deadline | None], _R],
+        arg: Any,
+        deadline: _Deadline | None,
+        target: memoryview | None,
+        by: int,
+    ) -> _R:
+        """Run ``step(arg, deadline)``, a receive that takes messages from the
+        decoder, under the receive lock: the one place that decides what an
+        exception leaving a receive means. *target*: the caller's buffer of a
+        ``recv_into``; *by*: who is recorded as taking (see
+        StreamDecoder.handed_by). (Positional only: the cheapest call.)"""
+        lock = self._rlock
+        try:
+            with lock:
+                dec = self._dec
+                dec.handed, dec.handed_by = [], by
+                if self._closed:
+                    raise OSError(errno.EBADF, "the channel is closed")
+                return step(arg, deadline)
+        except ChannelError:
+            raise  # about the message itself: it is consumed, nothing to give back
+        except BaseException:
             # Retried until done: the repair copies (a large message takes a
             # while) and another exception may interrupt it. put_back() clears
             # the record in the same step that puts the messages back.
-            while self._dec.handed and self._stream and not self._closed:
+            while self._dec.handed and not self._closed:
                 try:
-                    self._give_back()
+                    self._give_back(target)
                 except BaseException:  # retried; the first exception is re-raised
                     continue
             raise
@@ -1579,44 +1382,17 @@ class Channel(ChannelBase):
 
         Raises: as :meth:`recv`.
         """
-        return self._next_with_fds(None if timeout is None else _Deadline(timeout))
+        deadline = None if timeout is None else _Deadline(timeout)
+        return self._receive(self._take_with_fds, None, deadline, None, 0)
 
-    def _next_with_fds(self, deadline: _Deadline | None) -> tuple[bytes, list[int]]:
-        """The next message and its descriptors, waiting no later than *deadline*
-        (None: as long as it takes)."""
-        lock = self._rlock
-        try:
-            with lock:
-                self._dec.handed, self._dec.handed_by = [], 0
-                self._check_open()
-                if not self._stream:
-                    return self._packet_message(deadline)
-                dec = self._dec
-                result = dec.next_message_with_fds()
-                while result is NEED_DATA:
-                    self._check_open()
-                    self._fill(deadline)
-                    result = dec.next_message_with_fds()
-                return result  # type: ignore[return-value]
-        except ChannelError:
-            raise  # about the message itself: it is consumed, nothing to give back
-        except BaseException:
-            # Retried until done: the repair copies (a large message takes a
-            # while) and another exception may interrupt it. put_back() clears
-            # the record in the same step that puts the messages back.
-            while self._dec.handed and self._stream and not self._closed:
-                try:
-                    self._give_back()
-                except BaseException:  # retried; the first exception is re-raised
-                    continue
-            raise
-        finally:
-            # Returned (or given back by the except clause): forget them, so the
-            # record does not keep a large message alive after the call.
-            if self._forget:
-                self._dec.handed = []
-            if self._closed:
-                self._left()
+    def _take_with_fds(self, _: None, deadline: _Deadline | None) -> tuple[bytes, list[int]]:
+        dec = self._dec
+        result = dec.next_message_with_fds()
+        while result is NEED_DATA:
+            self._check_open()
+            self._fill(deadline)
+            result = dec.next_message_with_fds()
+        return result  # type: ignore[return-value]
 
     def recv_many(
         self, max_messages: int | None = None, *, timeout: float | None = None
@@ -1641,49 +1417,26 @@ class Channel(ChannelBase):
         else:
             count = _check_limit("max_messages", max_messages, 1, _NO_LIMIT)
         deadline = None if timeout is None else _Deadline(timeout)
-        lock = self._rlock
-        try:
-            with lock:
-                self._dec.handed, self._dec.handed_by = [], _get_ident()
-                self._check_open()
-                if not self._stream:
-                    first, fds = self._packet_message(deadline)
-                    close_fds(fds)
-                    out = [first]
-                    while len(out) < count:
-                        try:
-                            msg, fds = self._packet_message(_NOW)
-                        except TimeoutError:
-                            break
-                        close_fds(fds)
-                        out.append(msg)
-                    return out
-                dec = self._dec
-                out = dec.take_ready(count)
-                while not out:
-                    self._check_open()
-                    self._fill(deadline)
-                    out = dec.take_ready(count)
-                return out
-        except ChannelError:
-            raise  # about the message itself: it is consumed, nothing to give back
-        except BaseException:
-            # Retried until done: the repair copies (a large message takes a
-            # while) and another exception may interrupt it. put_back() clears
-            # the record in the same step that puts the messages back.
-            while self._dec.handed and self._stream and not self._closed:
+        return self._receive(self._take_many, count, deadline, None, _get_ident())
+
+    def _take_many(self, count: int, deadline: _Deadline | None) -> list[bytes]:
+        dec = self._dec
+        out = dec.take_ready(count)
+        while not out:
+            self._check_open()
+            self._fill(deadline)
+            out = dec.take_ready(count)
+        if dec.ONE_PER_READ:
+            # Each read yields one packet: read the ones already queued too.
+            while len(out) < count:
                 try:
-                    self._give_back()
-                except BaseException:  # retried; the first exception is re-raised
-                    continue
-            raise
-        finally:
-            # Returned (or given back by the except clause): forget them, so the
-            # record does not keep a large message alive after the call.
-            if self._forget:
-                self._dec.handed = []
-            if self._closed:
-                self._left()
+                    self._fill(_NOW)
+                except (OSError, ChannelError):
+                    break  # (raised again by the next call, which takes nothing first)
+                dec.take_more(out, count)  # type: ignore[union-attr]
+                if dec.at_eof:
+                    break
+        return out
 
     def recv_into(self, buffer: Buffer, timeout: float | None = None) -> int:
         """Receive the next message into *buffer*; return its size.
@@ -1703,85 +1456,37 @@ class Channel(ChannelBase):
         """
         target = _writable(buffer)
         deadline = None if timeout is None else _Deadline(timeout)
-        lock = self._rlock
+        return self._receive(self._take_into, target, deadline, target, 0)
+
+    def _take_into(self, target: memoryview, deadline: _Deadline | None) -> int:
+        dec = self._dec
         try:
-            with lock:
-                self._dec.handed, self._dec.handed_by = [], 0
+            size = dec.into(target)
+            while size is NEED_DATA:
                 self._check_open()
-                if not self._stream:
-                    size, fds = self._packet_into(target, deadline)
-                    close_fds(fds)
-                    return size
-                dec = self._dec
-                if dec.inbox and not dec.reading_direct:
-                    # A read into the decoder's buffer that an exception left
-                    # unaccounted for comes before any direct read.
-                    self._commit_stream()
-                while True:
-                    next_size = dec.next_size()
-                    if next_size is NEED_DATA:
-                        self._check_open()
-                        self._fill(deadline)
-                        continue
-                    size = int(next_size)  # type: ignore[arg-type]
-                    if size > len(target):
-                        raise self._too_small(size, len(target))
-                    if dec.buffered() >= HEADER_SIZE + size or (
-                        deadline is None and self._wants_direct(size)
-                    ):
-                        break
-                    self._check_open()
+                if deadline is None and dec.begin_direct(target):
+                    # Straight into *target*: the decoder says where.
+                    self._fill(None, dec.read_buffers())
+                else:
                     self._fill(deadline)
-                # Once read_into() starts a direct read, the rest goes straight
-                # into *target*; an exception part way (a signal handler's)
-                # puts what arrived back into the decoder.
-                try:
-                    _, copied = dec.read_into(target)
-                    if copied == size:
-                        close_fds(dec.take_fds_for_buffered(size))
-                        return size
-                    while True:
-                        done = self._direct_step(target[copied:size])
-                        if done is not None:
-                            close_fds(done)
-                            return size
-                        copied = size - dec.direct_remaining()
-                except ChannelClosed:
-                    dec.abort_direct()
-                    raise
-                except BaseException:
-                    if dec.reading_direct:
-                        self._undo_direct(target, size)
-                    raise
-        except ChannelError:
-            raise  # about the message itself (or nothing taken): as above
-        except BaseException:
-            while self._dec.handed and self._stream and not self._closed:
-                try:
-                    self._give_back(target)
-                except BaseException:  # retried; the first exception is re-raised
-                    continue
+                size = dec.into(target)
+            return size  # type: ignore[return-value]
+        except BaseException as exc:
+            # A signal handler's exception part way through a direct read:
+            # what arrived goes back into the decoder.
+            dec.into_failed(exc)
             raise
-        finally:
-            # Returned (or given back by the except clause): forget them, so the
-            # record does not keep a large message alive after the call.
-            if self._forget:
-                self._dec.handed = []
-            if self._closed:
-                self._left()
 
     def __iter__(self) -> Iterator[bytes]:
         """Yield each message until the peer closes (then simply stop).
 
-        Stream channels read in batches (:meth:`recv_many`): a message is taken
+        Messages are taken in batches (:meth:`recv_many`): a message is taken
         from the channel with its batch, and an iterator that stops early puts
         the rest of its batch back in front, so a later ``recv`` or iteration
         goes on from the next message. Under threads, each message goes to
         one consumer.
         """
-        if self._stream:
-            return self._iterate()
-        return self._iter_packets()
+        return self._iterate()
 
     def _give_back(self, target: memoryview | None = None) -> None:
         """An exception (a signal handler's) is leaving a receive call: put the
@@ -1789,7 +1494,7 @@ class Channel(ChannelBase):
         StreamDecoder.handed), so the next receive returns them."""
         dec = self._dec
         handed = dec.handed
-        if not handed or not self._stream:
+        if not handed:
             return
         with self._rlock:
             messages = [
@@ -1799,7 +1504,7 @@ class Channel(ChannelBase):
             ]
             fds = dec.handed_fds if len(messages) == 1 else None
             if not self._closed:
-                _uninterrupted(dec, dec.put_back, messages, fds)
+                uninterrupted(dec, dec.put_back, messages, fds)
 
     def _iterate(self) -> Iterator[bytes]:
         recv_many = self.recv_many
@@ -1839,14 +1544,7 @@ class Channel(ChannelBase):
             if rest:
                 with self._rlock:
                     if not self._closed:
-                        _uninterrupted(dec, dec.put_back, rest, None)
-
-    def _iter_packets(self) -> Iterator[bytes]:
-        while True:
-            try:
-                yield self.recv()
-            except ChannelClosed:
-                return
+                        uninterrupted(dec, dec.put_back, rest, None)
 
 
 _CHANNELS: set[weakref.ref[Channel]] = set()

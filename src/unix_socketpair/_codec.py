@@ -27,8 +27,10 @@ soon as the 4 header bytes are in, before any memory is set aside for it.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import mmap
+import os
 import struct
 import sys
 import threading
@@ -36,7 +38,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
-from ._ancillary import MSG_CTRUNC, SCM_MAX_FD, close_fds, split_ancillary
+from ._ancillary import MSG_CTRUNC, SCM_CREDENTIALS, SCM_MAX_FD, close_fds, split_ancillary
 from ._errors import ChannelClosed, FdsTruncated, MessageTooLarge, ProtocolError, TooManyFds
 from ._framing import ACCELERATED, join_frames, split_frames
 
@@ -52,6 +54,8 @@ __all__ = [
     "MAX_WIRE_LENGTH",
     "NEED_DATA",
     "Buffer",
+    "ReceiveState",
+    "Receiver",
     "StreamDecoder",
     "encode",
     "encode_many",
@@ -89,6 +93,12 @@ _RETAIN_CAPACITY: Final = 4 * 1024 * 1024 + HEADER_SIZE
 # a larger one grows by steps of at least _GROW_STEP.
 _RESERVE_LIMIT: Final = 256 * 1024 * 1024
 _GROW_STEP: Final = 1024 * 1024
+# into() reads a payload straight into the caller's buffer from this size on
+# (begin_direct); below it, reading ahead into the decoder (and copying) saves
+# system calls.
+_DIRECT_THRESHOLD: Final = 64 * 1024
+# Descriptors received with close-on-exec set by the kernel (MSG_CMSG_CLOEXEC).
+_CLOEXEC_BY_KERNEL: Final = sys.platform.startswith("linux")
 # iter_ready() copies at most this much out at once, and a message over
 # _ALONE_SIZE on its own (straight from the buffer, once).
 _CHUNK_LIMIT: Final = 256 * 1024
@@ -120,6 +130,18 @@ class TruncatedFds(list[int]):
     is delivered as :class:`FdsTruncated`; the byte stream stays in sync."""
 
     __slots__ = ()
+
+
+class _TooManyFds(list[int]):
+    """In place of the descriptors of a read that carried more than ``max_fds``
+    (closed on arrival): the message they belong to raises TooManyFds when it
+    is taken, after the messages before it were delivered."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self, sent: int) -> None:
+        super().__init__()
+        self.sent = sent
 
 
 def _deliverable(fds: list[int]) -> list[int]:
@@ -258,7 +280,142 @@ def _encode_batches(messages: Iterable[object], limit: int) -> Iterator[list[Buf
         yield [b"".join(parts)]
 
 
-class StreamDecoder:
+def _too_small(size: int, limit: int) -> MessageTooLarge:
+    return MessageTooLarge(
+        f"the next message is {size} bytes, larger than the {limit}-byte buffer; it stays "
+        f"queued: call again with a buffer of at least {size} bytes",
+        size=size,
+        limit=limit,
+    )
+
+
+def uninterrupted(dec: Any, step: Callable[..., None], *args: Any) -> None:
+    """Run *step*, a repair of the decoder *dec* that is all or nothing (it
+    counts itself in ``dec.repairs`` in its final store), to completion even if
+    exceptions from signal handlers interrupt it; then raise the first of them,
+    so the caller still sees it."""
+    pending: BaseException | None = None
+    done = dec.repairs + 1
+    while dec.repairs != done:
+        try:
+            step(*args)
+        except BaseException as exc:  # retried unless the repair happened
+            if pending is None:
+                pending = exc
+    if pending is not None:
+        raise pending
+
+
+class ReceiveState(enum.Enum):
+    """The receive direction's state, as a decoder holds it (see
+    :attr:`Receiver.state`)."""
+
+    #: Messages come and go.
+    OPEN = "open"
+    #: The peer closed: the messages already in are still delivered, then
+    #: ``ChannelClosed``.
+    AT_EOF = "at end of file"
+    #: Unusable (:attr:`Receiver.broken` says why): ``ProtocolError`` (or the
+    #: error that broke it, once, in its place in the order of the messages).
+    BROKEN = "broken"
+    #: Closed: ``OSError(EBADF)``.
+    CLOSED = "closed"
+
+
+class Receiver:
+    """What the stream and packet decoders share: the receive direction's
+    state, and the records the channels use to commit reads and to give
+    messages back (:attr:`inbox`, :attr:`handed`).
+
+    The state is two fields, each changed in one place per decoder:
+    ``_broken`` (None, the reason, or ``_CLOSED``) and ``_eof``; :attr:`state`
+    names the combination.
+    """
+
+    __slots__ = (
+        "_broken",
+        "_eof",
+        "_landed",
+        "creds",
+        "handed",
+        "handed_by",
+        "handed_fds",
+        "inbox",
+        "last_into",
+        "repairs",
+    )
+
+    def __init__(self) -> None:
+        self._eof = False
+        self._broken: str | None = None
+        #: Raw ``recvmsg_into`` results not yet accounted for: ``(nbytes,
+        #: ancdata, flags, address)`` tuples. The I/O layer appends a system
+        #: call's result here (from C where it can: ``inbox.extend(map(
+        #: sock.recvmsg_into, ...))``), so that no Python code, and so no
+        #: signal handler, runs between the call returning and its result
+        #: being recorded; a commit then accounts for it in one step that
+        #: calls nothing. See docs/concurrency.md.
+        self.inbox: list[tuple[Any, ...]] = []
+        #: Messages taken out since the I/O layer last cleared it: each is
+        #: recorded in the same step that consumes it, so a call interrupted
+        #: by an exception before it could return them can put them back
+        #: (``put_back``); ``HANDED_INTO`` for one delivered into a caller's
+        #: buffer.
+        self.handed: list[object] = []
+        #: The thread that took them, where recorded (0: not recorded).
+        self.handed_by = 0
+        #: The descriptors of the last message taken with its descriptors.
+        self.handed_fds: list[int] = []
+        self.last_into = 0
+        #: Counts completed repairs (put_back, restore_direct; see uninterrupted).
+        self.repairs = 0
+        # The size of a message a read into the caller's buffer completed, until
+        # into() delivers it (-1: none).
+        self._landed = -1
+        #: The raw SCM_CREDENTIALS record of the latest read that carried data.
+        self.creds: bytes | None = None
+
+    @property
+    def state(self) -> ReceiveState:
+        """The receive direction's state, named."""
+        broken = self._broken
+        if broken is None:
+            return ReceiveState.AT_EOF if self._eof else ReceiveState.OPEN
+        return ReceiveState.CLOSED if broken is _CLOSED else ReceiveState.BROKEN
+
+    @property
+    def at_eof(self) -> bool:
+        """True once end of file (or a break) was seen: no more input is wanted."""
+        return self._eof or self._broken is not None
+
+    @property
+    def broken(self) -> str | None:
+        """Why the decoder is unusable, or None."""
+        return self._broken
+
+    def into_failed(self, exc: BaseException) -> None:
+        """A receive into a caller's buffer is leaving with *exc*: close()
+        ends a read straight into it for good (``abort_direct``); anything
+        else (a signal handler's exception, a cancellation) puts back what
+        arrived (``interrupted_into``)."""
+        if isinstance(exc, ChannelClosed):
+            self.abort_direct()
+        else:
+            self.interrupted_into()
+
+    def abort_direct(self) -> None:
+        raise NotImplementedError
+
+    def interrupted_into(self) -> None:
+        raise NotImplementedError
+
+    def _raise_broken(self) -> None:
+        if self._broken is _CLOSED:
+            raise OSError(errno.EBADF, "the channel is closed")
+        raise ProtocolError(f"the channel is unusable: {self._broken}")
+
+
+class StreamDecoder(Receiver):
     """Turns the bytes (and descriptors) of a ``SOCK_STREAM`` into messages.
 
     Feed it with :meth:`receive_data` (copies) or, without a copy, by reading
@@ -275,12 +432,13 @@ class StreamDecoder:
     for broken framing, after which every call raises it again.
     """
 
+    #: A read may yield many messages (see PacketDecoder.ONE_PER_READ).
+    ONE_PER_READ: Final = False
+
     __slots__ = (
         "_base",
-        "_broken",
         "_buf",
         "_direct",
-        "_eof",
         "_groups",
         "_max",
         "_max_fds",
@@ -288,12 +446,6 @@ class StreamDecoder:
         "_target",
         "_view",
         "_wpos",
-        "handed",
-        "handed_by",
-        "handed_fds",
-        "inbox",
-        "last_into",
-        "repairs",
     )
 
     def __init__(
@@ -301,37 +453,17 @@ class StreamDecoder:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_fds: int = SCM_MAX_FD,
     ) -> None:
+        super().__init__()
         self._max = max_message_size if max_message_size < MAX_WIRE_LENGTH else MAX_WIRE_LENGTH
         self._max_fds = max_fds
         # Allocated on the first read: an idle channel costs no receive buffer.
         self._buf: bytearray | mmap.mmap = bytearray()
         self._view = memoryview(self._buf)
-        #: Results of reads into :meth:`get_buffer` not yet accounted for:
-        #: ``(nbytes, ...)`` tuples. The I/O layer appends a system call's result
-        #: here from C (``inbox.extend(map(sock.recvmsg_into, ...))``), so that
-        #: no Python code, and so no signal handler, runs between the call
-        #: returning and its result being recorded; :meth:`commit` then accounts
-        #: for it in one step that calls nothing. See docs/concurrency.md.
-        self.inbox: list[tuple[Any, ...]] = []
-        #: Messages taken out since the I/O layer last cleared it: each is
-        #: recorded in the same step that consumes it, so a call interrupted
-        #: by an exception before it could return them can put them back
-        #: (:meth:`put_back`); ``HANDED_INTO`` for one copied by read_into().
-        self.handed: list[object] = []
-        #: The thread that took them, where recorded (0: not recorded).
-        self.handed_by = 0
-        #: The descriptors of the last message taken with its descriptors.
-        self.handed_fds: list[int] = []
-        self.last_into = 0
-        #: Counts completed put_back()/restore_direct() calls (see _uninterrupted).
-        self.repairs = 0
         self._rpos = 0  # first unconsumed byte
         self._wpos = 0  # end of the received bytes
         self._base = 0  # stream offset of _buf[0]
         # (stream offset of the chunk's first byte, of its end, the fds) in order.
         self._groups: deque[tuple[int, int, list[int]]] = deque()
-        self._eof = False
-        self._broken: str | None = None
         # While a message's payload goes straight into a caller's buffer:
         # (stream offset of the message start, of its end); else None.
         self._direct: tuple[int, int] | None = None
@@ -473,6 +605,54 @@ class StreamDecoder:
         del inbox[0]
         self.buffer_updated(nbytes, fds)
 
+    def commit_read(self) -> None:
+        """Account for the oldest raw ``recvmsg_into`` result in :attr:`inbox`
+        (``(nbytes, ancdata, flags, address)``, read into :meth:`read_buffers`):
+        the sender's credentials, the descriptors (a :class:`TruncatedFds` if
+        the kernel truncated them), then :meth:`commit` or, during a direct
+        read, :meth:`commit_direct`.
+
+        Raises: as :meth:`buffer_updated` / :meth:`direct_updated`.
+        """
+        n, anc, flags = self.inbox[0][:3]
+        if self._direct is None:
+            if not anc and not flags & MSG_CTRUNC:
+                self.commit()
+                return
+            if len(anc) == 1 and anc[0][1] == SCM_CREDENTIALS and not flags & MSG_CTRUNC:
+                # The usual read on Linux: the sender's credentials, no descriptors.
+                if n:
+                    self.creds = anc[0][2]
+                self.commit()
+                return
+        if not anc and not flags & MSG_CTRUNC:
+            self.commit_direct()
+            return
+        fds, creds = split_ancillary(anc)
+        if creds is not None and n:
+            self.creds = creds
+        if not _CLOEXEC_BY_KERNEL:
+            for fd in fds:
+                os.set_inheritable(fd, False)
+        if flags & MSG_CTRUNC:
+            fds = TruncatedFds(fds)
+        got = fds if fds or type(fds) is TruncatedFds else None
+        if self._direct is None:
+            self.commit(got)
+        else:
+            self.commit_direct(got)
+
+    def read_buffers(self) -> tuple[memoryview, ...]:
+        """The buffers of the next read: :meth:`get_buffer`, or during a direct
+        read the rest of the payload's place in the caller's buffer."""
+        direct = self._direct
+        if direct is None:
+            return (self.get_buffer(),)
+        target = self._target
+        assert target is not None
+        size = direct[1] - direct[0] - HEADER_SIZE
+        return (target[size - (direct[1] - self._base) : size],)
+
     def commit_direct(self, fds: list[int] | None = None) -> list[int] | None:
         """:meth:`commit` for a read straight into the caller's buffer (see
         :meth:`read_into`): as :meth:`direct_updated`."""
@@ -487,11 +667,15 @@ class StreamDecoder:
                 return None
             # The message is complete: consumed, recorded, then its descriptors.
             self._base = base
-            self.last_into = direct[1] - direct[0] - HEADER_SIZE
+            self.last_into = self._landed = direct[1] - direct[0] - HEADER_SIZE
             self._direct = None
             del inbox[0]
             self.handed.append(HANDED_INTO)
-            return _deliverable(self._take_fds(direct[0], direct[1]))
+            if not self._groups:
+                self.handed_fds = []
+                return []
+            fds = self.handed_fds = self._take_fds(direct[0], direct[1])
+            return _deliverable(fds)
         del inbox[0]
         return self.direct_updated(nbytes, fds)
 
@@ -564,13 +748,9 @@ class StreamDecoder:
             close_fds(fds)
             self._raise_broken()
         if len(fds) > self._max_fds and type(fds) is not TruncatedFds:
+            # Refused by the call that takes their message (see _take_fds).
             close_fds(fds)
-            self._break(
-                f"the peer sent {len(fds)} file descriptors with one message, over "
-                f"max_fds={self._max_fds}; all of them were closed",
-                TooManyFds,
-                count=len(fds),
-            )
+            fds = _TooManyFds(len(fds))
         if end == start:
             close_fds(fds)
             if type(fds) is TruncatedFds:
@@ -763,6 +943,7 @@ class StreamDecoder:
         already consumed, or a new buffer when there is not room), so every
         later call sees them as if they had never been taken.
         """
+        self._landed = -1
         if not messages or self._direct is not None or self._broken is not None:
             self.handed, self.repairs, messages[:] = [], self.repairs + 1, ()  # nothing to do
             return
@@ -894,10 +1075,83 @@ class StreamDecoder:
         msg_start, msg_end = direct
         if self._base < msg_end:
             return None
-        self.last_into = msg_end - msg_start - HEADER_SIZE
+        self.last_into = self._landed = msg_end - msg_start - HEADER_SIZE
         self._direct = None
         self.handed.append(HANDED_INTO)
-        return _deliverable(self._take_fds(msg_start, msg_end))
+        fds = self.handed_fds = self._take_fds(msg_start, msg_end)
+        return _deliverable(fds)
+
+    def into(self, target: memoryview) -> int | _NeedData:
+        """Deliver the next message into *target* (a writable byte view): its
+        size, or :data:`NEED_DATA` (read into :meth:`read_buffers`, commit,
+        and call again). Its descriptors are closed.
+
+        A message already buffered whole is copied; one that a direct read
+        (:meth:`begin_direct`) completed is already there.
+
+        Raises:
+            MessageTooLarge: the next message is larger than *target*; it
+                stays queued.
+            others: as :meth:`next_message`.
+        """
+        landed = self._landed
+        if landed >= 0:
+            fds, self.handed_fds, self._landed = self.handed_fds, [], -1
+            close_fds(fds)
+            return landed
+        if self._direct is not None:
+            return NEED_DATA
+        size = self.next_size()
+        if size is NEED_DATA:
+            return NEED_DATA
+        limit = len(target)
+        if size > limit:  # type: ignore[operator]
+            raise _too_small(size, limit)  # type: ignore[arg-type]
+        if self._wpos - self._rpos < HEADER_SIZE + size:  # type: ignore[operator]
+            return NEED_DATA
+        self.read_into(target)
+        close_fds(self.take_fds_for_buffered(size))  # type: ignore[arg-type]
+        return size
+
+    def begin_direct(self, target: memoryview) -> bool:
+        """After :meth:`into` returned NEED_DATA: if the next message is large
+        (64 KiB and more) and not all here, start reading its payload straight
+        into *target* (:meth:`read_into`) and return True."""
+        if self._direct is not None:
+            return True
+        r = self._rpos
+        held = self._wpos - r
+        if held < HEADER_SIZE:
+            return False
+        size = _unpack_from(self._buf, r)[0]
+        if size < _DIRECT_THRESHOLD or held >= HEADER_SIZE + size or size > len(target):
+            return False
+        self.read_into(target)
+        return True
+
+    def interrupted_into(self) -> None:
+        """An exception (a signal handler's, a cancellation) is leaving a
+        receive into a caller's buffer: account for a read still in the inbox,
+        then put what arrived of a message being read directly back behind its
+        header (:meth:`restore_direct`, completed even if interrupted), so the
+        next receive starts it over. A message completed in the caller's buffer
+        is the caller's give-back's (see :attr:`handed`); a broken decoder
+        stays broken."""
+        direct = self._direct
+        if direct is None:
+            return
+        try:
+            if self.inbox:
+                self.commit_read()
+        except ProtocolError:
+            return
+        direct = self._direct
+        target = self._target
+        if self._broken is not None or direct is None or target is None:
+            return
+        size = direct[1] - direct[0] - HEADER_SIZE
+        arrived = size - (direct[1] - self._base)
+        uninterrupted(self, self.restore_direct, target[:arrived], size, None)
 
     def fail(self, reason: str) -> None:
         """Mark the decoder unusable for *reason* (an error the I/O layer saw,
@@ -972,6 +1226,7 @@ class StreamDecoder:
     def abort_direct(self) -> None:
         """A direct read failed part way: the stream position is lost; break."""
         self._target = None
+        self._landed = -1
         if self._direct is not None:
             self._direct = None
             self._broken = self._broken or "a message was only partly read (interrupted read_into)"
@@ -983,16 +1238,6 @@ class StreamDecoder:
     def reading_direct(self) -> bool:
         """True between :meth:`read_into` and the end of that message."""
         return self._direct is not None
-
-    @property
-    def at_eof(self) -> bool:
-        """True once end of file (or a break) was seen: no more input is wanted."""
-        return self._eof or self._broken is not None
-
-    @property
-    def broken(self) -> str | None:
-        """Why the decoder is unusable, or None."""
-        return self._broken
 
     def buffered(self) -> int:
         """Bytes received and not yet returned as messages."""
@@ -1048,6 +1293,13 @@ class StreamDecoder:
             if g_start <= start and not found:
                 fds = g_fds
                 found = True
+                if type(fds) is _TooManyFds:
+                    self._break(
+                        f"the peer sent {fds.sent} file descriptors with one message, over "
+                        f"max_fds={self._max_fds}; all of them were closed",
+                        TooManyFds,
+                        count=fds.sent,
+                    )
                 continue
             close_fds(g_fds)
             close_fds(fds)
@@ -1092,14 +1344,9 @@ class StreamDecoder:
             )
         raise ProtocolError(reason + "; the channel is unusable")
 
-    def _raise_broken(self) -> None:
-        if self._broken is _CLOSED:
-            raise OSError(errno.EBADF, "the channel is closed")
-        raise ProtocolError(f"the channel is unusable: {self._broken}")
-
 
 def py_take_frame(
-    decoder: StreamDecoder, lock: threading.Lock | None, record: list[bytes], /
+    decoder: Any, lock: threading.Lock | None, record: list[bytes], /
 ) -> bytes | None:
     """The next message's payload if *decoder* holds all of it and nothing
     needs more care (descriptors, an error, a direct read, a length over the
@@ -1118,15 +1365,14 @@ def py_take_frame(
     *lock* is free and then does the whole take without running any Python
     code, which makes it atomic under the GIL at a fraction of a lock's cost.
     """
+    take: Callable[[list[bytes]], bytes | None] = decoder._take_whole
     if lock is None:
-        return decoder._take_whole(record)
+        return take(record)
     with lock:
-        return decoder._take_whole(record)
+        return take(record)
 
 
-take_frame: Callable[[StreamDecoder, threading.Lock | None, list[bytes]], bytes | None] = (
-    py_take_frame
-)
+take_frame: Callable[[Any, threading.Lock | None, list[bytes]], bytes | None] = py_take_frame
 # The C version is atomic only while a GIL serialises threads (not on a
 # free-threaded build that runs without one).
 if ACCELERATED and getattr(sys, "_is_gil_enabled", lambda: True)():
