@@ -38,7 +38,6 @@ from ._channel import (
     _PROBE_READS,
     MSG_NOSIGNAL,
     ChannelBase,
-    _advance,
     _check_limit,
     _writable,
 )
@@ -66,6 +65,7 @@ _PAUSE_FDS = 256
 # to the low-water mark (a quarter, as asyncio's transports do).
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = _HIGH_WATER // 4
+_NOSIGNAL_T = (MSG_NOSIGNAL,)
 # Adaptive spinning (see _spin_wait): a wait whose tries found data earns a
 # credit, up to _SPIN_CREDIT_MAX; a wait whose tries all failed costs
 # _SPIN_FAIL_COST. So spinning goes on while at least two waits in three end
@@ -77,19 +77,14 @@ _SPIN_FAIL_COST = 2
 
 
 class _Job:
-    """One message on its way out: the buffers not yet sent, and its
-    descriptors until its first byte goes."""
+    """One message waiting to go out directly: its buffers and descriptors.
+    Once it starts, the send queue's frame record has them (``bufs`` is None)."""
 
     __slots__ = ("anc", "bufs")
 
     def __init__(self, bufs: list[Buffer], anc: list[Any]) -> None:
-        self.bufs = bufs
+        self.bufs: list[Buffer] | None = bufs
         self.anc = anc
-
-    def detach(self) -> None:
-        """Copy what is left, so the caller's buffers are free again."""
-        if self.bufs:
-            self.bufs = [b"".join([bytes(memoryview(b)) for b in self.bufs])]
 
 
 def _on_readable(ref: weakref.ref[AsyncChannel]) -> None:
@@ -193,10 +188,8 @@ class AsyncChannel(ChannelBase):
     __slots__ = (
         "_burst",
         "_drain_waiters",
-        "_eof_pending",
         "_flush_handle",
         "_flushing",
-        "_jobs",
         "_loop",
         "_read_error",
         "_read_waiter",
@@ -207,8 +200,6 @@ class AsyncChannel(ChannelBase):
         "_spin_probe",
         "_spin_tries",
         "_wbuf",
-        "_write_error",
-        "_write_shut",
         "_write_waiter",
     )
 
@@ -233,21 +224,17 @@ class AsyncChannel(ChannelBase):
         # Made on first use (most channels never send anything large or with
         # descriptors): an idle channel is small (10,000 of them at once).
         self._send_lock: asyncio.Lock | None = None
-        # Sends running in tasks of their own (see _run): small sends wait
-        # behind them, so that order is kept.
-        self._jobs = 0
-        # Write-behind state (see the module docstring). _burst: a message went
-        # out directly and the loop has not run since, so the next one is
+        # Write-behind (see the module docstring): the send queue holds the
+        # bytes (_wbuf is its buffer) and decides. _burst: a message went out
+        # directly and the loop has not run since, so the next one is
         # buffered and coalesced rather than costing its own system call.
-        self._wbuf = bytearray()
         self._burst = False
         self._flush_handle: asyncio.Handle | None = None
         self._flushing = False  # our writer callback is registered
-        self._write_error: OSError | None = None
         self._drain_waiters: list[tuple[int, asyncio.Future[None]]] | None = None
-        self._eof_pending = False  # shutdown_write() waits for the buffer to empty
-        self._write_shut = False  # shutdown_write() was called
         super().__init__(sock_or_fd, max_message_size=max_message_size, max_fds=max_fds)
+        self._sendq.buffer(_HIGH_WATER, _LOW_WATER)
+        self._wbuf = self._sendq.held
 
     # -- waiting ------------------------------------------------------------
 
@@ -449,8 +436,8 @@ class AsyncChannel(ChannelBase):
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        self._wbuf.clear()
-        self._small = -1  # a later send takes the checked path: EBADF, not buffered
+        self._sendq.close()  # a later send takes the checked path: EBADF, not buffered
+        self._sendq.drop()
         waiters = [self._read_waiter, self._write_waiter]
         waiters.extend(fut for _, fut in self._drain_waiters or ())
         for waiter in waiters:
@@ -478,7 +465,7 @@ class AsyncChannel(ChannelBase):
         if self._closed:
             return
         try:
-            if self._wbuf or self._write_error is not None:
+            if self._wbuf or self._sendq.error is not None:
                 await self._drain_to(0)
         finally:
             self.close()
@@ -501,16 +488,18 @@ class AsyncChannel(ChannelBase):
 
     def shutdown_write(self) -> None:
         """As ``Channel.shutdown_write``; buffered messages are written first
-        (the shutdown happens once the write-behind buffer is empty)."""
+        (the shutdown happens once the write-behind buffer is empty and the
+        messages already on their way out, sent directly, are complete; later
+        sends raise ``BrokenPipeError`` at once)."""
         self._check_open()
         if self._wbuf:
             self._flush_now()
-        if self._wbuf:
-            self._eof_pending = True
+        if self._wbuf or self._sendq.jobs:
+            # _flush_now() shuts the socket down once nothing is held and no
+            # message is on its way out (the one in flight is completed).
+            self._sendq.shutting()
         else:
             super().shutdown_write()
-        self._write_shut = True
-        self._small = -1  # every later send takes the path that refuses it
 
     async def __aenter__(self) -> Self:
         return self
@@ -540,22 +529,19 @@ class AsyncChannel(ChannelBase):
         returns (see the class docstring): its bytes were copied, so the caller
         may reuse *data* at once; an error writing it is raised later.
         """
-        if (
-            fds is _NO_FDS
-            and type(data) is bytes
-            and len(data) <= self._small
-            and not self._jobs
-            and self._write_error is None
-        ):
-            wbuf = self._wbuf
+        # The send queue closes this path while a direct send is queued or
+        # running (order), and once shut, broken or closed (SendQueue.refresh).
+        sendq = self._sendq
+        if fds is _NO_FDS and type(data) is bytes and len(data) <= sendq.fast:
+            wbuf = sendq.held
             if wbuf or self._burst:
                 wbuf += _pack(len(data))
                 wbuf += data
                 if self._flush_handle is None and not self._flushing:
                     self._flush_handle = self._bind().call_soon(self._flush)
-                if len(wbuf) >= _HIGH_WATER:
+                if len(wbuf) >= sendq.high:
                     try:
-                        await self._drain_to(_LOW_WATER, sending=True)
+                        await self._drain_to(sendq.low, sending=True)
                     except BaseException:
                         del self  # see the note on tracebacks
                         raise
@@ -604,19 +590,28 @@ class AsyncChannel(ChannelBase):
         delivered whole regardless. An error the caller no longer waits for
         is kept and raised by the next send, drain or aclose."""
         loop = self._bind()
-        self._jobs += 1
+        self._sendq.enter_direct()
         task = loop.create_task(self._send_jobs(jobs))
         try:
             await asyncio.shield(task)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 if not task.done():
-                    for job in jobs:
-                        job.detach()
+                    self._detach(jobs)
                 # Nobody waits for its outcome now: keep an error for later calls.
                 task.add_done_callback(self._job_done)
             del self, task, exc  # see the note on tracebacks
             raise
+
+    def _detach(self, jobs: list[_Job]) -> None:
+        """Copy what is left of *jobs* (their caller was cancelled; they go on)."""
+        if jobs and jobs[0].bufs is None:
+            # They started (in order): the frame in flight, if any, is one of
+            # them (their task holds the send lock until they are all sent).
+            self._sendq.detach()
+        for job in jobs:
+            if job.bufs is not None:
+                job.bufs = [b"".join([bytes(memoryview(b)) for b in job.bufs])]
 
     async def _send_jobs(self, jobs: list[_Job]) -> None:
         try:
@@ -631,63 +626,53 @@ class AsyncChannel(ChannelBase):
                 for job in jobs:
                     await self._send_job(job)
         finally:
-            self._jobs -= 1
+            self._sendq.leave_direct()
+            if self._sendq.shut_due():
+                self._flush_now()  # the deferred shutdown_write()
             del self  # see the note on tracebacks
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             return
         exc = task.exception()  # retrieved here, so never "never retrieved"
-        if exc is not None and self._write_error is None and not self._closed:
-            self._write_error = exc if isinstance(exc, OSError) else OSError(errno.EIO, str(exc))
+        if exc is not None and not self._closed:
+            self._sendq.fail(exc if isinstance(exc, OSError) else OSError(errno.EIO, str(exc)))
 
     # -- the write-behind buffer ----------------------------------------------
 
-    def _check_write(self, sending: bool) -> None:
-        """Raise what a background write ran into (sticky); when *sending*,
-        also refuse a message after shutdown_write()."""
-        err = self._write_error
-        if err is not None:
-            raise OSError(err.errno, err.strerror)
-        if sending and self._write_shut:
-            raise BrokenPipeError(errno.EPIPE, "shutdown_write() was called: no more sending")
-
     def _flush_now(self) -> None:
-        """One write of the buffer (no waiting); on failure remember the error
-        and drop the buffer. Wakes drainers whose mark is reached."""
+        """One write of the buffer (no waiting); on failure the send queue keeps
+        the error and drops the buffer. Shuts the socket down once the buffer
+        is empty if shutdown_write() asked to; wakes drainers whose mark is
+        reached."""
+        sendq = self._sendq
         wbuf = self._wbuf
-        if wbuf and self._write_error is None and not self._closed:
+        if wbuf and not self._closed:
             try:
-                sent = self._sock.send(wbuf, MSG_NOSIGNAL)
+                sendq.wrote.extend(map(self._sock.send, (wbuf,), _NOSIGNAL_T))
             except BlockingIOError:
-                sent = 0
+                pass
             except OSError as exc:
                 err = self._send_error(exc, [])
-                self._write_error = (
-                    err if isinstance(err, OSError) else OSError(errno.EIO, str(err))
-                )
-                wbuf.clear()
-                sent = 0
-            if sent:
-                del wbuf[:sent]
+                sendq.fail(err if isinstance(err, OSError) else OSError(errno.EIO, str(err)))
+            sendq.written()
         if not wbuf and self._flushing:
             # Nothing left to write: unregister now, so that a direct send that
             # follows may wait for writability with its own callback.
             self._flushing = False
             if self._loop is not None and not self._loop.is_closed() and not self._closed:
                 self._loop.remove_writer(self._sock.fileno())
-        if not wbuf and self._eof_pending and self._write_error is None and not self._closed:
-            self._eof_pending = False
+        if sendq.shut_due() and not self._closed:
             try:
-                self._sock.shutdown(socket.SHUT_WR)
+                ChannelBase.shutdown_write(self)
             except OSError as exc:
-                self._write_error = exc
+                sendq.fail(exc)
         if self._drain_waiters:
+            # A failure drops the buffer: every drainer's mark is reached.
             size = len(wbuf)
-            failed = self._write_error is not None
             keep = []
             for mark, fut in self._drain_waiters:
-                if size <= mark or failed:
+                if size <= mark:
                     if not fut.done():
                         fut.set_result(None)
                 else:
@@ -709,14 +694,17 @@ class AsyncChannel(ChannelBase):
             self._flushing = True
 
     async def _drain_to(self, mark: int, sending: bool = False) -> None:
-        """Wait until at most *mark* bytes are buffered; raise a write error."""
+        """Wait until at most *mark* bytes are buffered; raise a write error
+        (and, when *sending*, refuse a message after shutdown_write())."""
+        sendq = self._sendq
+        wbuf = self._wbuf
         while True:
-            self._check_write(sending)
-            if len(self._wbuf) <= mark:
+            sendq.check(sending)
+            if len(wbuf) <= mark:
                 return
             self._check_open()
             self._flush_now()
-            if self._write_error is not None or len(self._wbuf) <= mark:
+            if len(wbuf) <= mark:
                 continue
             loop = self._bind()
             self._start_flushing()
@@ -734,27 +722,31 @@ class AsyncChannel(ChannelBase):
                 raise
 
     async def _send_job(self, job: _Job) -> None:
-        """Send what is left of *job*; the caller holds the send lock."""
-        sock = self._sock
-        partial = False
+        """Send *job* directly; the caller holds the send lock. Its byte counts
+        go to the send queue's frame record (from C), which says what is left
+        (a copy, after a wait, if the caller was cancelled meanwhile)."""
+        sendq = self._sendq
+        sendmsg = self._sock.sendmsg
+        rest, anc = job.bufs, job.anc
+        assert rest is not None
+        sendq.start(rest)
+        job.bufs = None  # the record has them now (see _detach)
         try:
-            while job.bufs:
-                self._check_send()
+            while rest is not None:
+                self._check_open()
                 try:
-                    sent = sock.sendmsg(job.bufs, job.anc, MSG_NOSIGNAL)
+                    sendq.sent.extend(map(sendmsg, (rest,), (anc,), _NOSIGNAL_T))
+                    anc = []
                 except BlockingIOError:
                     await self._wait_writable()
-                    continue
-                job.bufs = _advance(job.bufs, sent)
-                job.anc = []
-                partial = True
+                rest = sendq.remaining()
         except OSError as exc:
-            err = self._send_error(exc, job.bufs)
+            err = self._send_error(exc, sendq.frame[0] if sendq.frame else [])
+            sendq.abandon(None)
             del self  # see the note on tracebacks
             raise err from exc
         except BaseException:
-            if partial and job.bufs:
-                self._break_send("a send was interrupted part way through a message")
+            sendq.abandon("a send was interrupted part way through a message")
             del self  # see the note on tracebacks
             raise
 

@@ -63,10 +63,10 @@ from ._errors import (
     ChannelClosed,
     ChannelError,
     MessageTooLarge,
-    ProtocolError,
 )
 from ._packets import PacketDecoder
 from ._pair import SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, close_quietly, socketpair, type_name
+from ._sendq import OPEN, SendQueue
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -140,17 +140,6 @@ def _usable_cpus() -> int:
 # spinning gave up. On one shared CPU the tries fail and stop after 4 waits:
 # 1.54x with or without. On one usable CPU there is no point at all.
 DEFAULT_SPIN: int = 10 if _usable_cpus() > 1 else 0
-
-
-def _advance(bufs: list[Buffer], sent: int) -> list[Buffer]:
-    """Drop the first *sent* bytes from *bufs* (slicing, never copying)."""
-    while bufs:
-        first = memoryview(bufs[0]).cast("B")
-        if sent < first.nbytes:
-            return [first[sent:], *bufs[1:]]
-        sent -= first.nbytes
-        bufs = bufs[1:]
-    return bufs
 
 
 def _writable(buffer: object) -> memoryview:
@@ -288,7 +277,6 @@ class ChannelBase:
 
     __slots__ = (
         "__weakref__",
-        "_broken_send",
         "_closed",
         "_dec",
         "_max",
@@ -296,7 +284,7 @@ class ChannelBase:
         "_passcred",
         "_queue",
         "_rbase",
-        "_small",
+        "_sendq",
         "_sock",
         "_stream",
         "_type",
@@ -325,18 +313,14 @@ class ChannelBase:
         # Every read's flags: close-on-exec descriptors; for packets also the
         # real length of a packet larger than the buffer (Linux), to tell it.
         self._rbase = _MSG_CMSG_CLOEXEC if self._stream else _PACKET_RECV_FLAGS
-        # Bytes that must reach the socket before any new message: the rest of
-        # a frame a timeout or signal cut short, and a write buffer's messages
-        # (Channel only; always empty on AsyncChannel).
-        self._queue = bytearray()
-        # send()'s fast path: a bytes message up to this size goes out joined to
-        # its header with one system call (-1: no fast path, see _break_send).
-        self._small = (
-            (_JOIN_LIMIT if max_message_size > _JOIN_LIMIT else max_message_size)
-            if self._stream
-            else -1
-        )
-        self._broken_send: str | None = None
+        # The send direction's state and decisions (see _sendq); a bytes message
+        # up to *small* may take send()'s fast path. _queue: the bytes a read
+        # must write first while it waits (a write buffer's messages, the rest
+        # of a cut frame): the send queue's buffer on Channel; on AsyncChannel
+        # always empty (the event loop writes its write-behind, never a read).
+        small = min(_JOIN_LIMIT, max_message_size) if self._stream else -1
+        self._sendq = SendQueue(small, behind=not self._blocking)
+        self._queue: bytes | bytearray = self._sendq.held if self._blocking else b""
         # On every type: from now on the kernel stamps what the peer sends with
         # the sender's real credentials (a socketpair's SO_PEERCRED only names
         # its creator).
@@ -504,6 +488,7 @@ class ChannelBase:
         ``SOCK_DGRAM`` has no end of file: the peer is not told."""
         self._check_open()
         self._sock.shutdown(socket.SHUT_WR)
+        self._sendq.shut()
 
     def close(self) -> None:
         """Close the socket and every descriptor received but not yet delivered.
@@ -517,7 +502,7 @@ class ChannelBase:
 
     def _release(self) -> None:
         """Give back what the channel holds (no call may be inside it)."""
-        self._small = -1
+        self._sendq.close()
         self._dec.close()
         self._sock.close()
 
@@ -553,16 +538,12 @@ class ChannelBase:
         self._check_send()
         return bufs, anc
 
-    def _break_send(self, reason: str) -> None:
-        """A message was only partly sent: no further send can be framed."""
-        self._broken_send = reason
-        self._small = -1
-
     def _check_send(self) -> None:
+        """Raise what a new message must raise now (closed, broken, shut)."""
         if self._closed:
             raise OSError(errno.EBADF, "the channel is closed")
-        if self._broken_send is not None:
-            raise ProtocolError(f"the channel cannot send any more: {self._broken_send}")
+        if self._sendq.state is not OPEN:
+            self._sendq.check()
 
     def _send_error(self, exc: OSError, bufs: list[Buffer], anc: list[Any] = []) -> BaseException:  # noqa: B006
         """Translate a send failure into the error the caller should see."""
@@ -705,18 +686,12 @@ class Channel(ChannelBase):
         "_busy",
         "_credit",
         "_forget",
-        "_hold_max",
-        "_partial",
         "_probe",
         "_qlock",
-        "_qsent",
         "_rflags",
         "_rlock",
-        "_sent",
         "_slock",
-        "_small_max",
         "_spin",
-        "_wlimit",
     )
 
     def __init__(
@@ -728,7 +703,6 @@ class Channel(ChannelBase):
         spin: int = DEFAULT_SPIN,
         write_buffer: int = 0,
     ) -> None:
-        self._wlimit = 0
         if type(spin) is not int or not 0 <= spin <= _MAX_SPIN:
             _check_limit("spin", spin, 0, _MAX_SPIN)
         if type(write_buffer) is not int or not 0 <= write_buffer <= _MAX_WRITE_BUFFER:
@@ -758,21 +732,10 @@ class Channel(ChannelBase):
         self._slock = _new_lock()
         self._rlock = _new_lock()
         self._qlock = _new_lock()
-        # Byte counts of the system calls of the message being sent, appended
-        # from C (see _send_frames): progress survives an exception.
-        self._sent: list[int] = []
         self._busy = 0  # small sends inside the kernel (see send())
         self._forget = True  # receives clear the rollback record as they leave
-        self._qsent: list[int] = []  # the same, for writes of the queue
-        # The frame being sent: (buffers, total bytes, bytes sent before).
-        self._partial: tuple[list[Buffer], int, int] | None = None
-        self._small_max = self._small
-        self._hold_max = 0
         if write_buffer:
-            self._wlimit = write_buffer
-            # Small messages are held, not sent: off send()'s fast path.
-            self._hold_max = self._small
-            self._small = -1
+            self._sendq.buffer(write_buffer)
         # A plain set of weak references (its callback removes the dead one):
         # no Python code runs, where WeakSet.add costs a Python call.
         _CHANNELS.add(_weakref(self, _unregister))
@@ -780,7 +743,7 @@ class Channel(ChannelBase):
     @property
     def write_buffer(self) -> int:
         """Bytes of small messages held back before they are sent (0: none)."""
-        return self._wlimit
+        return self._sendq.high
 
     def __enter__(self) -> Self:
         return self
@@ -822,7 +785,7 @@ class Channel(ChannelBase):
         if self._closed:
             return
         try:
-            if (self._queue or self._partial is not None) and self._slock.acquire(False):
+            if self._sendq.pending and self._slock.acquire(False):
                 try:
                     self._repair_partial()
                     self._flush_queue(None)
@@ -830,7 +793,7 @@ class Channel(ChannelBase):
                     self._slock.release()
         finally:
             self._closed = True
-            self._small = -1
+            self._sendq.close()
             if not self._try_release():
                 # A call is inside: wake it; it releases on its way out.
                 with contextlib.suppress(OSError):
@@ -847,7 +810,7 @@ class Channel(ChannelBase):
                 return False
             try:
                 if self._sock.fileno() >= 0:
-                    self._queue.clear()
+                    self._sendq.drop()
                     self._release()
             finally:
                 self._slock.release()
@@ -862,13 +825,13 @@ class Channel(ChannelBase):
     def __del__(self) -> None:
         if getattr(self, "_closed", True):
             return
-        queue = getattr(self, "_queue", None)
-        note = ""
-        if queue:
-            note = (
-                f"; dropped {len(queue)} bytes of messages it held back (call close() or flush())"
-            )
-            queue.clear()  # never block in the garbage collector
+        sendq = getattr(self, "_sendq", None)
+        dropped = sendq.drop() if sendq is not None else 0  # never block in the collector
+        note = (
+            f"; dropped {dropped} bytes of messages it held back (call close() or flush())"
+            if dropped
+            else ""
+        )
         warnings.warn(f"unclosed {self!r}{note}", ResourceWarning, stacklevel=2, source=self)
         self.close()
 
@@ -878,11 +841,7 @@ class Channel(ChannelBase):
         self._slock = threading.Lock()
         self._rlock = threading.Lock()
         self._qlock = threading.Lock()
-        self._queue.clear()
-        self._partial = None
-        if not self._closed and self._broken_send is None:
-            self._small = -1 if self._wlimit else self._small_max
-        self._sent.clear()
+        self._sendq.forked()
 
     def flush(self, timeout: float | None = None) -> None:
         """Send what the send queue holds now: a write buffer's messages, or the
@@ -895,14 +854,13 @@ class Channel(ChannelBase):
             ChannelClosed: :meth:`close` was called meanwhile.
         """
         self._check_open()
-        if not self._queue and self._partial is None:
+        if not self._sendq.pending:
             return
         deadline = None if timeout is None else _Deadline(timeout)
         lock = self._slock
         try:
             with lock:
-                if self._partial is not None:
-                    self._repair_partial()
+                self._repair_partial()
                 self._flush_queue(deadline)
         finally:
             if self._closed:
@@ -912,50 +870,42 @@ class Channel(ChannelBase):
         """Tell the peer no more messages come (after what is queued); receiving
         still works. Later sends raise ``BrokenPipeError``. ``SOCK_DGRAM`` has
         no end of file: the peer is not told."""
-        self._check_open()
-        if self._queue:
+        if self._sendq.pending:
             self.flush()
-        self._sock.shutdown(socket.SHUT_WR)
+        super().shutdown_write()
 
     # -- the send queue -----------------------------------------------------------
 
     def _write_queue(self) -> None:
         """Write what the queue holds without waiting (any thread)."""
         with self._qlock:
-            queue = self._queue
-            sent = self._qsent
-            send = self._sock.send
-            while True:
-                if sent:
-                    # A count recorded (from C) but not yet applied: an
-                    # exception fell between; apply it before anything else.
-                    # These statements call nothing.
-                    n = sent[0]
-                    del queue[:n]
-                    del sent[0]
-                if not queue:
-                    return
+            sendq = self._sendq
+            held, wrote, send = sendq.held, sendq.wrote, self._sock.send
+            # Each count is recorded from C and applied by written(), first
+            # thing, even when an exception fell between the two.
+            while sendq.written():
                 try:
-                    sent.extend(map(send, (queue,), _SEND_FLAGS_T))
+                    wrote.extend(map(send, (held,), _SEND_FLAGS_T))
                 except BlockingIOError:
                     return
                 except OSError as exc:
-                    queue.clear()  # undeliverable: the peer or the socket is gone
+                    sendq.drop()  # undeliverable: the peer or the socket is gone
                     raise self._send_error(exc, []) from exc
 
     def _flush_queue(self, deadline: _Deadline | None) -> None:
         """Write the whole queue, waiting for room (the caller holds _slock)."""
-        while self._queue:
+        held = self._sendq.held
+        while held:
             self._write_queue()
-            if self._queue and deadline is None:
+            if held and deadline is None:
                 deadline = self._sndtimeo()
-            if self._queue and not _wait(self._sock, select.POLLOUT, deadline):
+            if held and not _wait(self._sock, select.POLLOUT, deadline):
                 raise TimeoutError(
                     f"the peer did not take the queued messages within "
                     f"{deadline.timeout if deadline else 0:g} s; "
-                    f"{len(self._queue)} bytes stay queued"
+                    f"{len(held)} bytes stay queued"
                 )
-        self._fast_again()
+        self._sendq.refresh()
 
     # -- sending ------------------------------------------------------------
 
@@ -991,8 +941,9 @@ class Channel(ChannelBase):
                 (not a timeout); the channel refuses to send any more.
         """
         # The fast path: one system call per small bytes message, as little Python
-        # around it as possible. _small is -1 with a write buffer, while the
-        # queue holds bytes, once broken and once closed.
+        # around it as possible. The send queue decides when it is open
+        # (SendQueue.refresh: not with a write buffer, while bytes are held or
+        # a frame is in flight, nor once shut, broken or closed).
         if fds is _NO_FDS and type(data) is bytes and timeout is None:
             size = len(data)
             frame = _pack(size) + data
@@ -1000,11 +951,11 @@ class Channel(ChannelBase):
             # path, docs/performance.md): a frame this small is one kernel
             # buffer, which the kernel takes whole or not at all (Linux), so
             # two threads' small frames never mix; a send that may span
-            # several buffers sets _small to -1 under the send lock and then
+            # several buffers closes the fast path under the send lock and then
             # waits until no small send is in flight (_busy). Between the check
             # below and the system call nothing can switch threads (no call).
             # A count lost to a signal handler's exception loses nothing either.
-            if size <= self._small:
+            if size <= self._sendq.fast:
                 self._busy += 1
                 try:
                     sent = self._sock.send(frame, MSG_NOSIGNAL)
@@ -1028,21 +979,19 @@ class Channel(ChannelBase):
         lock = self._slock
         try:
             with lock:
-                if self._partial is not None:
+                sendq = self._sendq
+                if sendq.frame is not None:
                     self._repair_partial()  # a cut frame's rest goes first
                 self._check_send()
-                if (
-                    self._wlimit
-                    and not anc
-                    and len(bufs) == 1
-                    and memoryview(bufs[0]).nbytes <= self._hold_max + 4
-                ):
+                hold = sendq.hold
+                if hold and not anc and len(bufs) == 1 and memoryview(bufs[0]).nbytes <= hold:
+                    held = sendq.held
                     with self._qlock:
-                        self._queue += bufs[0]
-                    if len(self._queue) >= self._wlimit:
+                        held += bufs[0]
+                    if len(held) >= sendq.high:
                         self._flush_queue(deadline)
                     return
-                if self._queue:
+                if sendq.held:
                     self._flush_queue(deadline)
                 self._send_frames(bufs, anc, deadline, 0)
         finally:
@@ -1074,10 +1023,9 @@ class Channel(ChannelBase):
         lock = self._slock
         try:
             with lock:
-                if self._partial is not None:
-                    self._repair_partial()
+                self._repair_partial()
                 self._check_send()
-                if self._queue:
+                if self._sendq.held:
                     self._flush_queue(deadline)
                 if self._stream:
                     for bufs in encode_many(messages, self._max):
@@ -1104,15 +1052,14 @@ class Channel(ChannelBase):
         should an exception cut this repair short: _repair_partial). A failure
         that makes the rest undeliverable refuses further sends instead.
         """
-        sent: list[int] = []
-        total = sum(memoryview(b).nbytes for b in bufs)
-        self._sent, self._partial, self._small = sent, (bufs, total, before), -1
+        sendq = self._sendq
+        sent = sendq.start(bufs, before)
         while self._busy and not before:
             time.sleep(_BUSY_WAIT)  # a small send still in the kernel: let it finish
         sendmsg = self._sock.sendmsg
-        rest = bufs
+        rest: list[Buffer] | None = bufs
         try:
-            while True:
+            while rest is not None:
                 try:
                     sent.extend(map(sendmsg, (rest,), (anc,), _SEND_FLAGS_T))
                 except BlockingIOError:
@@ -1129,18 +1076,11 @@ class Channel(ChannelBase):
                             )
                         ) from None
                     continue
-                done = sum(sent)
-                if done >= total:
-                    self._partial = None
-                    self._fast_again()
-                    return
-                rest = _advance(bufs, done)
+                rest = sendq.remaining()
                 anc = []
         except BaseException as exc:
             if isinstance(exc, OSError) and not isinstance(exc, (TimeoutError, BlockingIOError)):
-                self._partial = None
-                if sum(sent) or before:
-                    self._break_send(f"a send failed part way through a message ({exc})")
+                sendq.abandon(f"a send failed part way through a message ({exc})")
                 raise self._send_error(exc, bufs, anc) from exc
             self._repair_partial()
             raise
@@ -1161,29 +1101,9 @@ class Channel(ChannelBase):
     def _repair_partial(self) -> None:
         """If a frame was cut short (see _send_frames), queue its rest, in one
         step with forgetting it, so the repair is done exactly once."""
-        partial = self._partial
-        if partial is None:
-            return
-        bufs, total, before = partial
-        done = sum(self._sent)
-        if (done or before) and done < total:
-            rest = b"".join([bytes(memoryview(part)) for part in _advance(bufs, done)])
+        if self._sendq.frame is not None:
             with self._qlock:
-                self._queue, self._partial = self._queue + rest, None
-        else:
-            self._partial = None
-            self._fast_again()
-
-    def _fast_again(self) -> None:
-        """Back on send()'s fast path if nothing is queued or held."""
-        if (
-            not self._queue
-            and not self._wlimit
-            and self._broken_send is None
-            and not self._closed
-            and self._partial is None
-        ):
-            self._small = self._small_max
+                self._sendq.cut()
 
     # -- reading (waiting in the kernel, in poll, or spinning) -------------------
 
