@@ -46,7 +46,6 @@ from ._codec import (
     NEED_DATA,
     Buffer,
     _pack,
-    encode_many,
 )
 from ._errors import ChannelClosed
 
@@ -572,10 +571,7 @@ class AsyncChannel(ChannelBase):
         message of it, as :meth:`send` does (the caller must not change the
         buffers it passed until the channel is drained)."""
         self._check_send()
-        if self._stream:
-            jobs = [_Job(bufs, []) for bufs in encode_many(list(messages), self._max)]
-        else:
-            jobs = [_Job(*self._prepare(item, _NO_FDS)) for item in list(messages)]
+        jobs = [_Job(bufs, []) for bufs in self._frames(list(messages), self._max)]
         try:
             await self._run(jobs)
         except BaseException:

@@ -55,7 +55,6 @@ from ._codec import (
     _pack,
     encode,
     encode_many,
-    payload_of,
     take_frame,
     uninterrupted,
 )
@@ -64,7 +63,7 @@ from ._errors import (
     ChannelError,
     MessageTooLarge,
 )
-from ._packets import PacketDecoder
+from ._packets import PacketDecoder, encode_packet, encode_packets
 from ._pair import SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, close_quietly, socketpair, type_name
 from ._sendq import OPEN, SendQueue
 
@@ -279,6 +278,8 @@ class ChannelBase:
         "__weakref__",
         "_closed",
         "_dec",
+        "_frame",
+        "_frames",
         "_max",
         "_max_fds",
         "_passcred",
@@ -286,7 +287,6 @@ class ChannelBase:
         "_rbase",
         "_sendq",
         "_sock",
-        "_stream",
         "_type",
     )
 
@@ -307,18 +307,20 @@ class ChannelBase:
         sock.setblocking(self._blocking)
         self._sock = sock
         self._type: int = _raw_type(sock)
-        self._stream = self._type == SOCK_STREAM
+        # The one place the socket's type is asked: every difference between a
+        # stream and the packet types is an object or a value chosen below.
+        stream = self._type == SOCK_STREAM
         self._max = max_message_size
         self._max_fds = max_fds
         # Every read's flags: close-on-exec descriptors; for packets also the
         # real length of a packet larger than the buffer (Linux), to tell it.
-        self._rbase = _MSG_CMSG_CLOEXEC if self._stream else _PACKET_RECV_FLAGS
+        self._rbase = _MSG_CMSG_CLOEXEC if stream else _PACKET_RECV_FLAGS
         # The send direction's state and decisions (see _sendq); a bytes message
         # up to *small* may take send()'s fast path. _queue: the bytes a read
         # must write first while it waits (a write buffer's messages, the rest
         # of a cut frame): the send queue's buffer on Channel; on AsyncChannel
         # always empty (the event loop writes its write-behind, never a read).
-        small = min(_JOIN_LIMIT, max_message_size) if self._stream else -1
+        small = min(_JOIN_LIMIT, max_message_size) if stream else -1
         self._sendq = SendQueue(small, behind=not self._blocking)
         self._queue: bytes | bytearray = self._sendq.held if self._blocking else b""
         # On every type: from now on the kernel stamps what the peer sends with
@@ -332,10 +334,16 @@ class ChannelBase:
         # on either through the same interface (and never asks which).
         self._dec: StreamDecoder | PacketDecoder = (
             StreamDecoder(max_message_size, max_fds)
-            if self._stream
+            if stream
             else PacketDecoder(
                 max_message_size, max_fds, passcred=self._passcred, dgram=self._type == SOCK_DGRAM
             )
+        )
+        # The framing of what is sent, chosen with the decoder: a length prefix
+        # on a stream, one packet per message otherwise.
+        self._frame: Callable[[object, int], list[Buffer]] = encode if stream else encode_packet
+        self._frames: Callable[[Iterable[object], int], Iterator[list[Buffer]]] = (
+            encode_many if stream else encode_packets
         )
         self._closed = False
 
@@ -523,17 +531,7 @@ class ChannelBase:
 
     def _prepare(self, data: object, fds: Iterable[object]) -> tuple[list[Buffer], list[Any]]:
         """Check and frame one message: (buffers, ancillary). Raises before any I/O."""
-        if self._stream:
-            bufs = encode(data, self._max)
-        else:
-            payload, size = payload_of(data)
-            if size > self._max:
-                raise MessageTooLarge(
-                    f"message of {size} bytes is over max_message_size ({self._max} bytes)",
-                    size=size,
-                    limit=self._max,
-                )
-            bufs = [payload]
+        bufs = self._frame(data, self._max)
         anc = pack_fds(check_fds(fds, self._max_fds)) if fds is not _NO_FDS else []
         self._check_send()
         return bufs, anc
@@ -559,7 +557,7 @@ class ChannelBase:
                 f"fds: {bad if bad is not None else fds} is not an open file descriptor; "
                 "nothing was sent",
             )
-        if exc.errno == errno.EMSGSIZE and not self._stream:
+        if exc.errno == errno.EMSGSIZE:  # (packets only: a stream has no such limit)
             size = sum(memoryview(b).nbytes for b in bufs)
             try:
                 sndbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
@@ -708,7 +706,7 @@ class Channel(ChannelBase):
         if type(write_buffer) is not int or not 0 <= write_buffer <= _MAX_WRITE_BUFFER:
             _check_limit("write_buffer", write_buffer, 0, _MAX_WRITE_BUFFER)
         super().__init__(sock_or_fd, max_message_size=max_message_size, max_fds=max_fds)
-        if write_buffer and not self._stream:
+        if write_buffer and self._type != SOCK_STREAM:
             # Give back what we adopted: the caller still owns it.
             self._closed = True
             self._dec.close()
@@ -1015,11 +1013,6 @@ class Channel(ChannelBase):
         """
         self._check_send()
         deadline = None if timeout is None else _Deadline(timeout)
-        if not self._stream:
-            items = messages if isinstance(messages, (list, tuple)) else None
-            if items is not None:
-                for item in items:
-                    self._prepare(item, _NO_FDS)
         lock = self._slock
         try:
             with lock:
@@ -1027,13 +1020,8 @@ class Channel(ChannelBase):
                 self._check_send()
                 if self._sendq.held:
                     self._flush_queue(deadline)
-                if self._stream:
-                    for bufs in encode_many(messages, self._max):
-                        self._send_frames(bufs, [], deadline, 0)
-                else:
-                    for item in messages:
-                        bufs, anc = self._prepare(item, _NO_FDS)
-                        self._send_frames(bufs, anc, deadline, 0)
+                for bufs in self._frames(messages, self._max):
+                    self._send_frames(bufs, [], deadline, 0)
         finally:
             if self._closed:
                 self._left()

@@ -21,14 +21,23 @@ import mmap
 import os
 import socket
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 from ._ancillary import MSG_CTRUNC, close_fds, split_ancillary
-from ._codec import _CLOSED, HANDED_INTO, NEED_DATA, Receiver, _NeedData, _too_small
-from ._errors import ChannelClosed, FdsTruncated, ProtocolError, TooManyFds
+from ._codec import (
+    _CLOSED,
+    HANDED_INTO,
+    NEED_DATA,
+    Buffer,
+    Receiver,
+    _NeedData,
+    _too_small,
+    payload_of,
+)
+from ._errors import ChannelClosed, FdsTruncated, MessageTooLarge, ProtocolError, TooManyFds
 
-__all__ = ["PacketDecoder", "packet_capacity"]
+__all__ = ["PacketDecoder", "encode_packet", "encode_packets", "packet_capacity"]
 
 _MSG_TRUNC: Final = int(socket.MSG_TRUNC)
 _CLOEXEC_BY_KERNEL: Final = bool(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
@@ -41,6 +50,37 @@ def packet_capacity() -> int:
             return 2 * int(f.read())
     except (OSError, ValueError):
         return 4 * 1024 * 1024
+
+
+def encode_packet(data: object, max_message_size: int) -> list[Buffer]:
+    """Frame one message as a packet: ``[payload]`` (the payload itself, not a
+    copy; one ``sendmsg``).
+
+    Raises:
+        TypeError: *data* is not bytes-like.
+        MessageTooLarge: over *max_message_size*.
+    """
+    payload, size = payload_of(data)
+    if size > max_message_size:
+        raise MessageTooLarge(
+            f"message of {size} bytes is over max_message_size ({max_message_size} bytes)",
+            size=size,
+            limit=max_message_size,
+        )
+    return [payload]
+
+
+def encode_packets(messages: Iterable[object], max_message_size: int) -> Iterator[list[Buffer]]:
+    """Frame many messages, one packet each (see :func:`encode_packet`).
+
+    As ``encode_many``: a list or tuple is checked whole before the first packet
+    is yielded (a bad item means nothing was sent); other iterables item by item.
+    """
+    if isinstance(messages, (list, tuple)):
+        yield from [encode_packet(item, max_message_size) for item in messages]
+        return
+    for item in messages:
+        yield encode_packet(item, max_message_size)
 
 
 class PacketDecoder(Receiver):
