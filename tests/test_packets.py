@@ -136,3 +136,45 @@ def test_both_decoders_name_the_same_states() -> None:
     assert broken.state is ReceiveState.BROKEN
     broken.close()
     assert broken.state is ReceiveState.CLOSED
+
+
+def _decoder(kind: str) -> StreamDecoder | PacketDecoder:
+    if kind == "stream":
+        return StreamDecoder(1024, 4)
+    return PacketDecoder(1024, 4, passcred=True, dgram=False)
+
+
+@pytest.mark.parametrize("kind", ["stream", "packet"])
+def test_close_closes_the_descriptors_of_a_read_not_yet_accounted_for(kind: str) -> None:
+    # A read's raw result is recorded before it is accounted for (an exception
+    # from a signal handler may come between): the decoder owns its descriptors.
+    dec = _decoder(kind)
+    r, w = os.pipe()
+    dec.get_buffer()[:1] = b"x"
+    anc = [CREDS, (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r, w]).tobytes())]
+    dec.inbox.append((1, anc, 0, None))
+    dec.close()
+    assert not is_open(r) and not is_open(w)
+    assert dec.inbox == [] and dec.state is ReceiveState.CLOSED
+
+
+def test_close_closes_the_descriptors_of_a_message_read_into_a_buffer_not_yet_delivered() -> None:
+    # A direct read completed the message (its descriptors are recorded for
+    # into() to deliver), then the channel closed before into() ran.
+    size = 70_000  # large enough to be read straight into the caller's buffer
+    dec = StreamDecoder(1 << 20, 4)
+    r, w = os.pipe()
+    dec.get_buffer()[:5] = size.to_bytes(4, "big") + b"h"
+    anc = [CREDS, (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r, w]).tobytes())]
+    dec.inbox.append((5, anc, 0, None))
+    dec.commit_read()
+    target = memoryview(bytearray(size))
+    assert dec.into(target) is NEED_DATA
+    assert dec.begin_direct(target)
+    (buf,) = dec.read_buffers()
+    assert len(buf) == size - 1
+    dec.inbox.append((size - 1, [CREDS], 0, None))
+    dec.commit_read()
+    assert is_open(r)  # recorded for into() to deliver
+    dec.close()
+    assert not is_open(r) and not is_open(w)

@@ -409,6 +409,18 @@ class Receiver:
     def interrupted_into(self) -> None:
         raise NotImplementedError
 
+    def _close_records(self) -> None:
+        """Closing: close the descriptors of a read not yet accounted for (an
+        exception came between the system call and its commit) and of a
+        message that landed in a caller's buffer but was not delivered."""
+        inbox = self.inbox
+        while inbox:
+            close_fds(split_ancillary(inbox.pop(0)[1])[0])
+        if self._landed >= 0:
+            self._landed = -1
+            fds, self.handed_fds = self.handed_fds, []
+            close_fds(fds)
+
     def _raise_broken(self) -> None:
         if self._broken is _CLOSED:
             raise OSError(errno.EBADF, "the channel is closed")
@@ -1245,10 +1257,13 @@ class StreamDecoder(Receiver):
 
     def close(self) -> None:
         """Close every descriptor the decoder still holds; it is unusable after."""
-        self._close_groups()
-        self._rpos = self._wpos = 0
-        self._direct = None
         self._broken = _CLOSED
+        self._direct = None
+        self._rpos = self._wpos = 0
+        if self._groups:
+            self._close_groups()
+        if self.inbox or self._landed >= 0:
+            self._close_records()
 
     # -- internals ----------------------------------------------------------
 

@@ -420,14 +420,8 @@ class PacketDecoder(Receiver):
             fds = self._ready.popleft()[1]
             if type(fds) is list:
                 close_fds(fds)
-        if self.inbox:
-            for entry in self.inbox:
-                close_fds(split_ancillary(entry[1])[0])
-            self.inbox.clear()
         self._into = None
-        if self._landed >= 0:
-            close_fds(self.handed_fds)
-            self._landed = -1
+        self._close_records()
         with contextlib.suppress(BufferError):
             self._view.release()  # unmaps a packet buffer now, not at collection
 
