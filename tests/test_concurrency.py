@@ -626,7 +626,7 @@ def test_from_env_removes_the_variable(
 # test's own bookkeeping (between recv() returning and the result being stored).
 
 SIGNAL_PRELUDE = r"""
-import faulthandler, json, os, signal, socket, sys, threading
+import _socket, faulthandler, json, os, signal, socket, sys, threading
 faulthandler.dump_traceback_later(25, exit=True)  # a hang shows where, then ends
 import unix_socketpair
 from unix_socketpair import Channel, ChannelClosed, ProtocolError
@@ -667,7 +667,9 @@ just_returned = False
 def profiler(frame, event, arg):
     global just_returned
     if event == "c_return":
-        just_returned = (isinstance(getattr(arg, "__self__", None), socket.socket)
+        # _socket.socket: the C type socket.socket is built on (Channel.pair()
+        # makes those directly).
+        just_returned = (isinstance(getattr(arg, "__self__", None), _socket.socket)
                          and arg.__name__ in RECEIVE_CALLS)
     elif event == "c_call" or (event == "call" and frame.f_code is not handler.__code__):
         just_returned = False

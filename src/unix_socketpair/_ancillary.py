@@ -9,6 +9,7 @@ after closing everything that arrived.
 
 from __future__ import annotations
 
+import _socket
 import array
 import os
 import socket
@@ -220,7 +221,7 @@ def credentials_from_record(record: bytes) -> Credentials | None:
     return Credentials(pid, uid, gid)
 
 
-def peek_credentials(sock: socket.socket) -> bytes | None:
+def peek_credentials(sock: _socket.socket) -> bytes | None:
     """The ``SCM_CREDENTIALS`` record of the next unread data on *sock*, without
     consuming anything; None if nothing is queued (or no record came with it).
 
@@ -251,7 +252,7 @@ def has_credentials(ancdata: list[tuple[int, int, bytes]]) -> bool:
     return any(kind == _SCM_CREDENTIALS and level == _SOL_SOCKET for level, kind, _ in ancdata)
 
 
-def enable_passcred(sock: socket.socket) -> bool:
+def enable_passcred(sock: _socket.socket) -> bool:
     """Turn on ``SO_PASSCRED`` where it exists (Linux); return whether it is on.
 
     With it, the kernel stamps everything sent to *sock* from then on with the
@@ -270,7 +271,7 @@ def enable_passcred(sock: socket.socket) -> bool:
     return True
 
 
-def peer_credentials(sock: socket.socket) -> Credentials:
+def peer_credentials(sock: _socket.socket) -> Credentials:
     """The connect-time credentials of the other end of *sock*.
 
     Linux: ``SO_PEERCRED``: the process that connected, or for a socketpair the
@@ -299,7 +300,7 @@ _LOCAL_PEERPID = 2
 _XUCRED = struct.Struct("IIh2x16I")
 
 
-def _bsd_peer_credentials(sock: socket.socket) -> Credentials:  # pragma: no cover - not Linux
+def _bsd_peer_credentials(sock: _socket.socket) -> Credentials:  # pragma: no cover - not Linux
     try:
         raw = sock.getsockopt(_SOL_LOCAL, _LOCAL_PEERCRED, 256)
     except OSError as exc:

@@ -155,12 +155,14 @@ def _writable(buffer: object) -> memoryview:
     return view
 
 
-def _adopt(sock_or_fd: socket.socket | int) -> socket.socket:
+def _adopt(sock_or_fd: _socket.socket | int) -> _socket.socket:
     """Wrap *sock_or_fd* after checking it is an AF_UNIX socket of a known type.
 
-    On failure nothing is closed: the caller still owns what it passed.
+    A socket object may be a ``socket.socket`` or the C type it is built on
+    (``Channel.pair()`` passes those: see there). On failure nothing is
+    closed: the caller still owns what it passed.
     """
-    if isinstance(sock_or_fd, socket.socket):
+    if isinstance(sock_or_fd, _socket.socket):
         sock = sock_or_fd
         if sock.fileno() < 0:
             raise ValueError("the socket is closed")
@@ -191,9 +193,9 @@ def _adopt(sock_or_fd: socket.socket | int) -> socket.socket:
     return sock
 
 
-def _close_all(*ends: socket.socket | int) -> None:
+def _close_all(*ends: _socket.socket | int) -> None:
     for end in ends:
-        if isinstance(end, socket.socket):
+        if isinstance(end, _socket.socket):
             end.close()
         else:
             close_quietly(end)
@@ -255,7 +257,7 @@ class _Deadline:
         return math.ceil(remaining * 1000)
 
 
-def _wait(sock: socket.socket, events: int, deadline: _Deadline | None) -> bool:
+def _wait(sock: _socket.socket, events: int, deadline: _Deadline | None) -> bool:
     """Wait until *sock* has one of *events* (or hangs up); False if *deadline*
     passed first. A signal handler's exception leaves nothing to undo."""
     poller = select.poll()
@@ -356,8 +358,8 @@ class ChannelBase:
         *options* are passed to both constructors (``max_message_size``,
         ``max_fds``). The caller owns both channels.
         """
-        a: socket.socket | int
-        b: socket.socket | int
+        a: _socket.socket | int
+        b: _socket.socket | int
         # (SOCK_STREAM and the others are the socket module's IntEnum members.)
         if (
             not cls._blocking
@@ -372,16 +374,18 @@ class ChannelBase:
             # the channel can unregister it from the loop.
             a, b = socketpair(type)
         else:
-            # socket.socket objects that already know their family and type:
-            # adopting them asks the kernel nothing (no getsockopt/getsockname).
-            a, b = socket.socketpair(socket.AF_UNIX, type)
+            # Sockets of the C type socket.socket is built on: they know their
+            # family and type (adopting them asks the kernel nothing), where
+            # socket.socketpair() asks getsockname() for each and wraps each
+            # again in Python (measured: a quarter of pair()'s time).
+            a, b = _socket.socketpair(_AF_UNIX, type)
         try:
-            first = cls(a, **options)
+            first = cls(a, **options)  # type: ignore[arg-type]
         except BaseException:
             _close_all(a, b)
             raise
         try:
-            second = cls(b, **options)
+            second = cls(b, **options)  # type: ignore[arg-type]
         except BaseException:
             first.close()
             _close_all(b)
@@ -424,7 +428,7 @@ class ChannelBase:
         except ValueError as exc:
             raise ValueError(f"{_ENV}={fd}: {exc}") from exc
         if fd > 2:
-            channel._sock.set_inheritable(False)
+            os.set_inheritable(fd, False)
         return channel
 
     # -- properties ---------------------------------------------------------
@@ -710,7 +714,7 @@ class Channel(ChannelBase):
             # Give back what we adopted: the caller still owns it.
             self._closed = True
             self._dec.close()
-            if not isinstance(sock_or_fd, socket.socket):
+            if not isinstance(sock_or_fd, _socket.socket):
                 self._sock.detach()
             raise ValueError(
                 f"write_buffer needs a SOCK_STREAM channel, not {type_name(self._type)}: "
@@ -782,8 +786,9 @@ class Channel(ChannelBase):
         """
         if self._closed:
             return
+        sendq = self._sendq
         try:
-            if self._sendq.pending and self._slock.acquire(False):
+            if (sendq.held or sendq.frame is not None) and self._slock.acquire(False):
                 try:
                     self._repair_partial()
                     self._flush_queue(None)
@@ -791,7 +796,7 @@ class Channel(ChannelBase):
                     self._slock.release()
         finally:
             self._closed = True
-            self._sendq.close()
+            sendq.close()
             if not self._try_release():
                 # A call is inside: wake it; it releases on its way out.
                 with contextlib.suppress(OSError):
@@ -808,8 +813,10 @@ class Channel(ChannelBase):
                 return False
             try:
                 if self._sock.fileno() >= 0:
+                    # _release() without its sendq.close() (done by close()).
                     self._sendq.drop()
-                    self._release()
+                    self._dec.close()
+                    self._sock.close()
             finally:
                 self._slock.release()
         finally:

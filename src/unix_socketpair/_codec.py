@@ -86,6 +86,10 @@ _BATCH_BYTES: Final = 256 * 1024
 # small messages. Above _RETAIN_CAPACITY (after one very large message) the
 # buffer is given back once it is empty.
 _START_CAPACITY: Final = 1024
+# Every decoder's buffer until its first read (an idle channel holds none of its
+# own); it is replaced, never written or released.
+_NO_BUFFER: Final = bytearray()
+_NO_VIEW: Final = memoryview(_NO_BUFFER)
 _STEADY_CAPACITY: Final = 256 * 1024
 _MIN_FREE: Final = 64 * 1024
 _RETAIN_CAPACITY: Final = 4 * 1024 * 1024 + HEADER_SIZE
@@ -469,8 +473,8 @@ class StreamDecoder(Receiver):
         self._max = max_message_size if max_message_size < MAX_WIRE_LENGTH else MAX_WIRE_LENGTH
         self._max_fds = max_fds
         # Allocated on the first read: an idle channel costs no receive buffer.
-        self._buf: bytearray | mmap.mmap = bytearray()
-        self._view = memoryview(self._buf)
+        self._buf: bytearray | mmap.mmap = _NO_BUFFER
+        self._view = _NO_VIEW
         self._rpos = 0  # first unconsumed byte
         self._wpos = 0  # end of the received bytes
         self._base = 0  # stream offset of _buf[0]
@@ -587,7 +591,7 @@ class StreamDecoder(Receiver):
             0,
             held,
         )
-        if old.nbytes:
+        if old is not _NO_VIEW:
             with contextlib.suppress(BufferError):
                 old.release()
 
@@ -986,8 +990,9 @@ class StreamDecoder(Receiver):
                 self.handed,
                 messages[:],
             ) = (buf, view, start, 0, total + held, self.repairs + 1, [], ())
-            with contextlib.suppress(BufferError):
-                old.release()
+            if old is not _NO_VIEW:
+                with contextlib.suppress(BufferError):
+                    old.release()
         if fds:
             # The first message's descriptors: owned by the decoder again.
             self._groups.appendleft((start, start + 1, fds))
@@ -1204,8 +1209,9 @@ class StreamDecoder(Receiver):
         self._target = None
         if fds is not None:
             self._groups.appendleft((start, start + 1, fds))
-        with contextlib.suppress(BufferError):
-            old.release()
+        if old is not _NO_VIEW:
+            with contextlib.suppress(BufferError):
+                old.release()
 
     def _recover_direct(self) -> None:
         """A read straight into a caller's buffer was left unfinished by an
