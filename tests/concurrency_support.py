@@ -101,6 +101,26 @@ def wait_blocked(worker: Worker, timeout: float = 10) -> None:
     pytest.fail(f"{worker.name} never blocked in a system call within {timeout} s")
 
 
+def wait_done_or_on_lock(worker: Worker, timeout: float = 10) -> None:
+    """Return once *worker* has finished or waits on a lock (a futex), seen three
+    times in a row 5 ms apart (a wait for the GIL is shorter than that)."""
+    task = Path(f"/proc/self/task/{worker.thread.native_id}")
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while time.monotonic() < deadline:
+        if worker.done:
+            return
+        try:
+            on_lock = "futex" in (task / "wchan").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            on_lock = False
+        seen = seen + 1 if on_lock else 0
+        if seen >= 3:
+            return
+        time.sleep(0.005)  # polling a condition, with a deadline
+    pytest.fail(f"{worker.name} neither finished nor waited on a lock within {timeout} s")
+
+
 def drain_socket(fd: int, seconds: float = 5, until: Callable[[], bool] | None = None) -> int:
     """Read and discard what arrives on *fd* (a dup is used) for up to *seconds*,
     until end of file or until *until()* is true; return the bytes read. Frees a

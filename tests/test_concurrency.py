@@ -26,6 +26,7 @@ from concurrency_support import (
     process_asleep,
     shut_down,
     wait_blocked,
+    wait_done_or_on_lock,
 )
 from support import open_fds
 
@@ -319,6 +320,36 @@ def test_close_from_another_thread_wakes_a_blocked_call(
         with pytest.raises(OSError) as info:
             CALLS[call](a)
         assert info.value.errno == 9  # EBADF
+    finally:
+        a.close()
+        b.close()
+
+
+def test_shutdown_write_from_another_thread_lets_the_send_in_progress_finish(
+    no_fd_leak: None,
+) -> None:
+    """One thread is inside a 4 MiB send (the peer not reading yet) when another
+    calls shutdown_write(): the send completes first, the peer reads the whole
+    message and then end of file, and later sends raise BrokenPipeError."""
+    a, b = Channel.pair()
+    try:
+        message = indexed(0, 4 << 20)
+        sender = Worker(lambda: a.send(message), "a 4 MiB send")
+        wait_blocked(sender)
+        shutter = Worker(a.shutdown_write, "shutdown_write")
+        wait_done_or_on_lock(shutter)  # shut down already, or waiting for the send
+        reader = Worker(b.recv, "the peer's recv")
+        if not reader.wait(20):
+            shut_down(b.fileno())
+            pytest.fail("the peer never received the message")
+        assert reader.error is None, f"the peer's recv raised {reader.error!r}"
+        assert index_of(reader.result, 4 << 20) == 0
+        sender.join()
+        shutter.join()
+        with pytest.raises(ChannelClosed):
+            b.recv()
+        with pytest.raises(BrokenPipeError):
+            a.send(b"after shutdown_write")
     finally:
         a.close()
         b.close()
