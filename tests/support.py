@@ -25,10 +25,11 @@ def open_fds() -> set[int]:
     """The descriptors open in this process right now (from ``/proc/self/fd``)."""
     fds = {int(name) for name in os.listdir("/proc/self/fd")}
     # listdir's own directory descriptor is listed, but already closed again.
-    return {fd for fd in fds if _is_open(fd)}
+    return {fd for fd in fds if is_open(fd)}
 
 
-def _is_open(fd: int) -> bool:
+def is_open(fd: int) -> bool:
+    """Whether *fd* is an open descriptor of this process."""
     try:
         os.fstat(fd)
     except OSError:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import is_open
 
 from unix_socketpair import ChannelClosed, MessageTooLarge, ProtocolError, TooManyFds
 from unix_socketpair._codec import NEED_DATA, StreamDecoder, encode, encode_many
@@ -247,14 +248,6 @@ def _pipe_fds() -> list[int]:
     return [r, w]
 
 
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
-
-
 def test_fds_inside_a_payload_are_an_error_and_are_closed(no_fd_leak: None) -> None:
     decoder = StreamDecoder()
     data = frame(b"x" * 100)
@@ -264,7 +257,7 @@ def test_fds_inside_a_payload_are_an_error_and_are_closed(no_fd_leak: None) -> N
     decoder.receive_data(data[60:])
     with pytest.raises(ProtocolError, match="inside the message"):
         decoder.next_message()
-    assert not any(_is_open(fd) for fd in fds)
+    assert not any(is_open(fd) for fd in fds)
 
 
 def test_too_many_fds_are_closed(no_fd_leak: None) -> None:
@@ -274,7 +267,7 @@ def test_too_many_fds_are_closed(no_fd_leak: None) -> None:
     fds = _pipe_fds()
     decoder.receive_data(frame(b"before"))
     decoder.receive_data(frame(b"x"), fds)
-    assert not any(_is_open(fd) for fd in fds)
+    assert not any(is_open(fd) for fd in fds)
     assert decoder.next_message() == b"before"
     with pytest.raises(TooManyFds) as info:
         decoder.next_message()
@@ -289,10 +282,10 @@ def test_next_message_closes_fds_and_close_closes_queued_ones(no_fd_leak: None) 
     decoder.receive_data(frame(b"one"), first)
     decoder.receive_data(frame(b"two"), second)
     assert decoder.next_message() == b"one"
-    assert not any(_is_open(fd) for fd in first)
-    assert all(_is_open(fd) for fd in second)
+    assert not any(is_open(fd) for fd in first)
+    assert all(is_open(fd) for fd in second)
     decoder.close()
-    assert not any(_is_open(fd) for fd in second)
+    assert not any(is_open(fd) for fd in second)
 
 
 def test_recv_into_protocol_keeps_an_oversized_message_queued() -> None:

@@ -8,6 +8,7 @@ import os
 import socket
 
 import pytest
+from support import is_open
 
 from unix_socketpair import ChannelClosed, FdsTruncated, ProtocolError, TooManyFds
 from unix_socketpair._codec import NEED_DATA, ReceiveState, StreamDecoder
@@ -29,14 +30,6 @@ def feed(dec: PacketDecoder, data: bytes, fds: list[int] = (), flags: int = 0) -
 def eof(dec: PacketDecoder) -> None:
     dec.inbox.append((0, [], 0, None))
     dec.commit_read()
-
-
-def is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
 
 
 def test_messages_come_in_order_and_the_state_is_named_at_each_step() -> None:
