@@ -672,21 +672,30 @@ class StreamDecoder(Receiver):
         inbox = self.inbox
         if inbox or self._eof or self._broken is not None or self._direct is not None:
             return NOT_USUAL
-        bufs = (self.get_buffer(),)
+        r = self._rpos
+        cap = len(self._buf)
+        if (
+            r == self._wpos
+            and not (r == cap and cap < _STEADY_CAPACITY)
+            and cap <= _RETAIN_CAPACITY
+        ):
+            # get_buffer()'s usual case inlined (as in C): everything was
+            # consumed and the buffer keeps its size, so all of it is free.
+            if r:
+                self._base, self._rpos, self._wpos = self._base + r, 0, 0
+            bufs = (self._view,)
+        else:
+            bufs = (self.get_buffer(),)
         try:
             inbox.append(sock.recvmsg_into(bufs, ANCBUFSIZE, flags))
         except BlockingIOError:
             return AGAIN
-        n, anc, got = inbox[0][:3]
-        if (
-            n
-            and not got & MSG_CTRUNC
-            and (
-                not anc
-                or (len(anc) == 1 and anc[0][0] == _SOL_SOCKET and anc[0][1] == SCM_CREDENTIALS)
-            )
-        ):
+        n, anc, got, _ = inbox[0]
+        if n and not got & MSG_CTRUNC:
             if anc:
+                # The usual read on Linux: the sender's credentials, no descriptors.
+                if len(anc) != 1 or anc[0][1] != SCM_CREDENTIALS or anc[0][0] != _SOL_SOCKET:
+                    return 0
                 self.creds = anc[0][2]
             # commit()'s plain case: no call between the two stores.
             self._wpos += n
