@@ -600,11 +600,13 @@ class ChannelBase:
     # poll() (timeouts, a send queue) append from C
     # (``inbox.extend(map(sock.recvmsg_into, ...))``), so no bytecode runs
     # between the call returning and the result being recorded. The blocking
-    # and spinning reads of the per-message path call recvmsg_into() directly
-    # and append its result: ~0.5 us less per read, at the price of one
-    # eval-breaker check between the call returning and the append, where an
-    # exception raised by a signal handler loses the bytes of that read
-    # (docs/concurrency.md: the residual windows, measured).
+    # read of the per-message path goes through self._read (read_commit: the
+    # read and its usual accounting in one call; in C no Python code runs
+    # between them). Its pure-Python twin and the spinning tries call
+    # recvmsg_into() directly and append its result: ~0.5 us less per read,
+    # at the price of one eval-breaker check between the call returning and
+    # the append, where an exception raised by a signal handler loses the
+    # bytes of that read (docs/concurrency.md: the residual windows, measured).
 
     def _fill(self) -> None:
         """One read into the decoder and its accounting, the general way (each

@@ -667,6 +667,9 @@ class StreamDecoder(Receiver):
         handler that interrupted the wait (nothing read). The bytes of a read
         are recorded (write position or inbox) before anything else can run.
 
+        *sock* is blocking or non-blocking, without a timeout (a channel's
+        always is): the C version applies none.
+
         Not thread-safe: the caller serialises readers (the receive lock).
         """
         inbox = self.inbox
