@@ -97,12 +97,21 @@ def _on_readable(ref: weakref.ref[AsyncChannel]) -> None:
     channel = ref()
     if channel is None:
         return
-    if channel._read_error is None and not channel._dec.reading_direct:
+    dec = channel._dec
+    if channel._read_error is None and not dec.reading_direct:
         # Eager: move what the kernel has into the decoder now, and stay
         # registered (the next wait costs no epoll_ctl). Reading stops when an
         # error is kept for the task (so a registered reader means no error).
         try:
-            channel._fill()
+            # _read_once() inlined: the read and, for the usual read, its
+            # accounting, in one call (read_commit).
+            try:
+                n = channel._read(dec, channel._sock, channel._rbase)
+            except OSError as exc:
+                channel._after_read(0, exc)
+            else:
+                if n <= 0:
+                    channel._after_read(n)
         except BlockingIOError:
             return  # nothing there after all
         except Exception as exc:
@@ -113,10 +122,10 @@ def _on_readable(ref: weakref.ref[AsyncChannel]) -> None:
             channel._read_waiter = None
             if not fut.done():
                 fut.set_result(None)
-        elif channel._reading:
-            dec = channel._dec
-            if dec.at_eof or dec.buffered() >= _PAUSE_BYTES or dec.pending_fds() >= _PAUSE_FDS:
-                channel._stop_reading()
+        elif channel._reading and (
+            dec.at_eof or dec.buffered() >= _PAUSE_BYTES or dec.pending_fds() >= _PAUSE_FDS
+        ):
+            channel._stop_reading()
         return
     channel._wake_reader()
 
@@ -326,13 +335,13 @@ class AsyncChannel(ChannelBase):
                 ready = True  # _fill() raises it as a channel error
             if ready:
                 try:
-                    self._fill()
+                    self._read_once()
                     return None
                 except BlockingIOError:
                     pass
         elif self._spin_tries and self._spin_wait():
             try:
-                self._fill()
+                self._read_once()
                 return None
             except BlockingIOError:
                 pass
@@ -765,6 +774,18 @@ class AsyncChannel(ChannelBase):
         if self._closed and not inbox[0][0]:
             self._woken_by_close()
         dec.commit_read()
+
+    def _read_once(self) -> None:
+        """:meth:`_fill` for a stream read into the decoder's own buffer, through
+        read_commit (which accounts for the usual read itself). Raises
+        ``BlockingIOError`` (nothing there) having changed nothing."""
+        try:
+            n = self._read(self._dec, self._sock, self._rbase)
+        except OSError as exc:
+            self._after_read(0, exc)
+        else:
+            if n <= 0:
+                self._after_read(n)
 
     async def _fill_async(self) -> None:
         """Get more stream bytes into the decoder, waiting if need be."""

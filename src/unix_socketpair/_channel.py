@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ._ancillary import (
     ANCBUFSIZE,
-    SCM_CREDENTIALS,
     SCM_MAX_FD,
     Credentials,
     check_fds,
@@ -44,17 +43,20 @@ from ._ancillary import (
     split_ancillary,
 )
 from ._codec import (
+    AGAIN,
     DEFAULT_MAX_MESSAGE_SIZE,
     HANDED_INTO,
     HEADER_SIZE,
     MAX_WIRE_LENGTH,
     NEED_DATA,
+    NOT_USUAL,
     Buffer,
     StreamDecoder,
     _NeedData,
     _pack,
     encode,
     encode_many,
+    read_commit,
     take_frame,
     uninterrupted,
 )
@@ -287,6 +289,7 @@ class ChannelBase:
         "_passcred",
         "_queue",
         "_rbase",
+        "_read",
         "_sendq",
         "_sock",
         "_type",
@@ -340,6 +343,13 @@ class ChannelBase:
             else PacketDecoder(
                 max_message_size, max_fds, passcred=self._passcred, dgram=self._type == SOCK_DGRAM
             )
+        )
+        # The read of the receive path, chosen with it: for a stream, one call
+        # that reads and accounts for the usual read (in C when the accelerator
+        # is in use: _speedups.read_commit); for packets, the read alone (the
+        # packet decoder's commit_read decides everything about a packet).
+        self._read: Callable[[Any, _socket.socket, int], int] = (
+            read_commit if stream else PacketDecoder.read_commit
         )
         # The framing of what is sent, chosen with the decoder: a length prefix
         # on a stream, one packet per message otherwise.
@@ -590,11 +600,49 @@ class ChannelBase:
     # poll() (timeouts, a send queue) append from C
     # (``inbox.extend(map(sock.recvmsg_into, ...))``), so no bytecode runs
     # between the call returning and the result being recorded. The blocking
-    # and spinning reads of the per-message path call recvmsg_into() directly
-    # and append its result: ~0.5 us less per read, at the price of one
-    # eval-breaker check between the call returning and the append, where an
-    # exception raised by a signal handler loses the bytes of that read
-    # (docs/concurrency.md: the residual windows, measured).
+    # read of the per-message path goes through self._read (read_commit: the
+    # read and its usual accounting in one call; in C no Python code runs
+    # between them). Its pure-Python twin and the spinning tries call
+    # recvmsg_into() directly and append its result: ~0.5 us less per read,
+    # at the price of one eval-breaker check between the call returning and
+    # the append, where an exception raised by a signal handler loses the
+    # bytes of that read (docs/concurrency.md: the residual windows, measured).
+
+    def _fill(self) -> None:
+        """One read into the decoder and its accounting, the general way (each
+        channel waits its own way)."""
+        raise NotImplementedError
+
+    def _recv_failed(
+        self,
+        exc: OSError,
+        bufs: tuple[memoryview, ...],
+        inbox: list[tuple[Any, ...]],
+        flags: int,
+    ) -> None:
+        """What a failed read into *bufs* means (``Channel`` spins and waits
+        first): see _read_failed."""
+        self._read_failed(exc, bufs, inbox, flags)
+
+    def _after_read(self, n: int, exc: OSError | None = None) -> None:
+        """Finish a read that ``self._read`` (read_commit) did not account for
+        itself: *n* its answer, *exc* the error it raised instead. A decoder
+        not in its usual state takes the general path (_fill); nothing there
+        (AGAIN) or an error is what it means for this channel (waiting,
+        spinning, end of file after a reset: see _recv_failed), then a raw
+        result in the inbox is accounted for by the decoder (commit_read)."""
+        if n == NOT_USUAL and exc is None:
+            self._fill()
+            return
+        dec = self._dec
+        inbox = dec.inbox
+        if exc is not None or n == AGAIN:
+            if exc is None:
+                exc = BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+            self._recv_failed(exc, dec.read_buffers(), inbox, self._rbase)
+        if self._closed and not inbox[0][0]:
+            self._woken_by_close()
+        dec.commit_read()
 
     def _woken_by_close(self) -> None:
         """close() shut the socket down under a waiting read (which returned
@@ -1287,27 +1335,15 @@ class Channel(ChannelBase):
                     if inbox or self._queue or self._probe:
                         self._fill()
                     else:
-                        # _fill()'s common case inlined (see above).
-                        bufs = (dec.get_buffer(),)
+                        # _fill()'s common case in one call: the read and, for
+                        # the usual read, its accounting (read_commit).
                         try:
-                            inbox.append(self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags))
+                            n = self._read(dec, self._sock, self._rflags)
                         except OSError as exc:
-                            self._recv_failed(exc, bufs, inbox, self._rbase)
-                        n, anc, flags, _ = inbox[0]
-                        if (
-                            n
-                            and len(anc) == 1
-                            and anc[0][1] == SCM_CREDENTIALS
-                            and not flags & _MSG_CTRUNC
-                        ):
-                            # commit_read()'s usual case on Linux: the
-                            # sender's credentials, no descriptors.
-                            dec.creds = anc[0][2]
-                            dec.commit()
+                            self._after_read(0, exc)
                         else:
-                            if self._closed and not n:
-                                self._woken_by_close()
-                            dec.commit_read()
+                            if n <= 0:
+                                self._after_read(n)
                     msg = take_frame(dec, None, handed)
                     if msg is None:
                         msg = dec.next_message()

@@ -26,11 +26,13 @@ soon as the 4 header bytes are in, before any memory is set aside for it.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import enum
 import errno
 import mmap
 import os
+import socket
 import struct
 import sys
 import threading
@@ -38,7 +40,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
-from ._ancillary import MSG_CTRUNC, SCM_CREDENTIALS, SCM_MAX_FD, close_fds, split_ancillary
+from ._ancillary import (
+    ANCBUFSIZE,
+    MSG_CTRUNC,
+    SCM_CREDENTIALS,
+    SCM_MAX_FD,
+    close_fds,
+    split_ancillary,
+)
 from ._errors import ChannelClosed, FdsTruncated, MessageTooLarge, ProtocolError, TooManyFds
 from ._framing import ACCELERATED, join_frames, split_frames
 
@@ -48,11 +57,13 @@ else:
     Buffer = bytes | bytearray | memoryview
 
 __all__ = [
+    "AGAIN",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "HANDED_INTO",
     "HEADER_SIZE",
     "MAX_WIRE_LENGTH",
     "NEED_DATA",
+    "NOT_USUAL",
     "Buffer",
     "ReceiveState",
     "Receiver",
@@ -60,6 +71,7 @@ __all__ = [
     "encode",
     "encode_many",
     "payload_of",
+    "read_commit",
     "take_frame",
 ]
 
@@ -103,6 +115,7 @@ _GROW_STEP: Final = 1024 * 1024
 _DIRECT_THRESHOLD: Final = 64 * 1024
 # Descriptors received with close-on-exec set by the kernel (MSG_CMSG_CLOEXEC).
 _CLOEXEC_BY_KERNEL: Final = sys.platform.startswith("linux")
+_SOL_SOCKET: Final = int(socket.SOL_SOCKET)
 # iter_ready() copies at most this much out at once, and a message over
 # _ALONE_SIZE on its own (straight from the buffer, once).
 _CHUNK_LIMIT: Final = 256 * 1024
@@ -125,6 +138,12 @@ NEED_DATA: Final = _NeedData()
 
 #: Recorded in ``StreamDecoder.handed`` for a message read_into() copied out whole.
 HANDED_INTO: Final = _NeedData()
+
+#: read_commit()'s answer when the socket has nothing to read now (``EAGAIN``).
+AGAIN: Final = -1
+#: read_commit()'s answer when the decoder is not in the state it handles
+#: itself: nothing was read; the caller takes the general path.
+NOT_USUAL: Final = -2
 
 
 class TruncatedFds(list[int]):
@@ -620,6 +639,72 @@ class StreamDecoder(Receiver):
             return
         del inbox[0]
         self.buffer_updated(nbytes, fds)
+
+    def read_commit(self, sock: _socket.socket, flags: int) -> int:
+        """One read from the stream socket *sock* into :meth:`get_buffer` (with
+        *flags* and room for ``ANCBUFSIZE`` bytes of control data) and, in the
+        usual case, its accounting, in one call: the receive path of a round
+        trip. ``_speedups.read_commit(decoder, sock, flags)`` is the same in C
+        (no Python call, the GIL released around ``recvmsg``); this method, with
+        the same signature when called on the class, is its pure-Python twin.
+
+        Returns:
+            n > 0: the usual case, accounted for: *n* bytes arrived with no
+                control data or with only the sender's credentials (kept in
+                :attr:`creds`), as :meth:`commit` does for them.
+            0: a read whose result (end of file, descriptors, ``MSG_CTRUNC``,
+                other control data) is left in :attr:`inbox`, exactly as
+                ``recvmsg_into`` returned it: the caller accounts for it with
+                :meth:`commit_read` (after its own checks, e.g. a close that
+                woke the read).
+            AGAIN (-1): nothing to read now (``EAGAIN``); nothing changed.
+            NOT_USUAL (-2): the decoder is not open and idle (a result waits in
+                the inbox, a read into a caller's buffer is under way, end of
+                file or a break was seen): nothing was read.
+
+        Raises: ``OSError`` from the read (``EAGAIN`` excepted), having recorded
+        nothing; whatever :meth:`get_buffer` raises; an exception from a signal
+        handler that interrupted the wait (nothing read). The bytes of a read
+        are recorded (write position or inbox) before anything else can run.
+
+        *sock* is blocking or non-blocking, without a timeout (a channel's
+        always is): the C version applies none.
+
+        Not thread-safe: the caller serialises readers (the receive lock).
+        """
+        inbox = self.inbox
+        if inbox or self._eof or self._broken is not None or self._direct is not None:
+            return NOT_USUAL
+        r = self._rpos
+        cap = len(self._buf)
+        if (
+            r == self._wpos
+            and not (r == cap and cap < _STEADY_CAPACITY)
+            and cap <= _RETAIN_CAPACITY
+        ):
+            # get_buffer()'s usual case inlined (as in C): everything was
+            # consumed and the buffer keeps its size, so all of it is free.
+            if r:
+                self._base, self._rpos, self._wpos = self._base + r, 0, 0
+            bufs = (self._view,)
+        else:
+            bufs = (self.get_buffer(),)
+        try:
+            inbox.append(sock.recvmsg_into(bufs, ANCBUFSIZE, flags))
+        except BlockingIOError:
+            return AGAIN
+        n, anc, got, _ = inbox[0]
+        if n and not got & MSG_CTRUNC:
+            if anc:
+                # The usual read on Linux: the sender's credentials, no descriptors.
+                if len(anc) != 1 or anc[0][1] != SCM_CREDENTIALS or anc[0][0] != _SOL_SOCKET:
+                    return 0
+                self.creds = anc[0][2]
+            # commit()'s plain case: no call between the two stores.
+            self._wpos += n
+            del inbox[0]
+            return n  # type: ignore[no-any-return]
+        return 0
 
     def commit_read(self) -> None:
         """Account for the oldest raw ``recvmsg_into`` result in :attr:`inbox`
@@ -1400,3 +1485,11 @@ if ACCELERATED and getattr(sys, "_is_gil_enabled", lambda: True)():
     from ._speedups import take_frame as _c_take_frame
 
     take_frame = _c_take_frame
+
+#: ``StreamDecoder.read_commit`` as a function of (decoder, sock, flags): the C
+#: version when the accelerator is in use (chosen once, here, with the framing).
+read_commit: Callable[[StreamDecoder, _socket.socket, int], int] = StreamDecoder.read_commit
+if ACCELERATED:
+    from ._speedups import read_commit as _c_read_commit
+
+    read_commit = _c_read_commit

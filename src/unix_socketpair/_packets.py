@@ -16,6 +16,7 @@ No sockets here.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import mmap
 import os
@@ -24,11 +25,13 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
-from ._ancillary import MSG_CTRUNC, close_fds, split_ancillary
+from ._ancillary import ANCBUFSIZE, MSG_CTRUNC, close_fds, split_ancillary
 from ._codec import (
     _CLOSED,
+    AGAIN,
     HANDED_INTO,
     NEED_DATA,
+    NOT_USUAL,
     Buffer,
     Receiver,
     _NeedData,
@@ -149,6 +152,23 @@ class PacketDecoder(Receiver):
         receive into it (:meth:`start_into`), then the packet buffer."""
         into = self._into
         return (self._view,) if into is None else (into, self._view)
+
+    def read_commit(self, sock: _socket.socket, flags: int) -> int:
+        """``StreamDecoder.read_commit``'s interface for a packet socket (so a
+        channel calls one or the other, chosen at construction): one read into
+        :meth:`read_buffers`, its result left in :attr:`inbox` (0) for
+        :meth:`commit_read`, which makes every decision about a packet; AGAIN
+        (nothing to read, nothing changed); NOT_USUAL (a result already waits
+        in the inbox, or a receive into a caller's buffer is under way: nothing
+        read)."""
+        inbox = self.inbox
+        if inbox or self._into is not None:
+            return NOT_USUAL
+        try:
+            inbox.append(sock.recvmsg_into((self._view,), ANCBUFSIZE, flags))
+        except BlockingIOError:
+            return AGAIN
+        return 0
 
     def commit_read(self) -> None:
         """Account for the oldest result in :attr:`inbox`, read into

@@ -18,9 +18,17 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#ifndef Py_T_OBJECT_EX /* Python < 3.12 */
+#include <structmember.h>
+#define Py_T_OBJECT_EX T_OBJECT_EX
+#define Py_READONLY READONLY
+#endif
 
+#include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define HEADER_SIZE 4
 #define MAX_FRAME 0xFFFFFFFFu
@@ -378,6 +386,373 @@ fail:
     return NULL;
 }
 
+/* read_commit(decoder, sock, flags, /): one read from a stream socket into a
+ * StreamDecoder's buffer and, in the usual case, its accounting, in one call
+ * (see _codec.StreamDecoder.read_commit, the pure-Python twin, which documents
+ * the contract: the answers 0, AGAIN and NOT_USUAL below, and what the caller
+ * does with each).
+ *
+ * The usual case is what a round trip reads: the decoder open, nothing left in
+ * its inbox, no read into a caller's buffer under way; then bytes with, at
+ * most, the sender's credentials. Its accounting is commit()'s plain case (the
+ * write position moves by the count, the credentials record is kept). Any
+ * other result (end of file, descriptors, MSG_CTRUNC, other control data) is
+ * appended to the inbox exactly as socket.recvmsg_into() returns it, and the
+ * caller's commit_read() accounts for it: one place decides what those mean.
+ *
+ * Signals: the GIL is released around recvmsg(2); EINTR is handled as CPython
+ * does (the signal handlers run; an exception from one is raised with nothing
+ * read, else the call is retried). Once recvmsg(2) has returned bytes, no
+ * Python code runs until they are recorded in the decoder (its write position
+ * or its inbox), so an exception cannot fall between a read and its record.
+ * Only running out of memory there (a few small objects) loses the read, as it
+ * does in socket.recvmsg_into().
+ *
+ * The decoder's fields are read and written through their __slots__ offsets,
+ * looked up once per decoder class (a member descriptor each). */
+
+/* A cmsg buffer the size of _ancillary.ANCBUFSIZE: the most descriptors a
+ * peer can send (SCM_MAX_FD) plus one SCM_CREDENTIALS record (3 ints). */
+#define ANC_SPACE (CMSG_SPACE(253 * sizeof(int)) + CMSG_SPACE(3 * sizeof(int)))
+/* The answers other than a byte count (the twins in _codec.py). */
+#define AGAIN (-1)
+#define NOT_USUAL (-2)
+/* StreamDecoder.get_buffer()'s constants (the r == w case inlined below). */
+#define STEADY_CAPACITY (256 * 1024)
+#define RETAIN_CAPACITY (4 * 1024 * 1024 + HEADER_SIZE)
+
+enum { F_INBOX, F_EOF, F_BROKEN, F_DIRECT, F_BUF, F_RPOS, F_WPOS, F_BASE, F_CREDS, F_COUNT };
+static const char *const field_names[F_COUNT] = {
+    "inbox", "_eof", "_broken", "_direct", "_buf", "_rpos", "_wpos", "_base", "creds",
+};
+static PyTypeObject *fields_type; /* the class the offsets are for (a strong reference) */
+static Py_ssize_t field_offset[F_COUNT];
+static PyObject *str_fileno, *str_get_buffer;
+
+#define FIELD(obj, f) (*(PyObject **)((char *)(obj) + field_offset[f]))
+
+/* Look up the slot offsets of *type*'s fields; -1 with TypeError if one is
+ * not a plain writable slot. */
+static int
+bind_fields(PyTypeObject *type)
+{
+    Py_ssize_t offsets[F_COUNT];
+    for (int i = 0; i < F_COUNT; i++) {
+        PyObject *descr = PyObject_GetAttrString((PyObject *)type, field_names[i]);
+        if (descr == NULL) {
+            return -1;
+        }
+        int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type);
+        if (ok) {
+            PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+            ok = member->type == Py_T_OBJECT_EX && !(member->flags & Py_READONLY);
+            offsets[i] = member->offset;
+        }
+        Py_DECREF(descr);
+        if (!ok) {
+            PyErr_Format(PyExc_TypeError, "read_commit: %.200s.%s is not a writable slot",
+                         type->tp_name, field_names[i]);
+            return -1;
+        }
+    }
+    memcpy(field_offset, offsets, sizeof offsets);
+    Py_INCREF(type);
+    Py_XSETREF(fields_type, type);
+    return 0;
+}
+
+/* The int in field *f* of *dec*, or -1 with an exception set. */
+static Py_ssize_t
+ssize_field(PyObject *dec, int f)
+{
+    PyObject *value = FIELD(dec, f);
+    if (value == NULL || !PyLong_CheckExact(value)) {
+        PyErr_Format(PyExc_TypeError, "read_commit: decoder.%s is not an int", field_names[f]);
+        return -1;
+    }
+    return PyLong_AsSsize_t(value);
+}
+
+/* 1 if the decoder is in the state read_commit handles itself, else 0. */
+static int
+usual_state(PyObject *dec)
+{
+    PyObject *inbox = FIELD(dec, F_INBOX);
+    return inbox != NULL && PyList_CheckExact(inbox) && PyList_GET_SIZE(inbox) == 0 &&
+           FIELD(dec, F_EOF) == Py_False && FIELD(dec, F_BROKEN) == Py_None &&
+           FIELD(dec, F_DIRECT) == Py_None;
+}
+
+/* Store *value* (a new reference) in field *f*; returns the old value, for
+ * the caller to release once every store is done. */
+static PyObject *
+swap_field(PyObject *dec, int f, PyObject *value)
+{
+    PyObject *old = FIELD(dec, f);
+    FIELD(dec, f) = value;
+    return old;
+}
+
+/* The length of the data of *cmsg* within the control buffer of *msg* (as
+ * CPython's socket module computes it), or -1 if the record is malformed. */
+static Py_ssize_t
+cmsg_data_len(const struct msghdr *msg, const struct cmsghdr *cmsg)
+{
+    const char *start = (const char *)msg->msg_control;
+    const char *data = (const char *)CMSG_DATA(cmsg);
+    size_t room = msg->msg_controllen - (size_t)((const char *)cmsg - start);
+    size_t len = cmsg->cmsg_len < room ? cmsg->cmsg_len : room;
+    if (cmsg->cmsg_len < CMSG_LEN(0) || len < (size_t)(data - (const char *)cmsg)) {
+        return -1;
+    }
+    return (Py_ssize_t)(len - (size_t)(data - (const char *)cmsg));
+}
+
+static void
+close_received_fds(struct msghdr *msg)
+{
+    for (struct cmsghdr *c = msg->msg_controllen ? CMSG_FIRSTHDR(msg) : NULL; c != NULL;
+         c = CMSG_NXTHDR(msg, c)) {
+        Py_ssize_t len = cmsg_data_len(msg, c);
+        if (len < 0) {
+            break;
+        }
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int fd;
+            for (Py_ssize_t i = 0; i + (Py_ssize_t)sizeof fd <= len; i += (Py_ssize_t)sizeof fd) {
+                memcpy(&fd, (const char *)CMSG_DATA(c) + i, sizeof fd);
+                (void)close(fd);
+            }
+        }
+    }
+}
+
+/* The raw result, as socket.recvmsg_into() returns it: (nbytes, [(level,
+ * type, data), ...], msg_flags, None) (the address of a socketpair's peer is
+ * None). On failure the descriptors that arrived are closed. */
+static PyObject *
+raw_result(Py_ssize_t n, struct msghdr *msg)
+{
+    PyObject *anc = PyList_New(0);
+    if (anc == NULL) {
+        goto fail;
+    }
+    for (struct cmsghdr *c = msg->msg_controllen ? CMSG_FIRSTHDR(msg) : NULL; c != NULL;
+         c = CMSG_NXTHDR(msg, c)) {
+        Py_ssize_t len = cmsg_data_len(msg, c);
+        if (len < 0) {
+            break; /* malformed: what follows cannot be trusted */
+        }
+        PyObject *item = Py_BuildValue("(iiy#)", (int)c->cmsg_level, (int)c->cmsg_type,
+                                       (const char *)CMSG_DATA(c), len);
+        if (item == NULL || PyList_Append(anc, item) < 0) {
+            Py_XDECREF(item);
+            goto fail;
+        }
+        Py_DECREF(item);
+    }
+    PyObject *result = Py_BuildValue("(nOiO)", n, anc, msg->msg_flags, Py_None);
+    Py_DECREF(anc);
+    if (result != NULL) {
+        return result;
+    }
+    anc = NULL;
+fail:
+    Py_XDECREF(anc);
+    close_received_fds(msg);
+    return NULL;
+}
+
+static PyObject *
+read_commit(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError,
+                     "read_commit() takes exactly 3 positional arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *dec = args[0], *sock = args[1];
+    long flags_l = PyLong_AsLong(args[2]);
+    if (flags_l == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (flags_l < INT_MIN || flags_l > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "read_commit: flags out of range");
+        return NULL;
+    }
+    int flags = (int)flags_l;
+    /* The descriptor as the socket has it now (-1 once closed: EBADF, as a
+     * closed socket's own methods). */
+    PyObject *fileno = PyObject_CallMethodNoArgs(sock, str_fileno);
+    if (fileno == NULL) {
+        return NULL;
+    }
+    long fd_l = PyLong_AsLong(fileno);
+    Py_DECREF(fileno);
+    if (fd_l == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    int fd = fd_l < INT_MIN || fd_l > INT_MAX ? -1 : (int)fd_l;
+    if (Py_TYPE(dec) != fields_type && bind_fields(Py_TYPE(dec)) < 0) {
+        return NULL;
+    }
+    if (!usual_state(dec)) {
+        return PyLong_FromLong(NOT_USUAL);
+    }
+
+    /* The buffer: get_buffer()'s usual case (everything consumed, no resize)
+     * inlined; the others through get_buffer() itself. */
+    Py_buffer view;
+    PyObject *buf = FIELD(dec, F_BUF);
+    Py_ssize_t r = ssize_field(dec, F_RPOS), w;
+    if (r == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    w = ssize_field(dec, F_WPOS);
+    if (w == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t cap = buf != NULL && PyByteArray_CheckExact(buf) ? PyByteArray_GET_SIZE(buf) : 0;
+    if (r == w && cap > 0 && !(w == cap && cap < STEADY_CAPACITY) && cap <= RETAIN_CAPACITY) {
+        if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) < 0) {
+            return NULL;
+        }
+        if (r) {
+            Py_ssize_t base = ssize_field(dec, F_BASE);
+            PyObject *new_base = base == -1 && PyErr_Occurred() ? NULL : PyLong_FromSsize_t(base + r);
+            if (new_base == NULL) {
+                PyBuffer_Release(&view);
+                return NULL;
+            }
+            PyObject *old_base = swap_field(dec, F_BASE, new_base);
+            PyObject *old_r = swap_field(dec, F_RPOS, PyLong_FromLong(0));
+            PyObject *old_w = swap_field(dec, F_WPOS, PyLong_FromLong(0));
+            Py_XDECREF(old_base);
+            Py_XDECREF(old_r);
+            Py_XDECREF(old_w);
+        }
+    }
+    else {
+        PyObject *space = PyObject_CallMethodNoArgs(dec, str_get_buffer);
+        if (space == NULL) {
+            return NULL;
+        }
+        int got = PyObject_GetBuffer(space, &view, PyBUF_WRITABLE);
+        Py_DECREF(space); /* the view holds the memoryview */
+        if (got < 0) {
+            return NULL;
+        }
+    }
+
+    union {
+        struct cmsghdr align;
+        char data[ANC_SPACE];
+    } control;
+    struct iovec iov;
+    struct msghdr msg;
+    ssize_t n;
+    int err;
+    for (;;) {
+        iov.iov_base = view.buf;
+        iov.iov_len = (size_t)view.len;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.data;
+        msg.msg_controllen = sizeof control.data;
+        Py_BEGIN_ALLOW_THREADS
+        n = recvmsg(fd, &msg, flags);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (n >= 0 || err != EINTR) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+    }
+
+    PyObject *result = NULL;
+    if (n < 0) {
+        if (err == EAGAIN || err == EWOULDBLOCK) {
+            result = PyLong_FromLong(AGAIN);
+        }
+        else {
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+        }
+        PyBuffer_Release(&view);
+        return result;
+    }
+
+    /* From here until the read is recorded, no Python code runs. */
+    const char *creds = NULL;
+    Py_ssize_t creds_len = 0;
+    int usual = n > 0 && !(msg.msg_flags & MSG_CTRUNC) && usual_state(dec);
+    for (struct cmsghdr *c = msg.msg_controllen ? CMSG_FIRSTHDR(&msg) : NULL;
+         usual && c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+#ifdef SCM_CREDENTIALS
+        if (creds == NULL && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS &&
+            (creds_len = cmsg_data_len(&msg, c)) >= 0) {
+            creds = (const char *)CMSG_DATA(c);
+            continue;
+        }
+#endif
+        usual = 0;
+    }
+    PyObject *count = NULL, *new_creds = NULL;
+    w = usual ? ssize_field(dec, F_WPOS) : 0;
+    if (w == -1 && PyErr_Occurred()) {
+        PyErr_Clear(); /* (cannot happen: checked above) the inbox takes it */
+        usual = 0;
+    }
+    if (usual) {
+        PyObject *old = FIELD(dec, F_CREDS);
+        count = PyLong_FromSsize_t(w + n);
+        if (creds != NULL && !(old != NULL && PyBytes_CheckExact(old) &&
+                               PyBytes_GET_SIZE(old) == creds_len &&
+                               memcmp(PyBytes_AS_STRING(old), creds, (size_t)creds_len) == 0)) {
+            new_creds = PyBytes_FromStringAndSize(creds, creds_len);
+        }
+        else if (creds != NULL) {
+            new_creds = Py_NewRef(old); /* the same record: keep the object */
+        }
+        if (count == NULL || (creds != NULL && new_creds == NULL)) {
+            Py_XDECREF(count);
+            Py_XDECREF(new_creds);
+            PyBuffer_Release(&view);
+            return NULL; /* out of memory: the read is lost (as in recvmsg_into) */
+        }
+        /* commit()'s plain case: the write position, then the credentials. */
+        PyObject *old_w = swap_field(dec, F_WPOS, count);
+        PyObject *old_creds = new_creds == NULL ? NULL : swap_field(dec, F_CREDS, new_creds);
+        Py_XDECREF(old_w);
+        Py_XDECREF(old_creds);
+        result = PyLong_FromSsize_t(n);
+    }
+    else {
+        PyObject *raw = raw_result(n, &msg);
+        PyObject *inbox = FIELD(dec, F_INBOX);
+        if (raw != NULL && (inbox == NULL || !PyList_Check(inbox))) {
+            PyErr_SetString(PyExc_TypeError, "read_commit: decoder.inbox is not a list");
+            close_received_fds(&msg);
+        }
+        else if (raw != NULL) {
+            if (PyList_Append(inbox, raw) == 0) {
+                result = PyLong_FromLong(0);
+            }
+            else {
+                close_received_fds(&msg);
+            }
+        }
+        Py_XDECREF(raw);
+    }
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"split_frames", (PyCFunction)(void (*)(void))split_frames, METH_FASTCALL,
      "split_frames(buf, pos, end, limit, max_count, /)\n--\n\n"
@@ -391,10 +766,22 @@ static PyMethodDef methods[] = {
      "take_frame(decoder, lock, record, /)\n--\n\n"
      "One whole buffered message out of a StreamDecoder, atomically, or None.\n"
      "See unix_socketpair._codec.py_take_frame for the contract."},
+    {"read_commit", (PyCFunction)(void (*)(void))read_commit, METH_FASTCALL,
+     "read_commit(decoder, sock, flags, /)\n--\n\n"
+     "One read into a StreamDecoder and, in the usual case, its accounting.\n"
+     "See unix_socketpair._codec.StreamDecoder.read_commit for the contract."},
     {NULL, NULL, 0, NULL},
 };
 
+static int
+exec_module(PyObject *module)
+{
+    /* For the tests: the control buffer must be the one the Python path uses. */
+    return PyModule_AddIntConstant(module, "ANCBUFSIZE", (long)ANC_SPACE);
+}
+
 static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, exec_module},
     {0, NULL},
 };
 
@@ -412,10 +799,10 @@ PyInit__speedups(void)
 {
     /* Interned once, kept for the life of the process (as CPython's own
      * _Py_IDENTIFIER strings are). */
-    static const char *names[] = {"locked", "_rpos", "_wpos", "_buf",
-                                  "_groups", "_broken", "_direct", "_max"};
-    PyObject **slots_[] = {&str_locked, &str_rpos, &str_wpos, &str_buf,
-                           &str_groups, &str_broken, &str_direct, &str_max};
+    static const char *names[] = {"locked", "_rpos", "_wpos",   "_buf",   "_groups",
+                                  "_broken", "_direct", "_max", "fileno", "get_buffer"};
+    PyObject **slots_[] = {&str_locked, &str_rpos, &str_wpos, &str_buf,   &str_groups,
+                           &str_broken, &str_direct, &str_max, &str_fileno, &str_get_buffer};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         if (*slots_[i] == NULL && (*slots_[i] = PyUnicode_InternFromString(names[i])) == NULL) {
             return NULL;
