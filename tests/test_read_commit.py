@@ -547,6 +547,48 @@ def test_the_reader_callback_leaves_a_direct_read_to_the_task() -> None:
     asyncio.run(main())
 
 
+def test_async_recv_takes_the_message_its_wake_up_brought_in_one_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With the accelerator, recv() takes the message that woke it with the C
+    # take_frame (no Python frame); a message it declines (descriptors
+    # pending) goes through next_message(), which closes them, as before. The
+    # pure-Python path keeps next_message() alone. Same answers either way.
+    from unix_socketpair import _aio
+
+    taken: list[object] = []
+    real = _aio.take_frame
+
+    def counting(dec: Any, lock: Any, record: list[bytes]) -> bytes | None:
+        msg = real(dec, lock, record)
+        taken.append(msg)
+        return msg
+
+    monkeypatch.setattr(_aio, "take_frame", counting)
+
+    async def main() -> list[bytes]:
+        x, y = socket.socketpair()
+        with y:
+            channel = AsyncChannel(x)
+            try:
+                got = []
+                for payload, nfds in [(b"ping", 0), (b"with fds", 2), (b"pong", 0)]:
+                    task = asyncio.ensure_future(channel.recv())
+                    await asyncio.sleep(0)  # recv() waits
+                    assert not task.done()
+                    _send(y, frame(payload), nfds)
+                    got.append(await asyncio.wait_for(task, 30))
+                return got
+            finally:
+                channel.close()
+
+    before = set(os.listdir("/proc/self/fd"))
+    assert asyncio.run(main()) == [b"ping", b"with fds", b"pong"]
+    assert set(os.listdir("/proc/self/fd")) <= before  # the descriptors were closed
+    expected = [] if PURE or _speedups is None else [b"ping", None, b"pong"]
+    assert taken == expected
+
+
 # --- leaks and the C source -----------------------------------------------------------------
 
 

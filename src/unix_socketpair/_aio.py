@@ -48,6 +48,8 @@ from ._codec import (
     NOT_USUAL,
     Buffer,
     _pack,
+    py_take_frame,
+    take_frame,
 )
 from ._errors import ChannelClosed
 
@@ -86,6 +88,11 @@ class _Job:
     def __init__(self, bufs: list[Buffer], anc: list[Any]) -> None:
         self.bufs: list[Buffer] | None = bufs
         self.anc = anc
+
+
+#: take_frame() is the C one (the accelerator, with a GIL): recv() takes the
+#: message its wake-up brought with it (see recv).
+_C_TAKE = take_frame is not py_take_frame
 
 
 def _on_readable(ref: weakref.ref[AsyncChannel]) -> None:
@@ -810,14 +817,20 @@ class AsyncChannel(ChannelBase):
     async def recv(self) -> bytes:
         """Return the next message (see ``Channel.recv``)."""
         dec = self._dec
-        dec.handed = []  # (only Channel's signal rollback reads it)
+        handed: list[Any] = []
+        dec.handed = handed  # (only Channel's signal rollback reads it)
         try:
-            msg = dec.next_message()
+            msg: object = dec.next_message()
             while msg is NEED_DATA:
                 fut = self._fill_or_arm()
                 if fut is not None:
                     await fut
-                msg = dec.next_message()
+                # The usual wake-up: one whole message buffered, taken in C with
+                # no Python frame (_C_TAKE); anything else, and the pure-Python
+                # path (where take_frame would be two calls), next_message().
+                msg = take_frame(dec, None, handed) if _C_TAKE else None
+                if msg is None:
+                    msg = dec.next_message()
         except BaseException:
             del self  # see the note on tracebacks
             raise
