@@ -11,6 +11,7 @@ whose handler runs (or raises) while the read waits, and that nothing leaks.
 from __future__ import annotations
 
 import array
+import asyncio
 import os
 import random
 import signal
@@ -270,6 +271,32 @@ def test_errors_are_the_sockets_own(read: Read) -> None:
     assert closed.value.errno == 9
 
 
+def test_a_read_that_cannot_wait_does_not_wait_on_a_blocking_socket(read: Read) -> None:
+    # MSG_DONTWAIT is the read's own promise (the C version keeps the GIL
+    # around such a read): on a blocking socket, nothing there is AGAIN at
+    # once, not a wait. The timer turns a wait into a failure, not a hang.
+    def expired(signum: int, frame: object) -> None:
+        raise TimeoutError("read_commit waited despite MSG_DONTWAIT")
+
+    a, b = socket.socketpair()
+    old = signal.signal(signal.SIGALRM, expired)
+    try:
+        with a, b:
+            assert a.getblocking()
+            enable_passcred(a)
+            dec = StreamDecoder()
+            signal.setitimer(signal.ITIMER_REAL, 2.0)
+            assert read(dec, a, FLAGS | socket.MSG_DONTWAIT) == AGAIN
+            assert dec.inbox == [] and dec._wpos == 0
+            b.send(frame(b"now"))
+            assert read(dec, a, FLAGS | socket.MSG_DONTWAIT) == 7
+            assert dec.next_message() == b"now"
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def test_the_control_buffer_is_the_python_paths(c_read: Read) -> None:
     assert _c_module().ANCBUFSIZE == ANCBUFSIZE
 
@@ -478,9 +505,88 @@ def test_channels_choose_their_read_at_construction() -> None:
     channel = AsyncChannel(x)
     try:
         assert channel._read is expected
+        # Its socket is non-blocking, and its reads say so (see above).
+        assert channel._rbase & socket.MSG_DONTWAIT
+        assert not a._rbase & socket.MSG_DONTWAIT  # a blocking receive waits in the read
     finally:
         channel.close()
         y.close()
+
+
+def test_the_reader_callback_leaves_a_direct_read_to_the_task() -> None:
+    # While a payload goes straight into recv_into()'s buffer the decoder
+    # answers NOT_USUAL without reading: the callback only wakes the task and
+    # unregisters (a registered reader would be called again at every turn of
+    # the loop while the socket stays readable).
+    big = b"d" * 300_000
+    data = frame(big)
+
+    async def main() -> None:
+        x, y = socket.socketpair()
+        with y:
+            channel = AsyncChannel(x)
+            try:
+                target = bytearray(len(big))
+                task = asyncio.ensure_future(channel.recv_into(target))
+                y.sendall(data[:1000])
+                while not channel._dec.reading_direct:  # the task reads directly
+                    await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                assert not task.done()
+                # From a thread: more than the socket holds, read as it comes.
+                sender = asyncio.ensure_future(asyncio.to_thread(y.sendall, data[1000:]))
+                assert await asyncio.wait_for(task, 30) == len(big)
+                await sender
+                assert target == big
+                assert not channel._reading  # the callback unregistered
+                y.sendall(frame(b"next"))
+                assert await channel.recv() == b"next"
+            finally:
+                channel.close()
+
+    asyncio.run(main())
+
+
+def test_async_recv_takes_the_message_its_wake_up_brought_in_one_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With the accelerator, recv() takes the message that woke it with the C
+    # take_frame (no Python frame); a message it declines (descriptors
+    # pending) goes through next_message(), which closes them, as before. The
+    # pure-Python path keeps next_message() alone. Same answers either way.
+    from unix_socketpair import _aio
+
+    taken: list[object] = []
+    real = _aio.take_frame
+
+    def counting(dec: Any, lock: Any, record: list[bytes]) -> bytes | None:
+        msg = real(dec, lock, record)
+        taken.append(msg)
+        return msg
+
+    monkeypatch.setattr(_aio, "take_frame", counting)
+
+    async def main() -> list[bytes]:
+        x, y = socket.socketpair()
+        with y:
+            channel = AsyncChannel(x)
+            try:
+                got = []
+                for payload, nfds in [(b"ping", 0), (b"with fds", 2), (b"pong", 0)]:
+                    task = asyncio.ensure_future(channel.recv())
+                    await asyncio.sleep(0)  # recv() waits
+                    assert not task.done()
+                    _send(y, frame(payload), nfds)
+                    got.append(await asyncio.wait_for(task, 30))
+                return got
+            finally:
+                channel.close()
+
+    before = set(os.listdir("/proc/self/fd"))
+    assert asyncio.run(main()) == [b"ping", b"with fds", b"pong"]
+    assert set(os.listdir("/proc/self/fd")) <= before  # the descriptors were closed
+    expected = [] if PURE or _speedups is None else [b"ping", None, b"pong"]
+    assert taken == expected
 
 
 # --- leaks and the C source -----------------------------------------------------------------

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from ._ancillary import ANCBUFSIZE, SCM_MAX_FD
 from ._channel import (
     _MAX_SPIN,
+    _MSG_DONTWAIT,
     _NO_FDS,
     _PROBE_READS,
     MSG_NOSIGNAL,
@@ -44,8 +45,11 @@ from ._channel import (
 from ._codec import (
     DEFAULT_MAX_MESSAGE_SIZE,
     NEED_DATA,
+    NOT_USUAL,
     Buffer,
     _pack,
+    py_take_frame,
+    take_frame,
 )
 from ._errors import ChannelClosed
 
@@ -86,6 +90,11 @@ class _Job:
         self.anc = anc
 
 
+#: take_frame() is the C one (the accelerator, with a GIL): recv() takes the
+#: message its wake-up brought with it (see recv).
+_C_TAKE = take_frame is not py_take_frame
+
+
 def _on_readable(ref: weakref.ref[AsyncChannel]) -> None:
     """The reader callback of every channel.
 
@@ -98,10 +107,14 @@ def _on_readable(ref: weakref.ref[AsyncChannel]) -> None:
     if channel is None:
         return
     dec = channel._dec
-    if channel._read_error is None and not dec.reading_direct:
+    if channel._read_error is None:
         # Eager: move what the kernel has into the decoder now, and stay
         # registered (the next wait costs no epoll_ctl). Reading stops when an
         # error is kept for the task (so a registered reader means no error).
+        # A payload read straight into a caller's buffer is the exception: the
+        # decoder answers NOT_USUAL, having read nothing, and the task reads
+        # (asked only then: no property call on the usual path).
+        n = 0
         try:
             # _read_once() inlined: the read and, for the usual read, its
             # accounting, in one call (read_commit).
@@ -110,23 +123,24 @@ def _on_readable(ref: weakref.ref[AsyncChannel]) -> None:
             except OSError as exc:
                 channel._after_read(0, exc)
             else:
-                if n <= 0:
+                if n <= 0 and (n != NOT_USUAL or not dec.reading_direct):
                     channel._after_read(n)
         except BlockingIOError:
             return  # nothing there after all
         except Exception as exc:
             channel._read_error = exc
             channel._stop_reading()
-        fut = channel._read_waiter
-        if fut is not None:
-            channel._read_waiter = None
-            if not fut.done():
-                fut.set_result(None)
-        elif channel._reading and (
-            dec.at_eof or dec.buffered() >= _PAUSE_BYTES or dec.pending_fds() >= _PAUSE_FDS
-        ):
-            channel._stop_reading()
-        return
+        if n != NOT_USUAL or not dec.reading_direct:
+            fut = channel._read_waiter
+            if fut is not None:
+                channel._read_waiter = None
+                if not fut.done():
+                    fut.set_result(None)
+            elif channel._reading and (
+                dec.at_eof or dec.buffered() >= _PAUSE_BYTES or dec.pending_fds() >= _PAUSE_FDS
+            ):
+                channel._stop_reading()
+            return
     channel._wake_reader()
 
 
@@ -241,6 +255,9 @@ class AsyncChannel(ChannelBase):
         self._flushing = False  # our writer callback is registered
         self._drain_waiters: list[tuple[int, asyncio.Future[None]]] | None = None
         super().__init__(sock_or_fd, max_message_size=max_message_size, max_fds=max_fds)
+        # The socket is non-blocking; saying so in every read's flags too lets
+        # the C read_commit keep the GIL around a read that cannot wait.
+        self._rbase |= _MSG_DONTWAIT
         self._sendq.buffer(_HIGH_WATER, _LOW_WATER)
         self._wbuf = self._sendq.held
 
@@ -800,14 +817,26 @@ class AsyncChannel(ChannelBase):
     async def recv(self) -> bytes:
         """Return the next message (see ``Channel.recv``)."""
         dec = self._dec
-        dec.handed = []  # (only Channel's signal rollback reads it)
+        handed: list[Any] = []
+        dec.handed = handed  # (only Channel's signal rollback reads it)
         try:
-            msg = dec.next_message()
+            msg: object = dec.next_message()
             while msg is NEED_DATA:
-                fut = self._fill_or_arm()
+                if self._reading and self._read_waiter is None and not self._spin_tries:
+                    # _fill_or_arm()'s first case inlined (the wait of every
+                    # round trip: one Python call less per message).
+                    self._burst = False
+                    fut = self._read_waiter = self._loop.create_future()  # type: ignore[union-attr]
+                else:
+                    fut = self._fill_or_arm()
                 if fut is not None:
                     await fut
-                msg = dec.next_message()
+                # The usual wake-up: one whole message buffered, taken in C with
+                # no Python frame (_C_TAKE); anything else, and the pure-Python
+                # path (where take_frame would be two calls), next_message().
+                msg = take_frame(dec, None, handed) if _C_TAKE else None
+                if msg is None:
+                    msg = dec.next_message()
         except BaseException:
             del self  # see the note on tracebacks
             raise

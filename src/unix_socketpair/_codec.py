@@ -645,7 +645,8 @@ class StreamDecoder(Receiver):
         *flags* and room for ``ANCBUFSIZE`` bytes of control data) and, in the
         usual case, its accounting, in one call: the receive path of a round
         trip. ``_speedups.read_commit(decoder, sock, flags)`` is the same in C
-        (no Python call, the GIL released around ``recvmsg``); this method, with
+        (no Python call, the GIL released around ``recvmsg`` unless *flags* has
+        ``MSG_DONTWAIT``: a read that cannot wait keeps it); this method, with
         the same signature when called on the class, is its pure-Python twin.
 
         Returns:

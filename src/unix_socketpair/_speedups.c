@@ -400,7 +400,8 @@ fail:
  * appended to the inbox exactly as socket.recvmsg_into() returns it, and the
  * caller's commit_read() accounts for it: one place decides what those mean.
  *
- * Signals: the GIL is released around recvmsg(2); EINTR is handled as CPython
+ * Signals: the GIL is released around recvmsg(2) unless flags has MSG_DONTWAIT
+ * (a read that cannot wait: AsyncChannel's, a spinning Channel's); EINTR is handled as CPython
  * does (the signal handlers run; an exception from one is raised with nothing
  * read, else the call is retried). Once recvmsg(2) has returned bytes, no
  * Python code runs until they are recorded in the decoder (its write position
@@ -661,10 +662,18 @@ read_commit(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         msg.msg_iovlen = 1;
         msg.msg_control = control.data;
         msg.msg_controllen = sizeof control.data;
-        Py_BEGIN_ALLOW_THREADS
-        n = recvmsg(fd, &msg, flags);
-        err = errno;
-        Py_END_ALLOW_THREADS
+        if (flags & MSG_DONTWAIT) {
+            /* Cannot wait: the GIL is kept (releasing and taking it back costs
+             * more than the call, as in an event loop's own reads). */
+            n = recvmsg(fd, &msg, flags);
+            err = errno;
+        }
+        else {
+            Py_BEGIN_ALLOW_THREADS
+            n = recvmsg(fd, &msg, flags);
+            err = errno;
+            Py_END_ALLOW_THREADS
+        }
         if (n >= 0 || err != EINTR) {
             break;
         }
