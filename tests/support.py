@@ -12,7 +12,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -37,14 +37,19 @@ def is_open(fd: int) -> bool:
     return True
 
 
+def missing(message: str) -> NoReturn:
+    """Something a test needs is not on this machine: skip, but fail under ``CI=true``
+    (where every tool, header and build a test needs must be there)."""
+    if IN_CI:
+        pytest.fail(message + " (CI=true: it must be there)")
+    pytest.skip(message)
+
+
 def require(tool: str) -> str:
     """Return the path of *tool*; skip without it, but fail under ``CI=true``."""
     path = shutil.which(tool)
     if path is None:
-        message = f"{tool!r} is not on PATH; this test needs the real thing"
-        if IN_CI:
-            pytest.fail(message + " (CI=true: a missing tool is a failure)")
-        pytest.skip(message)
+        missing(f"{tool!r} is not on PATH; this test needs the real thing")
     return path
 
 
@@ -56,10 +61,7 @@ def require_exec_helper() -> str:
     from unix_socketpair._spawn import HELPER
 
     if not os.access(HELPER, os.X_OK):
-        message = "spawn()'s exec helper was not built (no C compiler at install time?)"
-        if IN_CI:
-            pytest.fail(message + " (CI=true: a missing helper is a failure)")
-        pytest.skip(message)
+        missing("spawn()'s exec helper was not built (no C compiler at install time?)")
     return HELPER
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import IN_CI, ROOT, require, run_python
+from support import IN_CI, ROOT, missing, require, run_python
 
 import unix_socketpair
 from unix_socketpair import _framing
@@ -45,10 +45,7 @@ SPEEDUPS = _load_speedups()
 def c() -> ModuleType:
     """The C implementation, imported directly (whatever UNIX_SOCKETPAIR_PURE says)."""
     if SPEEDUPS is None:
-        message = "the C accelerator was not built (no C compiler or Python headers at install)"
-        if IN_CI:
-            pytest.fail(message + " (CI=true: it must be)")
-        pytest.skip(message)
+        missing("the C accelerator was not built (no C compiler or Python headers at install)")
     return SPEEDUPS
 
 
@@ -453,10 +450,7 @@ def _python_include() -> list[str]:
     paths = sysconfig.get_paths()
     include = sorted({paths["include"], paths["platinclude"]})
     if not any((Path(p) / "Python.h").exists() for p in include):
-        message = f"Python.h is not in {include}: the Python headers are not installed"
-        if IN_CI:
-            pytest.fail(message + " (CI=true: they must be)")
-        pytest.skip(message)
+        missing(f"Python.h is not in {include}: the Python headers are not installed")
     return [f"-I{p}" for p in include]
 
 
