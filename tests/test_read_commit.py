@@ -544,10 +544,11 @@ def test_the_reader_callback_leaves_a_direct_read_to_the_task() -> None:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("how", ["recv", "iteration"])
 def test_async_recv_takes_the_message_its_wake_up_brought_in_one_call(
-    monkeypatch: pytest.MonkeyPatch,
+    how: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # With the accelerator, recv() takes the message that woke it with the C
+    # With the accelerator, recv() (and async iteration) takes the message that woke it with the C
     # take_frame (no Python frame); a message it declines (descriptors
     # pending) goes through next_message(), which closes them, as before. The
     # pure-Python path keeps next_message() alone. Same answers either way.
@@ -567,10 +568,12 @@ def test_async_recv_takes_the_message_its_wake_up_brought_in_one_call(
         x, y = socket.socketpair()
         with y:
             channel = AsyncChannel(x)
+            messages = aiter(channel)
             try:
                 got = []
                 for payload, nfds in [(b"ping", 0), (b"with fds", 2), (b"pong", 0)]:
-                    task = asyncio.ensure_future(channel.recv())
+                    wait = channel.recv() if how == "recv" else anext(messages)
+                    task = asyncio.ensure_future(wait)
                     await asyncio.sleep(0)  # recv() waits
                     assert not task.done()
                     _send(y, frame(payload), nfds)

@@ -910,14 +910,18 @@ class AsyncChannel(ChannelBase):
             # a wait starts a batch, which goes through iter_ready().
             batch = False
             while True:
-                dec.handed = []  # (only Channel's signal rollback reads it)
-                msg = next_message()
-                if msg is NEED_DATA:
+                handed: list[Any] = []
+                dec.handed = handed  # (only Channel's signal rollback reads it)
+                msg: object = next_message()
+                while msg is NEED_DATA:
                     batch = False
                     fut = self._fill_or_arm()
                     if fut is not None:
                         await fut
-                    continue
+                    # As in recv(): the message the wake-up brought, taken in C.
+                    msg = take_frame(dec, None, handed) if _C_TAKE else None
+                    if msg is None:
+                        msg = next_message()
                 yield msg  # type: ignore[misc]
                 if batch:
                     for msg in ready():
