@@ -613,17 +613,6 @@ class ChannelBase:
         channel waits its own way)."""
         raise NotImplementedError
 
-    def _recv_failed(
-        self,
-        exc: OSError,
-        bufs: tuple[memoryview, ...],
-        inbox: list[tuple[Any, ...]],
-        flags: int,
-    ) -> None:
-        """What a failed read into *bufs* means (``Channel`` spins and waits
-        first): see _read_failed."""
-        self._read_failed(exc, bufs, inbox, flags)
-
     def _after_read(self, n: int, exc: OSError | None = None) -> None:
         """Finish a read that ``self._read`` (read_commit) did not account for
         itself: *n* its answer, *exc* the error it raised instead. A decoder
@@ -676,6 +665,9 @@ class ChannelBase:
         if self._closed or exc.errno == errno.EBADF:
             raise OSError(errno.EBADF, "the channel is closed") from exc
         raise exc
+
+    # What a failed read of the receive path means (Channel spins and waits first).
+    _recv_failed = _read_failed
 
 
 class Channel(ChannelBase):
