@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import select
 import socket
 import weakref
@@ -31,10 +32,11 @@ from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._ancillary import ANCBUFSIZE, SCM_MAX_FD
+from ._ancillary import SCM_MAX_FD
 from ._channel import (
     _MAX_SPIN,
     _MSG_DONTWAIT,
+    _NO_ANC,
     _NO_FDS,
     _PROBE_READS,
     MSG_NOSIGNAL,
@@ -68,7 +70,6 @@ _PAUSE_FDS = 256
 # to the low-water mark (a quarter, as asyncio's transports do).
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = _HIGH_WATER // 4
-_NOSIGNAL_T = (MSG_NOSIGNAL,)
 # Adaptive spinning (see _spin_wait): a wait whose tries found data earns a
 # credit, up to _SPIN_CREDIT_MAX; a wait whose tries all failed costs
 # _SPIN_FAIL_COST. So spinning goes on while at least two waits in three end
@@ -671,7 +672,7 @@ class AsyncChannel(ChannelBase):
         wbuf = self._wbuf
         if wbuf and not self._closed:
             try:
-                sendq.wrote.extend(map(self._sock.send, (wbuf,), _NOSIGNAL_T))
+                self._sendmsg((wbuf,), _NO_ANC, sendq.wrote)
             except BlockingIOError:
                 pass
             except OSError as exc:
@@ -748,7 +749,6 @@ class AsyncChannel(ChannelBase):
         go to the send queue's frame record (from C), which says what is left
         (a copy, after a wait, if the caller was cancelled meanwhile)."""
         sendq = self._sendq
-        sendmsg = self._sock.sendmsg
         rest, anc = job.bufs, job.anc
         assert rest is not None
         sendq.start(rest)
@@ -757,7 +757,7 @@ class AsyncChannel(ChannelBase):
             while rest is not None:
                 self._check_open()
                 try:
-                    sendq.sent.extend(map(sendmsg, (rest,), (anc,), _NOSIGNAL_T))
+                    self._sendmsg(rest, anc, sendq.sent)
                     anc = []
                 except BlockingIOError:
                     await self._wait_writable()
@@ -785,12 +785,16 @@ class AsyncChannel(ChannelBase):
             if bufs is None:
                 bufs = (dec.get_buffer(),)
             try:
-                inbox.append(self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rbase))
+                self._recvmsg(bufs, self._rbase, inbox)
             except OSError as exc:
-                self._read_failed(exc, bufs, inbox, self._rbase)
+                raise self._read_exc(exc)  # noqa: B904 (its cause is set when it is new)
         if self._closed and not inbox[0][0]:
             self._woken_by_close()
         dec.commit_read()
+
+    def _read_again(self, bufs: tuple[memoryview, ...], inbox: list[tuple[Any, ...]]) -> None:
+        """read_commit found nothing to read: the caller waits for the loop."""
+        raise self._read_exc(BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN)))
 
     def _read_once(self) -> None:
         """:meth:`_fill` for a stream read into the decoder's own buffer, through

@@ -24,7 +24,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -109,6 +109,7 @@ _ANC = (ANCBUFSIZE,)
 # bounds and close() ends (see Channel).
 _SEND_FLAGS = MSG_NOSIGNAL | _MSG_DONTWAIT
 _SEND_FLAGS_T = (_SEND_FLAGS,)
+_NO_ANC: list[Any] = []  # (never changed)
 # Past this many seconds a deadline is "no limit" for poll() (whose argument
 # is an int of milliseconds); the wait is simply repeated.
 _POLL_FOREVER = 86400.0 * 24
@@ -119,7 +120,7 @@ _AF_UNIX = int(socket.AF_UNIX)
 _TYPES = (int(SOCK_STREAM), int(SOCK_SEQPACKET), int(SOCK_DGRAM))
 # How long a large send waits between looks at the small sends in flight.
 _BUSY_WAIT = 0.0002
-# Adaptive spinning (see Channel and _recv_failed): waits in a row whose tries
+# Adaptive spinning (see Channel and _read_raw): waits in a row whose tries
 # all found nothing before a channel stops spinning, and reads after which it
 # tries again.
 _SPIN_CREDIT = 4
@@ -591,44 +592,97 @@ class ChannelBase:
             return BrokenPipeError(errno.EPIPE, "the peer has closed the channel")
         return exc
 
+    def _sendmsg(self, bufs: Sequence[Buffer], anc: list[Any], log: list[int]) -> None:
+        """The channel's one ``sendmsg`` call (the one-message fast paths aside,
+        which ``send``): *bufs*, with the control data *anc*, without waiting
+        and never raising SIGPIPE; the count is appended to *log* from C, so
+        that no bytecode runs between the call returning and the count being
+        recorded. Raises the call's error as it is (``BlockingIOError``: no
+        room)."""
+        log.extend(map(self._sock.sendmsg, (bufs,), (anc,), _SEND_FLAGS_T))
+
     # -- receiving steps ------------------------------------------------------
     #
     # Every read's result goes into an inbox list before it is accounted for,
     # by a commit that calls nothing between moving the decoder's position and
     # dropping the inbox entry; a result left in the inbox by an exception is
-    # committed by the next call before it reads again. Reads that wait in
-    # poll() (timeouts, a send queue) append from C
-    # (``inbox.extend(map(sock.recvmsg_into, ...))``), so no bytecode runs
-    # between the call returning and the result being recorded. The blocking
-    # read of the per-message path goes through self._read (read_commit: the
-    # read and its usual accounting in one call; in C no Python code runs
-    # between them). Its pure-Python twin and the spinning tries call
-    # recvmsg_into() directly and append its result: ~0.5 us less per read,
-    # at the price of one eval-breaker check between the call returning and
-    # the append, where an exception raised by a signal handler loses the
-    # bytes of that read (docs/concurrency.md: the residual windows, measured).
+    # committed by the next call before it reads again. A read appends its
+    # result from C: _recvmsg() (``inbox.extend(map(sock.recvmsg_into, ...))``)
+    # or the decoder's read_commit (self._read: the read and its usual
+    # accounting in one call, the per-message path), so no bytecode runs
+    # between the call returning and the result being recorded, except in
+    # read_commit's pure-Python twin (docs/concurrency.md: the residual
+    # windows, measured).
+
+    def _recvmsg(
+        self,
+        bufs: tuple[memoryview, ...],
+        flags: int,
+        inbox: list[tuple[Any, ...]],
+        reset: bool = False,
+    ) -> None:
+        """The channel's one ``recvmsg`` call: one read into *bufs* with
+        *flags*, its raw result appended to *inbox* from C.
+
+        ``ConnectionResetError`` (the peer closed while some of what we sent
+        was still unread: the kernel reports that once, and what the peer sent
+        before closing is still queued and comes first, then the end of the
+        stream) is read past without waiting, and end of file appended if
+        nothing comes; *reset*: the caller's own read already got it. Raises
+        the read's other errors as they are (``BlockingIOError`` included).
+        """
+        if reset:
+            flags |= _MSG_DONTWAIT
+        while True:
+            try:
+                inbox.extend(map(self._sock.recvmsg_into, (bufs,), _ANC, (flags,)))
+                return
+            except OSError as exc:
+                if reset:
+                    inbox.append((0, [], 0, None))
+                    return
+                if not isinstance(exc, ConnectionResetError):
+                    raise
+            reset = True
+            flags |= _MSG_DONTWAIT
+
+    def _read_exc(self, exc: OSError) -> OSError:
+        """The error a failed read raises: "the channel is closed" once it is
+        (the read's own error its cause), else the read's."""
+        if self._closed or exc.errno == errno.EBADF:
+            closed = OSError(errno.EBADF, "the channel is closed")
+            closed.__cause__ = exc
+            return closed
+        return exc
 
     def _fill(self) -> None:
         """One read into the decoder and its accounting, the general way (each
         channel waits its own way)."""
         raise NotImplementedError
 
+    def _read_again(self, bufs: tuple[memoryview, ...], inbox: list[tuple[Any, ...]]) -> None:
+        """read_commit found nothing to read: what this channel does then."""
+        raise NotImplementedError
+
     def _after_read(self, n: int, exc: OSError | None = None) -> None:
         """Finish a read that ``self._read`` (read_commit) did not account for
         itself: *n* its answer, *exc* the error it raised instead. A decoder
         not in its usual state takes the general path (_fill); nothing there
-        (AGAIN) or an error is what it means for this channel (waiting,
-        spinning, end of file after a reset: see _recv_failed), then a raw
-        result in the inbox is accounted for by the decoder (commit_read)."""
+        (AGAIN) is for the channel to decide (_read_again: wait, spin, or
+        raise BlockingIOError), a reset is read past (_recvmsg), another error
+        raised; then the raw result in the inbox is accounted for by the
+        decoder (commit_read)."""
         if n == NOT_USUAL and exc is None:
             self._fill()
             return
         dec = self._dec
         inbox = dec.inbox
-        if exc is not None or n == AGAIN:
-            if exc is None:
-                exc = BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
-            self._recv_failed(exc, dec.read_buffers(), inbox, self._rbase)
+        if exc is not None:
+            if not isinstance(exc, ConnectionResetError):
+                raise self._read_exc(exc)
+            self._recvmsg(dec.read_buffers(), self._rbase, inbox, True)
+        elif n == AGAIN:
+            self._read_again(dec.read_buffers(), inbox)
         if self._closed and not inbox[0][0]:
             self._woken_by_close()
         dec.commit_read()
@@ -642,32 +696,6 @@ class ChannelBase:
         close_fds(split_ancillary(entry[1])[0])
         dec.abort_direct()
         raise ChannelClosed("close() was called while this call was waiting")
-
-    def _read_failed(
-        self,
-        exc: OSError,
-        bufs: tuple[memoryview, ...],
-        inbox: list[tuple[Any, ...]],
-        flags: int,
-    ) -> None:
-        """What a failed read into *bufs* means: end of file after a reset
-        (appended to *inbox*), or the error to raise (``BlockingIOError``
-        included: the caller waits)."""
-        if isinstance(exc, ConnectionResetError):
-            # The peer closed while some of what we sent was still unread. The
-            # kernel reports that once; what the peer sent before closing is
-            # still queued and comes first, then the end of the stream.
-            try:
-                inbox.extend(map(self._sock.recvmsg_into, (bufs,), _ANC, (flags | _MSG_DONTWAIT,)))
-            except OSError:
-                inbox.append((0, [], 0, None))
-            return
-        if self._closed or exc.errno == errno.EBADF:
-            raise OSError(errno.EBADF, "the channel is closed") from exc
-        raise exc
-
-    # What a failed read of the receive path means (Channel spins and waits first).
-    _recv_failed = _read_failed
 
 
 class Channel(ChannelBase):
@@ -761,7 +789,7 @@ class Channel(ChannelBase):
                 "each packet is one message, so messages cannot be sent together"
             )
         # A spinning channel makes its first read attempt without waiting; when
-        # that finds nothing, _recv_failed() tries spin - 1 more times, then waits.
+        # that finds nothing, _read_raw() tries spin - 1 more times, then waits.
         self._spin = spin
         self._credit = _SPIN_CREDIT
         self._probe = 0
@@ -925,12 +953,12 @@ class Channel(ChannelBase):
         """Write what the queue holds without waiting (any thread)."""
         with self._qlock:
             sendq = self._sendq
-            held, wrote, send = sendq.held, sendq.wrote, self._sock.send
+            held = (sendq.held,)
             # Each count is recorded from C and applied by written(), first
             # thing, even when an exception fell between the two.
             while sendq.written():
                 try:
-                    wrote.extend(map(send, (held,), _SEND_FLAGS_T))
+                    self._sendmsg(held, _NO_ANC, sendq.wrote)
                 except BlockingIOError:
                     return
                 except OSError as exc:
@@ -1091,12 +1119,11 @@ class Channel(ChannelBase):
         sent = sendq.start(bufs, before)
         while self._busy and not before:
             time.sleep(_BUSY_WAIT)  # a small send still in the kernel: let it finish
-        sendmsg = self._sock.sendmsg
         rest: list[Buffer] | None = bufs
         try:
             while rest is not None:
                 try:
-                    sent.extend(map(sendmsg, (rest,), (anc,), _SEND_FLAGS_T))
+                    self._sendmsg(rest, anc, sent)
                 except BlockingIOError:
                     if deadline is None:
                         deadline = self._sndtimeo()
@@ -1148,92 +1175,86 @@ class Channel(ChannelBase):
         """One read into the decoder (end of file included), into *bufs* (default:
         the decoder's buffer), then its accounting. A result an exception left
         in the inbox is accounted for instead of reading. May raise
-        BlockingIOError (non-blocking socket), or TimeoutError once *deadline*
-        passes, having changed nothing."""
+        TimeoutError once *deadline* passes, having changed nothing."""
         dec = self._dec
         inbox = dec.inbox
         if not inbox:
             if bufs is None:
                 bufs = (dec.get_buffer(),)
-            if deadline is None and not self._queue:
-                if self._probe:
-                    self._probe_tick()
-                try:
-                    # The per-message path: a direct call (see the note above).
-                    inbox.append(self._sock.recvmsg_into(bufs, ANCBUFSIZE, self._rflags))
-                except OSError as exc:
-                    self._recv_failed(exc, bufs, inbox, self._rbase)
-            else:
-                self._read_waiting(bufs, self._rbase, deadline, inbox)
+            self._read_raw(bufs, deadline, inbox)
         if self._closed and not inbox[0][0]:
             self._woken_by_close()
         dec.commit_read()
 
-    def _read_waiting(
+    def _read_again(self, bufs: tuple[memoryview, ...], inbox: list[tuple[Any, ...]]) -> None:
+        """read_commit's try (a spinning channel's first) found nothing: go on."""
+        self._read_raw(bufs, None, inbox, True)
+
+    def _read_raw(
         self,
         bufs: tuple[memoryview, ...],
-        flags: int,
         deadline: _Deadline | None,
         inbox: list[tuple[Any, ...]],
+        missed: bool = False,
     ) -> None:
-        """One read into *bufs* that waits in ``poll`` (never spins): no later
-        than *deadline* (TimeoutError, having read nothing), and meanwhile
-        writes what the send queue holds as the socket takes it."""
-        recvmsg_into = self._sock.recvmsg_into
-        nowait = (flags | _MSG_DONTWAIT,)
+        """One read into *bufs*, its raw result appended to *inbox* (_recvmsg),
+        waiting the way this channel waits.
+
+        With a *deadline* or a send queue to write: in ``poll``, writing what
+        the queue holds as the socket takes it, and no later than *deadline*
+        (TimeoutError, having read nothing); never spinning. Otherwise in the
+        kernel, after up to ``spin`` tries that do not wait (*missed*: the
+        caller's own first try found nothing).
+
+        Spinning adapts: a try that finds data after a miss renews the credit;
+        waits whose tries all found nothing use it up, and the channel then
+        waits at once (no failed tries at all, which cost most when the peer
+        shares our CPU and cannot run while we try) until _PROBE_READS reads
+        later (_probe_tick).
+
+        Raises: TimeoutError; the read's error (see _read_exc).
+        """
+        polling = deadline is not None or bool(self._queue)
+        if polling:
+            flags = self._rbase | _MSG_DONTWAIT
+        else:
+            if self._probe and not missed:
+                self._probe_tick()
+            flags = self._rflags
+        tries = self._spin
         while True:
-            if self._queue:
+            if missed:
+                if polling:
+                    events = select.POLLIN | (select.POLLOUT if self._queue else 0)
+                    if not _wait(self._sock, events, deadline):
+                        assert deadline is not None
+                        partial = self._dec.buffered()
+                        kept = (
+                            f"; the {partial} bytes of it that did stay queued" if partial else ""
+                        )
+                        # No errno, as the socket module's own timeouts.
+                        raise TimeoutError(
+                            f"no whole message arrived within {deadline.timeout:g} s{kept}"
+                        )
+                else:
+                    tries -= 1
+                    if tries <= 0 and flags != self._rbase:
+                        self._spin_failed()
+                        flags = self._rbase
+            if polling and self._queue:
                 self._write_queue()
             try:
-                inbox.extend(map(recvmsg_into, (bufs,), _ANC, nowait))
-                return
-            except BlockingIOError:
-                pass
+                self._recvmsg(bufs, flags, inbox)
             except OSError as exc:
-                self._recv_failed(exc, bufs, inbox, flags)
-                return
-            events = select.POLLIN | (select.POLLOUT if self._queue else 0)
-            if not _wait(self._sock, events, deadline):
-                assert deadline is not None
-                partial = self._dec.buffered()
-                kept = f"; the {partial} bytes of it that did stay queued" if partial else ""
-                # No errno, as the socket module's own timeouts.
-                raise TimeoutError(f"no whole message arrived within {deadline.timeout:g} s{kept}")
-
-    def _recv_failed(
-        self,
-        exc: OSError,
-        bufs: tuple[memoryview, ...],
-        inbox: list[tuple[Any, ...]],
-        flags: int,
-    ) -> None:
-        """What a failed read into *bufs* means: a read retried after waiting,
-        end of file (both appended to *inbox*), or an error to raise.
-
-        A spinning blocking channel reads without waiting first (``MSG_DONTWAIT``):
-        when that finds nothing, it tries ``spin - 1`` more times, then waits.
-        Spinning adapts: a try that finds data renews the credit; waits whose
-        tries all found nothing use it up, and the channel then waits at once
-        (no failed tries at all, which cost most when the peer shares our CPU
-        and cannot run while we try) until _PROBE_READS reads later.
-        """
-        if isinstance(exc, BlockingIOError) and self._spin:
-            recvmsg_into = self._sock.recvmsg_into
-            try:
-                nowait = (flags | _MSG_DONTWAIT,)
-                for _ in range(self._spin - 1):
-                    try:
-                        inbox.append(recvmsg_into(bufs, ANCBUFSIZE, nowait[0]))
-                    except BlockingIOError:
-                        continue
-                    self._credit = _SPIN_CREDIT
-                    return
-                self._spin_failed()
-                inbox.append(recvmsg_into(bufs, ANCBUFSIZE, flags))
-                return
-            except OSError as again:
-                exc = again
-        self._read_failed(exc, bufs, inbox, flags)
+                if isinstance(exc, BlockingIOError) and (polling or flags != self._rbase):
+                    missed = True
+                    continue
+                # (A blocking read's BlockingIOError: someone made the socket
+                # non-blocking behind the channel's back.)
+                raise self._read_exc(exc)  # noqa: B904 (its cause is set when it is new)
+            if missed and not polling and flags != self._rbase:
+                self._credit = _SPIN_CREDIT
+            return
 
     def _spin_failed(self) -> None:
         """Every try of a wait found nothing: spend credit; none left, stop spinning."""
@@ -1324,11 +1345,13 @@ class Channel(ChannelBase):
                 while msg is NEED_DATA:
                     if self._closed:
                         raise OSError(errno.EBADF, "the channel is closed")
-                    if inbox or self._queue or self._probe:
+                    if inbox or self._queue:
                         self._fill()
                     else:
                         # _fill()'s common case in one call: the read and, for
                         # the usual read, its accounting (read_commit).
+                        if self._probe:
+                            self._probe_tick()
                         try:
                             n = self._read(dec, self._sock, self._rflags)
                         except OSError as exc:

@@ -20,7 +20,7 @@ the asyncio :class:`~unix_socketpair.AsyncChannel` both keep for sending:
   may send without taking its send lock, computed in :meth:`refresh` only.
 
 The I/O classes make the system calls and report what they did. Counts go into
-a list *from C* (``queue.wrote.extend(map(sock.send, (queue.held,), flags))``,
+a list *from C* (``queue.wrote.extend(map(sock.sendmsg, ((queue.held,),), ...))``,
 ``queue.sent.extend(map(sock.sendmsg, ...))``) so that no bytecode runs between a
 call returning and its result being recorded; they are applied later by a step
 that calls nothing between its stores (:meth:`written`, :meth:`remaining`,
