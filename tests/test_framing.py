@@ -668,6 +668,16 @@ def _decoder_in(state: str) -> Any:
     elif state == "closed":
         decoder.receive_data(frame(b"first"))
         decoder.close()
+    elif state == "all taken":
+        decoder.receive_data(frame(b"first"))
+        assert decoder.next_message() == b"first"
+    elif state == "in a direct read":
+        decoder = StreamDecoder()
+        target = memoryview(bytearray(100_000))
+        decoder.receive_data(struct.pack(">I", 80_000) + b"x" * 10)
+        assert decoder.into(target) is not None
+        assert decoder.begin_direct(target)
+    # ("nothing yet": a new decoder.)
     return decoder
 
 
@@ -680,6 +690,8 @@ TAKE_STATES = [
     "with descriptors",
     "at end of file",
     "closed",
+    "nothing yet",
+    "all taken",
 ]
 
 
@@ -718,6 +730,53 @@ def test_take_frame_in_c_declines_while_another_holds_the_lock(c: ModuleType, st
         assert c.take_frame(decoder, lock, record) is None
     assert (record, decoder.buffered()) == ([], before)
     decoder.close()
+
+
+@pytest.mark.parametrize("state", [*TAKE_STATES, "in a direct read"])
+def test_take_frame_answers_need_when_the_decoder_simply_holds_nothing(
+    c: ModuleType, state: str
+) -> None:
+    """With a fourth argument, *need*: that object instead of None when the decoder is
+    open and holds no byte (next_message() would answer NEED_DATA at once), so that a
+    receiver learns "wait" without a call to next_message(). In every other state the
+    answer is the three-argument one. Both twins agree, and change nothing."""
+    from unix_socketpair._codec import NEED_DATA, py_take_frame
+
+    answers = []
+    for take in (py_take_frame, c.take_frame):
+        decoder = _decoder_in(state)
+        plain = _decoder_in(state)
+        record: list[bytes] = []
+        got = take(decoder, None, record, NEED_DATA)
+        without = take(plain, None, [], None)
+        answers.append((got, record, decoder.buffered()))
+        if state in ("nothing yet", "all taken"):
+            assert got is NEED_DATA
+            assert record == []
+            assert decoder.next_message() is NEED_DATA
+        else:
+            assert got == without
+        decoder.close()
+        plain.close()
+    assert answers[0] == answers[1]
+
+
+def test_take_frame_checks_its_arguments(c: ModuleType) -> None:
+    from unix_socketpair._codec import NEED_DATA, StreamDecoder, py_take_frame
+
+    decoder = StreamDecoder()
+    for take in (py_take_frame, c.take_frame):
+        with pytest.raises(TypeError):
+            take(decoder, None)
+        with pytest.raises(TypeError):
+            take(decoder, None, [], NEED_DATA, None)
+    with pytest.raises(TypeError, match="record"):
+        c.take_frame(decoder, None, (), NEED_DATA)
+    # Not a stream decoder (a PacketDecoder's messages go through its own methods):
+    # nothing the C version can take, and it changes nothing.
+    record: list[bytes] = []
+    assert c.take_frame(object(), None, record, NEED_DATA) is None
+    assert record == []
 
 
 def test_take_frame_then_next_message_goes_on_in_order(c: ModuleType) -> None:

@@ -45,12 +45,12 @@ from ._channel import (
     _writable,
 )
 from ._codec import (
+    C_TAKE,
     DEFAULT_MAX_MESSAGE_SIZE,
     NEED_DATA,
     NOT_USUAL,
     Buffer,
     _pack,
-    py_take_frame,
     take_frame,
 )
 from ._errors import ChannelClosed
@@ -89,11 +89,6 @@ class _Job:
     def __init__(self, bufs: list[Buffer], anc: list[Any]) -> None:
         self.bufs: list[Buffer] | None = bufs
         self.anc = anc
-
-
-#: take_frame() is the C one (the accelerator, with a GIL): recv() takes the
-#: message its wake-up brought with it (see recv).
-_C_TAKE = take_frame is not py_take_frame
 
 
 def _on_readable(ref: weakref.ref[AsyncChannel]) -> None:
@@ -824,7 +819,14 @@ class AsyncChannel(ChannelBase):
         handed: list[Any] = []
         dec.handed = handed  # (only Channel's signal rollback reads it)
         try:
-            msg: object = dec.next_message()
+            # With the accelerator, the two usual answers (a whole message
+            # buffered; nothing at all, so wait: every round trip starts so)
+            # come from take_frame in C, with no Python frame (C_TAKE);
+            # anything else, and the pure-Python path (where take_frame would be
+            # two calls), from next_message().
+            msg: object = take_frame(dec, None, handed, NEED_DATA) if C_TAKE else None
+            if msg is None:
+                msg = dec.next_message()
             while msg is NEED_DATA:
                 if self._reading and self._read_waiter is None and not self._spin_tries:
                     # _fill_or_arm()'s first case inlined (the wait of every
@@ -835,10 +837,7 @@ class AsyncChannel(ChannelBase):
                     fut = self._fill_or_arm()
                 if fut is not None:
                     await fut
-                # The usual wake-up: one whole message buffered, taken in C with
-                # no Python frame (_C_TAKE); anything else, and the pure-Python
-                # path (where take_frame would be two calls), next_message().
-                msg = take_frame(dec, None, handed) if _C_TAKE else None
+                msg = take_frame(dec, None, handed, NEED_DATA) if C_TAKE else None
                 if msg is None:
                     msg = dec.next_message()
         except BaseException:
@@ -916,14 +915,16 @@ class AsyncChannel(ChannelBase):
             while True:
                 handed: list[Any] = []
                 dec.handed = handed  # (only Channel's signal rollback reads it)
-                msg: object = next_message()
+                # As in recv(): the usual answers from take_frame in C.
+                msg: object = take_frame(dec, None, handed, NEED_DATA) if C_TAKE else None
+                if msg is None:
+                    msg = next_message()
                 while msg is NEED_DATA:
                     batch = False
                     fut = self._fill_or_arm()
                     if fut is not None:
                         await fut
-                    # As in recv(): the message the wake-up brought, taken in C.
-                    msg = take_frame(dec, None, handed) if _C_TAKE else None
+                    msg = take_frame(dec, None, handed, NEED_DATA) if C_TAKE else None
                     if msg is None:
                         msg = next_message()
                 yield msg  # type: ignore[misc]

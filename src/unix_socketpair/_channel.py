@@ -44,6 +44,7 @@ from ._ancillary import (
 )
 from ._codec import (
     AGAIN,
+    C_TAKE,
     DEFAULT_MAX_MESSAGE_SIZE,
     HANDED_INTO,
     HEADER_SIZE,
@@ -1313,7 +1314,8 @@ class Channel(ChannelBase):
                         continue
                 raise
             if msg is not None:
-                return msg
+                # (bytes: without a *need* argument take_frame has no other answer)
+                return msg  # type: ignore[return-value]
             return self._recv_locked(taken)
         payload, fds = self._receive(self._take_with_fds, None, _Deadline(timeout), None, 0)
         close_fds(fds)
@@ -1341,7 +1343,14 @@ class Channel(ChannelBase):
             with lock:
                 dec.handed, dec.handed_by = handed, 0
                 inbox = dec.inbox
-                msg: bytes | _NeedData | None = dec.next_message()
+                # With the accelerator, the usual answers (a whole message;
+                # nothing at all: read) from take_frame in C, with no Python
+                # frame; the pure-Python take would be two calls.
+                msg: bytes | _NeedData | None = (
+                    take_frame(dec, None, handed, NEED_DATA) if C_TAKE else None
+                )
+                if msg is None:
+                    msg = dec.next_message()
                 while msg is NEED_DATA:
                     if self._closed:
                         raise OSError(errno.EBADF, "the channel is closed")
@@ -1359,7 +1368,7 @@ class Channel(ChannelBase):
                         else:
                             if n <= 0:
                                 self._after_read(n)
-                    msg = take_frame(dec, None, handed)
+                    msg = take_frame(dec, None, handed, NEED_DATA)
                     if msg is None:
                         msg = dec.next_message()
                 return msg  # type: ignore[return-value]

@@ -899,15 +899,20 @@ class StreamDecoder(Receiver):
             close_fds(fds)
         return payload
 
-    def _take_whole(self, record: list[bytes]) -> bytes | None:
+    def _take_whole(
+        self, record: list[bytes], need: _NeedData | None = None
+    ) -> bytes | _NeedData | None:
         """next_message()'s common case alone (see py_take_frame): the whole
         message at the read position when no descriptors, error or direct
-        read is pending, recorded in *record*; else None."""
+        read is pending, recorded in *record*; *need* when nothing at all is
+        buffered and the decoder is open; else None."""
         r = self._rpos
         w = self._wpos
-        if w - r < HEADER_SIZE or self._groups or self._broken is not None:
+        if w - r < HEADER_SIZE:
+            if r == w and not self._eof and self._broken is None and self._direct is None:
+                return need
             return None
-        if self._direct is not None:
+        if self._groups or self._broken is not None or self._direct is not None:
             return None
         size = _unpack_from(self._buf, r)[0]
         end = r + HEADER_SIZE + size
@@ -1453,11 +1458,17 @@ class StreamDecoder(Receiver):
 
 
 def py_take_frame(
-    decoder: Any, lock: threading.Lock | None, record: list[bytes], /
-) -> bytes | None:
+    decoder: Any,
+    lock: threading.Lock | None,
+    record: list[bytes],
+    need: _NeedData | None = None,
+    /,
+) -> bytes | _NeedData | None:
     """The next message's payload if *decoder* holds all of it and nothing
     needs more care (descriptors, an error, a direct read, a length over the
-    limit); else None, having changed nothing.
+    limit); *need* if it holds nothing at all and is open (no end of file, no
+    error, no direct read: next_message() would answer NEED_DATA at once);
+    else None. Changes nothing unless it returns a payload.
 
     For a receiver that takes messages without a lock of its own: *lock* is
     the lock every other mutator of *decoder* holds (None: the caller holds
@@ -1465,27 +1476,35 @@ def py_take_frame(
     to *record* in the same step that consumes it, so that a caller whose
     exception (a signal handler's) comes before it could bind the result can
     put it back. Each message goes to exactly one caller, from any number of
-    threads.
+    threads. *need* lets the receive path of a round trip learn "wait" in
+    this call, without a call to next_message().
 
     This pure-Python version holds *lock* around the take. The C version
     (``_speedups.take_frame``, used when built, with a GIL) only checks that
     *lock* is free and then does the whole take without running any Python
-    code, which makes it atomic under the GIL at a fraction of a lock's cost.
+    code, which makes it atomic under the GIL at a fraction of a lock's cost;
+    it takes nothing from a PacketDecoder (None), whose messages its own
+    methods take.
     """
-    take: Callable[[list[bytes]], bytes | None] = decoder._take_whole
+    take: Callable[[list[bytes], _NeedData | None], bytes | _NeedData | None]
+    take = decoder._take_whole
     if lock is None:
-        return take(record)
+        return take(record, need)
     with lock:
-        return take(record)
+        return take(record, need)
 
 
-take_frame: Callable[[Any, threading.Lock | None, list[bytes]], bytes | None] = py_take_frame
+take_frame: Callable[..., bytes | _NeedData | None] = py_take_frame
 # The C version is atomic only while a GIL serialises threads (not on a
 # free-threaded build that runs without one).
 if ACCELERATED and getattr(sys, "_is_gil_enabled", lambda: True)():
     from ._speedups import take_frame as _c_take_frame
 
     take_frame = _c_take_frame
+
+#: take_frame is the C one: a receive path asks it first, in the state where
+#: next_message() would be one Python call (with the pure-Python take, two).
+C_TAKE = take_frame is not py_take_frame
 
 #: ``StreamDecoder.read_commit`` as a function of (decoder, sock, flags): the C
 #: version when the accelerator is in use (chosen once, here, with the framing).

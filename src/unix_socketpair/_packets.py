@@ -300,8 +300,10 @@ class PacketDecoder(Receiver):
             if fds:
                 close_fds(fds)
 
-    def _take_whole(self, record: list[bytes]) -> bytes | None:
-        """py_take_frame()'s step: the next message if it has no descriptors."""
+    def _take_whole(self, record: list[bytes], need: object = None) -> bytes | None:
+        """py_take_frame()'s step: the next message if it has no descriptors
+        (*need* is not used: the C take_frame takes nothing from a packet
+        decoder, and the callers ask next_message() after None)."""
         ready = self._ready
         if not ready or ready[0][1]:
             return None  # (a failure too)

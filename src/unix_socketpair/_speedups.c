@@ -244,69 +244,137 @@ join_frames(PyObject *module, PyObject *messages)
     return joined;
 }
 
-/* take_frame(decoder, lock, record, /): one whole message out of a
- * StreamDecoder, without a lock of its own (see _codec.take_frame, which
+/* The decoder's fields are read and written through their __slots__ offsets,
+ * looked up once per decoder class (a member descriptor each): no attribute
+ * lookup, and so no Python code, on the way. */
+enum {
+    F_INBOX, F_EOF, F_BROKEN, F_DIRECT, F_BUF, F_RPOS, F_WPOS, F_BASE, F_CREDS, F_GROUPS, F_MAX,
+    F_COUNT
+};
+static const char *const field_names[F_COUNT] = {
+    "inbox", "_eof", "_broken", "_direct", "_buf", "_rpos", "_wpos", "_base", "creds", "_groups",
+    "_max",
+};
+static PyTypeObject *fields_type; /* the class the offsets are for (a strong reference) */
+static Py_ssize_t field_offset[F_COUNT];
+
+#define FIELD(obj, f) (*(PyObject **)((char *)(obj) + field_offset[f]))
+
+/* Look up the slot offsets of *type*'s fields; -1 with TypeError (or the
+ * AttributeError of a missing one) if one is not a plain writable slot. */
+static int
+bind_fields(PyTypeObject *type)
+{
+    Py_ssize_t offsets[F_COUNT];
+    for (int i = 0; i < F_COUNT; i++) {
+        PyObject *descr = PyObject_GetAttrString((PyObject *)type, field_names[i]);
+        if (descr == NULL) {
+            return -1;
+        }
+        int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type);
+        if (ok) {
+            PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+            ok = member->type == Py_T_OBJECT_EX && !(member->flags & Py_READONLY);
+            offsets[i] = member->offset;
+        }
+        Py_DECREF(descr);
+        if (!ok) {
+            PyErr_Format(PyExc_TypeError, "decoder %.200s: %s is not a writable slot",
+                         type->tp_name, field_names[i]);
+            return -1;
+        }
+    }
+    memcpy(field_offset, offsets, sizeof offsets);
+    Py_INCREF(type);
+    Py_XSETREF(fields_type, type);
+    return 0;
+}
+
+/* The int in field *f* of *dec*, or -1 with an exception set. */
+static Py_ssize_t
+ssize_field(PyObject *dec, int f)
+{
+    PyObject *value = FIELD(dec, f);
+    if (value == NULL || !PyLong_CheckExact(value)) {
+        PyErr_Format(PyExc_TypeError, "decoder.%s is not an int", field_names[f]);
+        return -1;
+    }
+    return PyLong_AsSsize_t(value);
+}
+
+/* Store *value* (a new reference) in field *f*; returns the old value, for
+ * the caller to release once every store is done. */
+static PyObject *
+swap_field(PyObject *dec, int f, PyObject *value)
+{
+    PyObject *old = FIELD(dec, f);
+    FIELD(dec, f) = value;
+    return old;
+}
+
+/* take_frame(decoder, lock, record[, need], /): one whole message out of a
+ * StreamDecoder, without a lock of its own (see _codec.py_take_frame, which
  * documents the contract and is the pure-Python twin).
  *
  * Atomic with respect to every other Python thread: from the check of *lock*
  * to the store of the new read position, this function holds the GIL and
- * runs no Python code (the attributes are a __slots__ class's, the lock is a
- * _thread.lock, and nothing allocated here is tracked by the garbage
- * collector, so no collection and no finalizer can run). The decoder's other
- * mutators run only while holding *lock*, so they are never seen half done. */
-static PyObject *str_locked, *str_rpos, *str_wpos, *str_buf, *str_groups, *str_broken,
-    *str_direct, *str_max;
-
-/* The int value of decoder.<name>, or -1 with an exception set. */
-static Py_ssize_t
-ssize_attr(PyObject *obj, PyObject *name)
-{
-    PyObject *value = PyObject_GetAttr(obj, name);
-    if (value == NULL) {
-        return -1;
-    }
-    Py_ssize_t result = PyLong_AsSsize_t(value);
-    Py_DECREF(value);
-    return result;
-}
-
-/* 1 if decoder.<name> is None, 0 if not, -1 on error. */
-static int
-attr_is_none(PyObject *obj, PyObject *name)
-{
-    PyObject *value = PyObject_GetAttr(obj, name);
-    if (value == NULL) {
-        return -1;
-    }
-    int result = value == Py_None;
-    Py_DECREF(value);
-    return result;
-}
+ * runs no Python code (the fields are a __slots__ class's, read through their
+ * offsets; the lock is a _thread.lock; nothing allocated here is tracked by
+ * the garbage collector, so no collection and no finalizer can run). The
+ * decoder's other mutators run only while holding *lock*, so they are never
+ * seen half done.
+ *
+ * An object without a StreamDecoder's slots (a PacketDecoder, whose messages
+ * its own methods take) has nothing this function can take: None. */
+static PyObject *str_locked;
+static PyTypeObject *declined_type; /* the last such type seen (a strong reference) */
 
 static PyObject *
 take_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 3) {
+    if (nargs != 3 && nargs != 4) {
         PyErr_Format(PyExc_TypeError,
-                     "take_frame() takes exactly 3 positional arguments (%zd given)", nargs);
+                     "take_frame() takes 3 or 4 positional arguments (%zd given)", nargs);
         return NULL;
     }
     PyObject *dec = args[0], *record = args[2];
+    PyObject *need = nargs == 4 ? args[3] : Py_None;
     if (!PyList_CheckExact(record)) {
         PyErr_Format(PyExc_TypeError, "take_frame: record must be a list, got %R",
                      (PyObject *)Py_TYPE(record));
         return NULL;
     }
-    Py_ssize_t r = ssize_attr(dec, str_rpos);
+    if (Py_TYPE(dec) != fields_type) {
+        if (Py_TYPE(dec) == declined_type) {
+            Py_RETURN_NONE;
+        }
+        if (bind_fields(Py_TYPE(dec)) < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_TypeError) &&
+                !PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                return NULL;
+            }
+            PyErr_Clear();
+            Py_INCREF(Py_TYPE(dec));
+            Py_XSETREF(declined_type, Py_TYPE(dec));
+            Py_RETURN_NONE;
+        }
+    }
+    Py_ssize_t r = ssize_field(dec, F_RPOS);
     if (r == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    Py_ssize_t w = ssize_attr(dec, str_wpos);
+    Py_ssize_t w = ssize_field(dec, F_WPOS);
     if (w == -1 && PyErr_Occurred()) {
         return NULL;
     }
     if (w - r < HEADER_SIZE) {
+        /* Nothing at all, and open: what next_message() answers NEED_DATA to
+         * at once (the same test). */
+        if (r == w && need != Py_None && FIELD(dec, F_EOF) == Py_False &&
+            FIELD(dec, F_BROKEN) == Py_None && FIELD(dec, F_DIRECT) == Py_None) {
+            return Py_NewRef(need);
+        }
         Py_RETURN_NONE;
     }
     /* None: the caller holds the lock itself. Checked after the cheap test
@@ -323,37 +391,23 @@ take_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     /* Descriptors pending, a broken decoder, a direct read: the slow path. */
-    PyObject *groups = PyObject_GetAttr(dec, str_groups);
-    if (groups == NULL) {
-        return NULL;
-    }
-    int busy = PyObject_IsTrue(groups);
-    Py_DECREF(groups);
-    if (busy) {
+    PyObject *groups = FIELD(dec, F_GROUPS);
+    int busy = groups == NULL ? 1 : PyObject_IsTrue(groups);
+    if (busy || FIELD(dec, F_BROKEN) != Py_None || FIELD(dec, F_DIRECT) != Py_None) {
         return busy < 0 ? NULL : Py_NewRef(Py_None);
     }
-    int ok = attr_is_none(dec, str_broken);
-    if (ok > 0) {
-        ok = attr_is_none(dec, str_direct);
-    }
-    if (ok <= 0) {
-        return ok < 0 ? NULL : Py_NewRef(Py_None);
-    }
-    Py_ssize_t limit = ssize_attr(dec, str_max);
+    Py_ssize_t limit = ssize_field(dec, F_MAX);
     if (limit == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    PyObject *buf = PyObject_GetAttr(dec, str_buf);
-    if (buf == NULL) {
-        return NULL;
-    }
+    PyObject *buf = FIELD(dec, F_BUF);
     Py_buffer view;
-    int got = PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE);
-    Py_DECREF(buf);
-    if (got < 0) {
+    if (buf == NULL || PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE) < 0) {
+        if (buf == NULL) {
+            PyErr_SetString(PyExc_TypeError, "take_frame: decoder._buf is not set");
+        }
         return NULL;
     }
-    PyObject *payload = NULL, *pos = NULL;
     Py_ssize_t size = -1;
     if (r >= 0 && w <= view.len) {
         size = whole_frame(view.buf, r, w, limit);
@@ -362,28 +416,21 @@ take_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyBuffer_Release(&view);
         Py_RETURN_NONE;
     }
-    payload = PyBytes_FromStringAndSize((const char *)view.buf + r + HEADER_SIZE, size);
+    PyObject *payload = PyBytes_FromStringAndSize((const char *)view.buf + r + HEADER_SIZE, size);
     PyBuffer_Release(&view);
     if (payload == NULL) {
         return NULL;
     }
-    pos = PyLong_FromSsize_t(r + HEADER_SIZE + size);
+    PyObject *pos = PyLong_FromSsize_t(r + HEADER_SIZE + size);
     if (pos == NULL || PyList_Append(record, payload) < 0) {
-        goto fail;
+        Py_XDECREF(pos);
+        Py_DECREF(payload);
+        return NULL;
     }
-    /* The last step: consumed, and recorded just before. */
-    if (PyObject_SetAttr(dec, str_rpos, pos) < 0) {
-        (void)PyList_SetSlice(record, PyList_GET_SIZE(record) - 1, PyList_GET_SIZE(record),
-                              NULL);
-        goto fail;
-    }
-    Py_DECREF(pos);
+    /* The last step: consumed, and recorded just before (a store that cannot
+     * fail). */
+    Py_XDECREF(swap_field(dec, F_RPOS, pos));
     return payload;
-
-fail:
-    Py_XDECREF(pos);
-    Py_DECREF(payload);
-    return NULL;
 }
 
 /* read_commit(decoder, sock, flags, /): one read from a stream socket into a
@@ -409,8 +456,8 @@ fail:
  * Only running out of memory there (a few small objects) loses the read, as it
  * does in socket.recvmsg_into().
  *
- * The decoder's fields are read and written through their __slots__ offsets,
- * looked up once per decoder class (a member descriptor each). */
+ * The decoder's fields are read and written through their slot offsets, as
+ * in take_frame. */
 
 /* A cmsg buffer the size of _ancillary.ANCBUFSIZE: the most descriptors a
  * peer can send (SCM_MAX_FD) plus one SCM_CREDENTIALS record (3 ints). */
@@ -422,58 +469,6 @@ fail:
 #define STEADY_CAPACITY (256 * 1024)
 #define RETAIN_CAPACITY (4 * 1024 * 1024 + HEADER_SIZE)
 
-enum { F_INBOX, F_EOF, F_BROKEN, F_DIRECT, F_BUF, F_RPOS, F_WPOS, F_BASE, F_CREDS, F_COUNT };
-static const char *const field_names[F_COUNT] = {
-    "inbox", "_eof", "_broken", "_direct", "_buf", "_rpos", "_wpos", "_base", "creds",
-};
-static PyTypeObject *fields_type; /* the class the offsets are for (a strong reference) */
-static Py_ssize_t field_offset[F_COUNT];
-static PyObject *str_fileno, *str_get_buffer;
-
-#define FIELD(obj, f) (*(PyObject **)((char *)(obj) + field_offset[f]))
-
-/* Look up the slot offsets of *type*'s fields; -1 with TypeError if one is
- * not a plain writable slot. */
-static int
-bind_fields(PyTypeObject *type)
-{
-    Py_ssize_t offsets[F_COUNT];
-    for (int i = 0; i < F_COUNT; i++) {
-        PyObject *descr = PyObject_GetAttrString((PyObject *)type, field_names[i]);
-        if (descr == NULL) {
-            return -1;
-        }
-        int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type);
-        if (ok) {
-            PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
-            ok = member->type == Py_T_OBJECT_EX && !(member->flags & Py_READONLY);
-            offsets[i] = member->offset;
-        }
-        Py_DECREF(descr);
-        if (!ok) {
-            PyErr_Format(PyExc_TypeError, "read_commit: %.200s.%s is not a writable slot",
-                         type->tp_name, field_names[i]);
-            return -1;
-        }
-    }
-    memcpy(field_offset, offsets, sizeof offsets);
-    Py_INCREF(type);
-    Py_XSETREF(fields_type, type);
-    return 0;
-}
-
-/* The int in field *f* of *dec*, or -1 with an exception set. */
-static Py_ssize_t
-ssize_field(PyObject *dec, int f)
-{
-    PyObject *value = FIELD(dec, f);
-    if (value == NULL || !PyLong_CheckExact(value)) {
-        PyErr_Format(PyExc_TypeError, "read_commit: decoder.%s is not an int", field_names[f]);
-        return -1;
-    }
-    return PyLong_AsSsize_t(value);
-}
-
 /* 1 if the decoder is in the state read_commit handles itself, else 0. */
 static int
 usual_state(PyObject *dec)
@@ -482,16 +477,6 @@ usual_state(PyObject *dec)
     return inbox != NULL && PyList_CheckExact(inbox) && PyList_GET_SIZE(inbox) == 0 &&
            FIELD(dec, F_EOF) == Py_False && FIELD(dec, F_BROKEN) == Py_None &&
            FIELD(dec, F_DIRECT) == Py_None;
-}
-
-/* Store *value* (a new reference) in field *f*; returns the old value, for
- * the caller to release once every store is done. */
-static PyObject *
-swap_field(PyObject *dec, int f, PyObject *value)
-{
-    PyObject *old = FIELD(dec, f);
-    FIELD(dec, f) = value;
-    return old;
 }
 
 /* The length of the data of *cmsg* within the control buffer of *msg* (as
@@ -563,6 +548,8 @@ fail:
     close_received_fds(msg);
     return NULL;
 }
+
+static PyObject *str_fileno, *str_get_buffer;
 
 static PyObject *
 read_commit(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -772,7 +759,7 @@ static PyMethodDef methods[] = {
      "Frame every message of messages (bytes) into one bytes object.\n"
      "See unix_socketpair._framing.py_join_frames for the contract."},
     {"take_frame", (PyCFunction)(void (*)(void))take_frame, METH_FASTCALL,
-     "take_frame(decoder, lock, record, /)\n--\n\n"
+     "take_frame(decoder, lock, record, need=None, /)\n--\n\n"
      "One whole buffered message out of a StreamDecoder, atomically, or None.\n"
      "See unix_socketpair._codec.py_take_frame for the contract."},
     {"read_commit", (PyCFunction)(void (*)(void))read_commit, METH_FASTCALL,
@@ -808,10 +795,8 @@ PyInit__speedups(void)
 {
     /* Interned once, kept for the life of the process (as CPython's own
      * _Py_IDENTIFIER strings are). */
-    static const char *names[] = {"locked", "_rpos", "_wpos",   "_buf",   "_groups",
-                                  "_broken", "_direct", "_max", "fileno", "get_buffer"};
-    PyObject **slots_[] = {&str_locked, &str_rpos, &str_wpos, &str_buf,   &str_groups,
-                           &str_broken, &str_direct, &str_max, &str_fileno, &str_get_buffer};
+    static const char *names[] = {"locked", "fileno", "get_buffer"};
+    PyObject **slots_[] = {&str_locked, &str_fileno, &str_get_buffer};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         if (*slots_[i] == NULL && (*slots_[i] = PyUnicode_InternFromString(names[i])) == NULL) {
             return NULL;
