@@ -600,7 +600,7 @@ def test_async_recv_takes_the_message_its_wake_up_brought_in_one_call(
 
 _LEAKS = """
 import gc, os, socket, struct, sys, tracemalloc, array
-from unix_socketpair._codec import StreamDecoder
+from unix_socketpair._codec import NEED_DATA, StreamDecoder
 from unix_socketpair._ancillary import enable_passcred
 from unix_socketpair import _speedups as c
 
@@ -614,7 +614,9 @@ def usual(rounds):
     for _ in range(rounds):
         b.send(ping)
         assert c.read_commit(dec, a, socket.MSG_CMSG_CLOEXEC) == 5
-        assert dec.next_message() == b"x"
+        # take_frame: the message, then "wait" (as a round trip's receive asks)
+        assert c.take_frame(dec, None, dec.handed, NEED_DATA) == b"x"
+        assert c.take_frame(dec, None, dec.handed, NEED_DATA) is NEED_DATA
         dec.handed.clear()  # (the channel's record of what it took)
 
 def raw(rounds):
@@ -652,6 +654,14 @@ def errors(rounds):
         busy = StreamDecoder()
         busy.inbox.append((0, [], 0, None))
         assert c.read_commit(busy, a, 0) == -2
+        assert c.take_frame(object(), None, [], NEED_DATA) is None
+        for bad in ((dec, None), (dec, None, ()), (dec, None, [], NEED_DATA, 0)):
+            try:
+                c.take_frame(*bad)
+            except TypeError:
+                pass
+            else:
+                raise AssertionError(bad)
 
 def measure():
     gc.collect()
