@@ -61,7 +61,6 @@ EXPECTED_ROWS = {
         "async-channel",
         "asyncio-uvloop",
         "async-channel-uvloop",
-        "async-channel-uvloop-nocreds",
         "async-channel-uvloop-spin",
         "zmq",
         "c",
@@ -131,9 +130,6 @@ SEND_PROMISE = (
     "multiprocessing.Pipe"
 )
 RTT_PROMISE = "a Channel round trip takes at most 1.15x the time of a bare socket's send / recv"
-UVLOOP_RTT_PROMISE = (
-    "on uvloop, an AsyncChannel round trip takes at most the time of asyncio streams'"
-)
 BESIDE = {
     "floors": (
         {
@@ -149,7 +145,6 @@ BESIDE = {
         {
             ("framed-64b", "channel-buffered"): SEND_PROMISE,
             ("rtt", "channel-spin0"): RTT_PROMISE,
-            ("rtt", "async-channel-uvloop-nocreds"): UVLOOP_RTT_PROMISE,
         },
         "{label}: {value}",
     ),

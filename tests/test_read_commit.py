@@ -30,7 +30,7 @@ from test_framing import _LOAD, _build
 
 import unix_socketpair
 from unix_socketpair import AsyncChannel, Channel, _codec
-from unix_socketpair._ancillary import ANCBUFSIZE, set_passcred
+from unix_socketpair._ancillary import ANCBUFSIZE, enable_passcred
 from unix_socketpair._codec import AGAIN, NEED_DATA, NOT_USUAL, StreamDecoder
 from unix_socketpair._packets import PacketDecoder
 
@@ -125,7 +125,7 @@ def drive(
     a, b = socket.socketpair()
     a.setblocking(False)
     if passcred:
-        set_passcred(a, True)
+        enable_passcred(a)
     dec = StreamDecoder(max_size)
     log: list[Any] = []
     try:
@@ -280,7 +280,7 @@ def test_a_read_that_cannot_wait_does_not_wait_on_a_blocking_socket(read: Read) 
     try:
         with a, b:
             assert a.getblocking()
-            set_passcred(a, True)
+            enable_passcred(a)
             dec = StreamDecoder()
             signal.setitimer(signal.ITIMER_REAL, 2.0)
             assert read(dec, a, FLAGS | socket.MSG_DONTWAIT) == AGAIN
@@ -421,7 +421,7 @@ _STORM = """
 import os, signal, socket, struct, sys, threading
 from unix_socketpair._codec import NEED_DATA, StreamDecoder
 from unix_socketpair._speedups import read_commit
-from unix_socketpair._ancillary import set_passcred
+from unix_socketpair._ancillary import enable_passcred
 from unix_socketpair import ChannelClosed
 
 class Interrupt(Exception):
@@ -437,7 +437,7 @@ def handler(signum, frame):
 signal.signal(signal.SIGALRM, handler)
 
 a, b = socket.socketpair()
-set_passcred(a, True)
+enable_passcred(a)
 COUNT = 20000
 def sender():
     for i in range(COUNT):
@@ -601,12 +601,12 @@ def test_async_recv_takes_the_message_its_wake_up_brought_in_one_call(
 _LEAKS = """
 import gc, os, socket, struct, sys, tracemalloc, array
 from unix_socketpair._codec import NEED_DATA, StreamDecoder
-from unix_socketpair._ancillary import set_passcred
+from unix_socketpair._ancillary import enable_passcred
 from unix_socketpair import _speedups as c
 
 a, b = socket.socketpair()
 a.setblocking(False)
-set_passcred(a, True)
+enable_passcred(a)
 dec = StreamDecoder()
 ping = struct.pack(">I", 1) + b"x"
 

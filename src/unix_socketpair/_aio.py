@@ -162,8 +162,7 @@ class AsyncChannel(ChannelBase):
     """The asyncio twin of :class:`~unix_socketpair.Channel`: same wire format,
     same errors, coroutines for everything that may wait.
 
-    ``AsyncChannel(sock_or_fd, *, max_message_size=64 MiB, max_fds=253, spin=0,
-    credentials=True)``
+    ``AsyncChannel(sock_or_fd, *, max_message_size=64 MiB, max_fds=253, spin=0)``
 
     The constructor is synchronous and may run outside a coroutine; the channel
     binds to the running loop the first time it has to wait, and must then
@@ -180,10 +179,6 @@ class AsyncChannel(ChannelBase):
     written first. It adapts: spinning stops once fewer than about two waits
     in three end in a try, and is tried again 256 waits later. About 100 to
     200 suits a peer on another CPU (docs/performance.md).
-
-    *credentials*: as for ``Channel`` (``False``: no per-message credentials
-    stamp, a shorter round trip, and :meth:`peer_credentials` answers the
-    connect-time credentials; refused on ``SOCK_SEQPACKET``).
 
     Any number of tasks may ``send`` at once (messages are never interleaved:
     a task finishes its message before the next starts); only one task at a
@@ -233,7 +228,6 @@ class AsyncChannel(ChannelBase):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_fds: int = SCM_MAX_FD,
         spin: int = 0,
-        credentials: bool = True,
     ) -> None:
         # Checked before the socket is adopted, so a bad value leaves it to the caller.
         self._spin_tries = _check_limit("spin", spin, 0, _MAX_SPIN)
@@ -256,9 +250,7 @@ class AsyncChannel(ChannelBase):
         self._flush_handle: asyncio.Handle | None = None
         self._flushing = False  # our writer callback is registered
         self._drain_waiters: list[tuple[int, asyncio.Future[None]]] | None = None
-        super().__init__(
-            sock_or_fd, max_message_size=max_message_size, max_fds=max_fds, credentials=credentials
-        )
+        super().__init__(sock_or_fd, max_message_size=max_message_size, max_fds=max_fds)
         # The socket is non-blocking; saying so in every read's flags too lets
         # the C read_commit keep the GIL around a read that cannot wait.
         self._rbase |= _MSG_DONTWAIT

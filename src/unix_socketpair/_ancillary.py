@@ -252,25 +252,23 @@ def has_credentials(ancdata: list[tuple[int, int, bytes]]) -> bool:
     return any(kind == _SCM_CREDENTIALS and level == _SOL_SOCKET for level, kind, _ in ancdata)
 
 
-def set_passcred(sock: _socket.socket, on: bool) -> bool:
-    """Turn ``SO_PASSCRED`` on or off where it exists (Linux); return whether it is on.
+def enable_passcred(sock: _socket.socket) -> bool:
+    """Turn on ``SO_PASSCRED`` where it exists (Linux); return whether it is on.
 
-    On, the kernel stamps everything sent to *sock* from then on with the
+    With it, the kernel stamps everything sent to *sock* from then on with the
     sending process's real pid, uid and gid, and every read returns that stamp as
     an ``SCM_CREDENTIALS`` record. That is how the channel names the real peer,
     and how a zero-length ``SOCK_SEQPACKET`` message is told apart from end of
     file (both make ``recvmsg`` return 0 bytes). A stream read never spans data
-    from two different senders. The stamp has a price in the kernel on every
-    message (a reference to the sender's pid taken and dropped, the record
-    copied out): docs/performance.md measures it.
+    from two different senders.
     """
     if _SO_PASSCRED is None or _SCM_CREDENTIALS is None:
         return False
     try:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_PASSCRED, int(on))
+        sock.setsockopt(socket.SOL_SOCKET, _SO_PASSCRED, 1)
     except OSError:
         return False
-    return on
+    return True
 
 
 def peer_credentials(sock: _socket.socket) -> Credentials:

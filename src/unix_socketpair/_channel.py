@@ -35,11 +35,11 @@ from ._ancillary import (
     check_fds,
     close_fds,
     credentials_from_record,
+    enable_passcred,
     first_bad_fd,
     pack_fds,
     peek_credentials,
     peer_credentials,
-    set_passcred,
     split_ancillary,
 )
 from ._codec import (
@@ -159,9 +159,8 @@ def _writable(buffer: object) -> memoryview:
     return view
 
 
-def _adopt(sock_or_fd: _socket.socket | int, credentials: bool = True) -> _socket.socket:
-    """Wrap *sock_or_fd* after checking it is an AF_UNIX socket of a known type
-    (and not ``SOCK_SEQPACKET`` without *credentials*).
+def _adopt(sock_or_fd: _socket.socket | int) -> _socket.socket:
+    """Wrap *sock_or_fd* after checking it is an AF_UNIX socket of a known type.
 
     A socket object may be a ``socket.socket`` or the C type it is built on
     (``Channel.pair()`` passes those: see there). On failure nothing is
@@ -194,14 +193,6 @@ def _adopt(sock_or_fd: _socket.socket | int, credentials: bool = True) -> _socke
         raise ValueError(
             "a channel needs an AF_UNIX SOCK_STREAM, SOCK_SEQPACKET or SOCK_DGRAM socket, "
             f"not {what}"
-        )
-    if not credentials and _raw_type(sock) == SOCK_SEQPACKET:
-        if created:
-            sock.detach()
-        raise ValueError(
-            "credentials=False is refused on a SOCK_SEQPACKET channel: an empty message "
-            "and end of file both read as 0 bytes, and only the kernel's per-message "
-            "credentials tell them apart"
         )
     return sock
 
@@ -312,7 +303,6 @@ class ChannelBase:
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_fds: int = SCM_MAX_FD,
-        credentials: bool = True,
     ) -> None:
         self._closed = True  # until fully set up (for __del__)
         # The checks inlined for valid ints (the usual case): construction cost.
@@ -320,9 +310,7 @@ class ChannelBase:
             _check_limit("max_message_size", max_message_size, 0, MAX_WIRE_LENGTH)
         if type(max_fds) is not int or not 0 <= max_fds <= SCM_MAX_FD:
             _check_limit("max_fds", max_fds, 0, SCM_MAX_FD)
-        if type(credentials) is not bool:
-            raise TypeError(f"credentials must be True or False, not {credentials!r}")
-        sock = _adopt(sock_or_fd, credentials)
+        sock = _adopt(sock_or_fd)
         sock.setblocking(self._blocking)
         self._sock = sock
         self._type: int = _raw_type(sock)
@@ -342,11 +330,10 @@ class ChannelBase:
         small = min(_JOIN_LIMIT, max_message_size) if stream else -1
         self._sendq = SendQueue(small, behind=not self._blocking)
         self._queue: bytes | bytearray = self._sendq.held if self._blocking else b""
-        # On every type unless asked not to: from now on the kernel stamps what
-        # the peer sends with the sender's real credentials (a socketpair's
-        # SO_PEERCRED only names its creator). Off, it is switched off (a
-        # socket handed over may have had it on): the stamp costs every message.
-        self._passcred = set_passcred(sock, credentials)
+        # On every type: from now on the kernel stamps what the peer sends with
+        # the sender's real credentials (a socketpair's SO_PEERCRED only names
+        # its creator).
+        self._passcred = enable_passcred(sock)
         if _SO_NOSIGPIPE is not None:
             # Where writes cannot say MSG_NOSIGNAL, the socket says it once.
             sock.setsockopt(socket.SOL_SOCKET, _SO_NOSIGPIPE, 1)
@@ -487,9 +474,7 @@ class ChannelBase:
 
         Linux: the process that sent the data this channel read from its socket
         most recently, as the kernel stamped it at send time (``SO_PASSCRED`` /
-        ``SCM_CREDENTIALS``, turned on by the constructor; with
-        ``credentials=False`` nothing is stamped and the answer is always the
-        ``SO_PEERCRED`` one described below; a process cannot
+        ``SCM_CREDENTIALS``, turned on by the constructor; a process cannot
         forge it without ``CAP_SYS_ADMIN``/``CAP_SETUID``/``CAP_SETGID``). If
         a child forks and a grandchild writes, that is the grandchild. The
         channel may read ahead, so "most recently read" can be a message not
@@ -717,8 +702,7 @@ class ChannelBase:
 class Channel(ChannelBase):
     """A framed, bidirectional message channel over one ``AF_UNIX`` socket.
 
-    ``Channel(sock_or_fd, *, max_message_size=64 MiB, max_fds=253, spin=10,
-    write_buffer=0, credentials=True)``
+    ``Channel(sock_or_fd, *, max_message_size=64 MiB, max_fds=253, spin=10)``
     adopts a ``socket.socket`` or a raw descriptor of an ``AF_UNIX``
     ``SOCK_STREAM``, ``SOCK_SEQPACKET`` or ``SOCK_DGRAM`` socket and **owns
     it**: :meth:`close` closes it. The socket is switched to blocking mode. If
@@ -739,14 +723,6 @@ class Channel(ChannelBase):
     On ``SOCK_STREAM`` each message is framed with a 4-byte big-endian length;
     on the packet types each message is one packet. ``docs/protocol.md`` has
     the details, so that a peer in any language can take part.
-
-    *credentials* (default True): on Linux the kernel stamps every message with
-    its sender's real pid, uid and gid (``SO_PASSCRED``), so that
-    :meth:`peer_credentials` names the process that sent. ``False`` switches the
-    stamp off for a round trip a few microseconds shorter (docs/performance.md);
-    :meth:`peer_credentials` then answers the connect-time credentials, for a
-    socketpair its creator. Refused (``ValueError``) on ``SOCK_SEQPACKET``,
-    where only the stamp tells an empty message from end of file.
 
     *write_buffer* (bytes, ``SOCK_STREAM`` only, default 0: off): hold small
     messages (up to 16 KiB, without descriptors) back and send them together
@@ -797,15 +773,12 @@ class Channel(ChannelBase):
         max_fds: int = SCM_MAX_FD,
         spin: int = DEFAULT_SPIN,
         write_buffer: int = 0,
-        credentials: bool = True,
     ) -> None:
         if type(spin) is not int or not 0 <= spin <= _MAX_SPIN:
             _check_limit("spin", spin, 0, _MAX_SPIN)
         if type(write_buffer) is not int or not 0 <= write_buffer <= _MAX_WRITE_BUFFER:
             _check_limit("write_buffer", write_buffer, 0, _MAX_WRITE_BUFFER)
-        super().__init__(
-            sock_or_fd, max_message_size=max_message_size, max_fds=max_fds, credentials=credentials
-        )
+        super().__init__(sock_or_fd, max_message_size=max_message_size, max_fds=max_fds)
         if write_buffer and self._type != SOCK_STREAM:
             # Give back what we adopted: the caller still owns it.
             self._closed = True

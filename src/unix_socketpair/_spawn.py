@@ -109,7 +109,7 @@ from typing import (
     overload,
 )
 
-from ._ancillary import set_passcred
+from ._ancillary import enable_passcred
 from ._pair import SOCK_STREAM, check_type, socketpair
 
 if TYPE_CHECKING:  # imported on first use of ``.channel``
@@ -843,7 +843,7 @@ def _new_pair(
     # Before the child exists, so the kernel stamps everything it ever sends us
     # with its real credentials (Channel.peer_credentials() reports them; the
     # pair's SO_PASSCRED names us, its creator).
-    set_passcred(sock, True)
+    enable_passcred(sock)
     return sock, child_fd
 
 
@@ -1012,8 +1012,8 @@ class Child(Generic[_C]):
         return f"<Child pid={self.pid} returncode={self.returncode}>"
 
 
-_CHANNEL_OPTIONS = ("max_message_size", "max_fds", "spin", "write_buffer", "credentials")
-_ASYNC_CHANNEL_OPTIONS = ("max_message_size", "max_fds", "spin", "credentials")
+_CHANNEL_OPTIONS = ("max_message_size", "max_fds", "spin", "write_buffer")
+_ASYNC_CHANNEL_OPTIONS = ("max_message_size", "max_fds", "spin")
 _NODE_CHANNEL_OPTIONS = ("max_message_size",)
 
 
@@ -1106,8 +1106,7 @@ def spawn(
         stdin, stdout, stderr: as for ``Popen``, for the streams the socket and fd_map do
             not occupy (passing one that is occupied raises ``ValueError``).
         channel_options: keyword arguments for :attr:`Child.channel`'s ``Channel``
-            (``max_message_size``, ``max_fds``, ``spin``, ``write_buffer``,
-            ``credentials``). The channel is
+            (``max_message_size``, ``max_fds``, ``spin``, ``write_buffer``). The channel is
             then made over the parent's end *before* the child starts, so a bad option
             raises here and no child is left behind.
         listen_fds: systemd socket activation: the child gets ``LISTEN_FDS=<n>`` and
@@ -1479,9 +1478,9 @@ async def spawn_async(
     The child is started with ``asyncio.create_subprocess_exec`` (so ``stdout=PIPE`` gives
     a ``StreamReader``) with the same ``Popen`` arguments, from the same planner, as
     ``spawn``'s. The parent's end is switched to non-blocking (the child's stays blocking).
-    *channel_options* go to ``AsyncChannel`` (``max_message_size``, ``max_fds``, ``spin``,
-    ``credentials``), made before the child starts. With *node_ipc* (see :func:`spawn`),
-    :attr:`AsyncChild.channel` is an ``AsyncNodeChannel`` (option: ``max_message_size``).
+    *channel_options* go to ``AsyncChannel`` (``max_message_size``, ``max_fds``, ``spin``), made
+    before the child starts. With *node_ipc* (see :func:`spawn`), :attr:`AsyncChild.channel`
+    is an ``AsyncNodeChannel`` (option: ``max_message_size``).
 
     Thread-safety and cancellation: call it from the event loop's thread. Cancelled (or
     interrupted by a signal handler's exception) at any point, it leaves nothing behind:

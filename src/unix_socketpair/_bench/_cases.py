@@ -1113,14 +1113,6 @@ def _rtt_case(c: CPrograms, first: int) -> Case:
                 _need_async_channel_uvloop,
             ),
             Variant(
-                "AsyncChannel(credentials=False) send / recv (uvloop)",
-                partial(_rtt_async_channel, uvloop=True, credentials=False),
-                first,
-                "project",
-                "async-channel-uvloop-nocreds",
-                partial(_need_async_channel_option, "credentials", uvloop=True),
-            ),
-            Variant(
                 "AsyncChannel(spin=200) send / recv (uvloop)",
                 partial(_rtt_async_channel, uvloop=True, spin=200),
                 first,

@@ -191,8 +191,7 @@ TARGETS = (
     Target("an AsyncChannel round trip takes at most the time of asyncio streams' "
            "(default loop)", "rtt", "async-channel", "asyncio", 1.0),
     Target("on uvloop, an AsyncChannel round trip takes at most the time of asyncio streams'",
-           "rtt", "async-channel-uvloop", "asyncio-uvloop", 1.0, (),
-           (("async-channel-uvloop-nocreds", "with credentials=False"),)),
+           "rtt", "async-channel-uvloop", "asyncio-uvloop", 1.0),
     Target("on uvloop, an AsyncChannel(spin=200) round trip takes at most 2x a blocking "
            "Channel's", "rtt", "async-channel-uvloop-spin", "channel", 0.5),
     Target("spawn() with the fd number already taken costs at most 2x a plain Popen",
