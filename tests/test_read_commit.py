@@ -612,7 +612,7 @@ ping = struct.pack(">I", 1) + b"x"
 
 def usual(rounds):
     for _ in range(rounds):
-        b.send(ping)
+        assert c.send_frame(b, b"x", socket.MSG_NOSIGNAL) == len(ping)
         assert c.read_commit(dec, a, socket.MSG_CMSG_CLOEXEC) == 5
         # take_frame: the message, then "wait" (as a round trip's receive asks)
         assert c.take_frame(dec, None, dec.handed, NEED_DATA) == b"x"
@@ -655,6 +655,19 @@ def errors(rounds):
         busy.inbox.append((0, [], 0, None))
         assert c.read_commit(busy, a, 0) == -2
         assert c.take_frame(object(), None, [], NEED_DATA) is None
+        try:
+            c.send_frame(closed, b"x", socket.MSG_NOSIGNAL)
+        except OSError:
+            pass
+        else:
+            raise AssertionError
+        for bad in ((b, bytearray(b"x"), 0), (b, b"x"), (b, b"x", "0"), (b, b"x" * 16385, 0)):
+            try:
+                c.send_frame(*bad)
+            except (TypeError, ValueError):
+                pass
+            else:
+                raise AssertionError(bad)
         for bad in ((dec, None), (dec, None, ()), (dec, None, [], NEED_DATA, 0)):
             try:
                 c.take_frame(*bad)
@@ -701,6 +714,15 @@ from unix_socketpair._codec import StreamDecoder
 for seed in range(12):
     steps = t._random_steps(random.Random(seed))
     assert t.drive(c.read_commit, steps) == t.drive(StreamDecoder.read_commit, steps), seed
+import socket
+from unix_socketpair._codec import py_send_frame
+for size in (0, 1, 4095, 16384):
+    got = []
+    for send in (py_send_frame, c.send_frame):
+        a, b = socket.socketpair()
+        got.append((send(a, bytes(size), socket.MSG_NOSIGNAL), b.recv(size + 8)))
+        a.close(); b.close()
+    assert got[0] == got[1], size
 print("exercised")
 """
 

@@ -47,10 +47,12 @@ from ._channel import (
 from ._codec import (
     C_TAKE,
     DEFAULT_MAX_MESSAGE_SIZE,
+    HEADER_SIZE,
     NEED_DATA,
     NOT_USUAL,
     Buffer,
     _pack,
+    send_frame,
     take_frame,
 )
 from ._errors import ChannelClosed
@@ -60,6 +62,9 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncChannel"]
 
+# The fast path's send: never waits (the socket is non-blocking; saying so in
+# the flags too lets the C send_frame keep the GIL).
+_SEND_FLAGS = MSG_NOSIGNAL | _MSG_DONTWAIT
 # Stop reading ahead once this much is buffered and unclaimed.
 _PAUSE_BYTES = 256 * 1024
 # ... or once this many received descriptors wait for their messages to be
@@ -567,17 +572,16 @@ class AsyncChannel(ChannelBase):
                         del self  # see the note on tracebacks
                         raise
                 return
-            frame = _pack(len(data)) + data
             try:
-                sent = self._sock.send(frame, MSG_NOSIGNAL)
+                sent = send_frame(self._sock, data, _SEND_FLAGS)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
                 raise self._send_error(exc, [data]) from exc
             self._burst = True
-            if sent == len(frame):
+            if sent == len(data) + HEADER_SIZE:
                 return
-            wbuf += memoryview(frame)[sent:]
+            wbuf += memoryview(_pack(len(data)) + data)[sent:]
             self._start_flushing()
             return
         bufs, anc = self._prepare(data, fds)

@@ -51,6 +51,7 @@ from ._codec import (
     MAX_WIRE_LENGTH,
     NEED_DATA,
     NOT_USUAL,
+    SEND_FRAME_MAX,
     Buffer,
     StreamDecoder,
     _NeedData,
@@ -58,6 +59,7 @@ from ._codec import (
     encode,
     encode_many,
     read_commit,
+    send_frame,
     take_frame,
     uninterrupted,
 )
@@ -96,7 +98,6 @@ _LINUX = sys.platform.startswith("linux")
 # Linux returns a packet's real length when MSG_TRUNC is passed to recvmsg.
 _PACKET_RECV_FLAGS = _MSG_CMSG_CLOEXEC | (_MSG_TRUNC if _LINUX else 0)
 _MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
-_JOIN_LIMIT = 16 * 1024
 # recv_into() reads a payload straight into the caller's buffer from this size on;
 # below it, reading ahead into the decoder (and copying) saves system calls.
 _DIRECT_THRESHOLD = 64 * 1024
@@ -327,7 +328,7 @@ class ChannelBase:
         # must write first while it waits (a write buffer's messages, the rest
         # of a cut frame): the send queue's buffer on Channel; on AsyncChannel
         # always empty (the event loop writes its write-behind, never a read).
-        small = min(_JOIN_LIMIT, max_message_size) if stream else -1
+        small = min(SEND_FRAME_MAX, max_message_size) if stream else -1
         self._sendq = SendQueue(small, behind=not self._blocking)
         self._queue: bytes | bytearray = self._sendq.held if self._blocking else b""
         # On every type: from now on the kernel stamps what the peer sends with
@@ -1020,7 +1021,6 @@ class Channel(ChannelBase):
         # a frame is in flight, nor once shut, broken or closed).
         if fds is _NO_FDS and type(data) is bytes and timeout is None:
             size = len(data)
-            frame = _pack(size) + data
             # No lock here (an uncontended one costs more than the rest of this
             # path, docs/performance.md): a frame this small is one kernel
             # buffer, which the kernel takes whole or not at all (Linux), so
@@ -1032,7 +1032,7 @@ class Channel(ChannelBase):
             if size <= self._sendq.fast:
                 self._busy += 1
                 try:
-                    sent = self._sock.send(frame, MSG_NOSIGNAL)
+                    sent = send_frame(self._sock, data, MSG_NOSIGNAL)
                 except OSError as exc:
                     raise self._send_error(exc, [data]) from exc
                 finally:
@@ -1043,7 +1043,7 @@ class Channel(ChannelBase):
                     return
                 # Part of it (not on Linux): the rest, under the lock.
                 with self._slock:
-                    self._send_frames([memoryview(frame)[sent:]], [], None, sent)
+                    self._send_frames([memoryview(_pack(size) + data)[sent:]], [], None, sent)
                 return
         self._send_checked(data, fds, timeout)
 

@@ -749,6 +749,87 @@ read_commit(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+/* The largest payload send_frame() takes: _codec.SEND_FRAME_MAX (the one-message
+ * fast path's limit); the frame is built on the stack. */
+#define SEND_FRAME_MAX (16 * 1024)
+
+static PyObject *
+send_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError,
+                     "send_frame() takes exactly 3 positional arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *sock = args[0], *data = args[1];
+    if (!PyBytes_CheckExact(data)) {
+        PyErr_Format(PyExc_TypeError, "send_frame: data must be bytes, not %.100s",
+                     Py_TYPE(data)->tp_name);
+        return NULL;
+    }
+    Py_ssize_t size = PyBytes_GET_SIZE(data);
+    if (size > SEND_FRAME_MAX) {
+        PyErr_Format(PyExc_ValueError, "send_frame: %zd bytes is over the %d-byte limit", size,
+                     SEND_FRAME_MAX);
+        return NULL;
+    }
+    long flags_l = PyLong_AsLong(args[2]);
+    if (flags_l == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (flags_l < INT_MIN || flags_l > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "send_frame: flags out of range");
+        return NULL;
+    }
+    int flags = (int)flags_l;
+    PyObject *fileno = PyObject_CallMethodNoArgs(sock, str_fileno);
+    if (fileno == NULL) {
+        return NULL;
+    }
+    long fd_l = PyLong_AsLong(fileno);
+    Py_DECREF(fileno);
+    if (fd_l == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    int fd = fd_l < INT_MIN || fd_l > INT_MAX ? -1 : (int)fd_l;
+
+    unsigned char frame[HEADER_SIZE + SEND_FRAME_MAX];
+    frame[0] = (unsigned char)((size_t)size >> 24);
+    frame[1] = (unsigned char)((size_t)size >> 16);
+    frame[2] = (unsigned char)((size_t)size >> 8);
+    frame[3] = (unsigned char)size;
+    memcpy(frame + HEADER_SIZE, PyBytes_AS_STRING(data), (size_t)size);
+    size_t len = (size_t)size + HEADER_SIZE;
+    ssize_t n;
+    int err;
+    for (;;) {
+        /* A send that cannot wait keeps the GIL (releasing and taking it back
+         * costs more than the call: ~430 instructions of the ~1,000 of
+         * socket.send, measured). A send that may wait tries that way first:
+         * it waits, with the GIL released, only when the socket is full. */
+        n = send(fd, frame, len, flags | MSG_DONTWAIT);
+        err = errno;
+        if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK) && !(flags & MSG_DONTWAIT)) {
+            Py_BEGIN_ALLOW_THREADS
+            n = send(fd, frame, len, flags);
+            err = errno;
+            Py_END_ALLOW_THREADS
+        }
+        if (n >= 0 || err != EINTR) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return NULL;
+        }
+    }
+    if (n < 0) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromSsize_t((Py_ssize_t)n);
+}
+
 static PyMethodDef methods[] = {
     {"split_frames", (PyCFunction)(void (*)(void))split_frames, METH_FASTCALL,
      "split_frames(buf, pos, end, limit, max_count, /)\n--\n\n"
@@ -766,6 +847,10 @@ static PyMethodDef methods[] = {
      "read_commit(decoder, sock, flags, /)\n--\n\n"
      "One read into a StreamDecoder and, in the usual case, its accounting.\n"
      "See unix_socketpair._codec.StreamDecoder.read_commit for the contract."},
+    {"send_frame", (PyCFunction)(void (*)(void))send_frame, METH_FASTCALL,
+     "send_frame(sock, data, flags, /)\n--\n\n"
+     "Frame data (bytes) and send it with one send(2); the number of bytes sent.\n"
+     "See unix_socketpair._codec.py_send_frame for the contract."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -773,6 +858,9 @@ static int
 exec_module(PyObject *module)
 {
     /* For the tests: the control buffer must be the one the Python path uses. */
+    if (PyModule_AddIntConstant(module, "SEND_FRAME_MAX", (long)SEND_FRAME_MAX) < 0) {
+        return -1;
+    }
     return PyModule_AddIntConstant(module, "ANCBUFSIZE", (long)ANC_SPACE);
 }
 
