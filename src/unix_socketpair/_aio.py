@@ -45,6 +45,7 @@ from ._channel import (
     _writable,
 )
 from ._codec import (
+    C_SEND,
     C_TAKE,
     DEFAULT_MAX_MESSAGE_SIZE,
     HEADER_SIZE,
@@ -573,7 +574,11 @@ class AsyncChannel(ChannelBase):
                         raise
                 return
             try:
-                sent = send_frame(self._sock, data, _SEND_FLAGS)
+                sent = (
+                    send_frame(self._sock, data, _SEND_FLAGS)
+                    if C_SEND
+                    else self._sock.send(_pack(len(data)) + data, _SEND_FLAGS)
+                )
             except BlockingIOError:
                 sent = 0
             except OSError as exc:

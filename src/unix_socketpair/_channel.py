@@ -44,6 +44,7 @@ from ._ancillary import (
 )
 from ._codec import (
     AGAIN,
+    C_SEND,
     C_TAKE,
     DEFAULT_MAX_MESSAGE_SIZE,
     HANDED_INTO,
@@ -1032,7 +1033,11 @@ class Channel(ChannelBase):
             if size <= self._sendq.fast:
                 self._busy += 1
                 try:
-                    sent = send_frame(self._sock, data, MSG_NOSIGNAL)
+                    sent = (
+                        send_frame(self._sock, data, MSG_NOSIGNAL)
+                        if C_SEND
+                        else self._sock.send(_pack(size) + data, MSG_NOSIGNAL)
+                    )
                 except OSError as exc:
                     raise self._send_error(exc, [data]) from exc
                 finally:
