@@ -551,6 +551,34 @@ fail:
 
 static PyObject *str_fileno, *str_get_buffer;
 
+/* The (sock, flags) arguments of read_commit and send_frame: *flags* as an
+ * int, and the descriptor as *sock* has it now (-1 once closed: the system
+ * call then fails with EBADF, as a closed socket's own methods do). */
+static int
+sock_args(const char *name, PyObject *sock, PyObject *flags_obj, int *fd, int *flags)
+{
+    long flags_l = PyLong_AsLong(flags_obj);
+    if (flags_l == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (flags_l < INT_MIN || flags_l > INT_MAX) {
+        PyErr_Format(PyExc_OverflowError, "%s: flags out of range", name);
+        return -1;
+    }
+    *flags = (int)flags_l;
+    PyObject *fileno = PyObject_CallMethodNoArgs(sock, str_fileno);
+    if (fileno == NULL) {
+        return -1;
+    }
+    long fd_l = PyLong_AsLong(fileno);
+    Py_DECREF(fileno);
+    if (fd_l == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *fd = fd_l < INT_MIN || fd_l > INT_MAX ? -1 : (int)fd_l;
+    return 0;
+}
+
 static PyObject *
 read_commit(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -560,28 +588,11 @@ read_commit(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                      "read_commit() takes exactly 3 positional arguments (%zd given)", nargs);
         return NULL;
     }
-    PyObject *dec = args[0], *sock = args[1];
-    long flags_l = PyLong_AsLong(args[2]);
-    if (flags_l == -1 && PyErr_Occurred()) {
+    PyObject *dec = args[0];
+    int fd, flags;
+    if (sock_args("read_commit", args[1], args[2], &fd, &flags) < 0) {
         return NULL;
     }
-    if (flags_l < INT_MIN || flags_l > INT_MAX) {
-        PyErr_SetString(PyExc_OverflowError, "read_commit: flags out of range");
-        return NULL;
-    }
-    int flags = (int)flags_l;
-    /* The descriptor as the socket has it now (-1 once closed: EBADF, as a
-     * closed socket's own methods). */
-    PyObject *fileno = PyObject_CallMethodNoArgs(sock, str_fileno);
-    if (fileno == NULL) {
-        return NULL;
-    }
-    long fd_l = PyLong_AsLong(fileno);
-    Py_DECREF(fileno);
-    if (fd_l == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    int fd = fd_l < INT_MIN || fd_l > INT_MAX ? -1 : (int)fd_l;
     if (Py_TYPE(dec) != fields_type && bind_fields(Py_TYPE(dec)) < 0) {
         return NULL;
     }
@@ -774,25 +785,10 @@ send_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                      SEND_FRAME_MAX);
         return NULL;
     }
-    long flags_l = PyLong_AsLong(args[2]);
-    if (flags_l == -1 && PyErr_Occurred()) {
+    int fd, flags;
+    if (sock_args("send_frame", sock, args[2], &fd, &flags) < 0) {
         return NULL;
     }
-    if (flags_l < INT_MIN || flags_l > INT_MAX) {
-        PyErr_SetString(PyExc_OverflowError, "send_frame: flags out of range");
-        return NULL;
-    }
-    int flags = (int)flags_l;
-    PyObject *fileno = PyObject_CallMethodNoArgs(sock, str_fileno);
-    if (fileno == NULL) {
-        return NULL;
-    }
-    long fd_l = PyLong_AsLong(fileno);
-    Py_DECREF(fileno);
-    if (fd_l == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    int fd = fd_l < INT_MIN || fd_l > INT_MAX ? -1 : (int)fd_l;
 
     unsigned char frame[HEADER_SIZE + SEND_FRAME_MAX];
     frame[0] = (unsigned char)((size_t)size >> 24);
