@@ -1569,7 +1569,7 @@ class Channel(ChannelBase):
                 uninterrupted(dec, dec.put_back, messages, fds)
 
     def _iterate(self) -> Iterator[bytes]:
-        recv, recv_many = self.recv, self.recv_many
+        recv_locked, recv_many = self._recv_locked, self.recv_many
         dec, lock = self._dec, self._rlock
         batch: list[bytes] = []
         i = 0
@@ -1584,13 +1584,14 @@ class Channel(ChannelBase):
                     # One message at a time (a round trip) goes recv()'s way, at
                     # a third of recv_many()'s cost: take_frame records what it
                     # takes in *batch* in the same step (the finally clause
-                    # knows it), and "nothing buffered" waits in recv(), whose
-                    # own give-back covers it (its result is bound with no
-                    # check for signals in between).
+                    # knows it), and "nothing buffered" waits where recv()
+                    # would after its own take_frame (_recv_locked, whose
+                    # give-back covers it; its result is bound with no check
+                    # for signals in between).
                     msg = take_frame(dec, lock, batch, NEED_DATA)
                     if msg is NEED_DATA:
                         try:
-                            batch = [recv()]
+                            batch = [recv_locked([])]
                         except ChannelClosed:
                             return
                     else:

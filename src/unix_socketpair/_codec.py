@@ -1527,9 +1527,9 @@ def py_send_frame(sock: _socket.socket, data: bytes, flags: int, /) -> int:
     The one-message fast path of both channels, which call the C version
     (below) and, without it, make this function's ``sock.send`` themselves
     (see C_SEND); this is its contract and the twin the tests compare the C
-    one with. *sock* has no timeout
-    (blocking or not). Without ``MSG_DONTWAIT`` in *flags* it waits for room
-    like ``socket.send``, and is interrupted by signals like it (PEP 475).
+    one with. *sock* has no timeout (blocking or not). Without
+    ``MSG_DONTWAIT`` in *flags* it waits for room like ``socket.send``, and
+    is interrupted by signals like it (PEP 475).
 
     Raises:
         TypeError: *data* is not ``bytes``.
